@@ -128,7 +128,7 @@ class _FusedXDLM(torch.autograd.Function):
             grads = []
             for needed in ctx.need:
                 g = next(saved_grads) if needed else None
-                grads.append(None if g is None else g * c.to(g.dtype))
+                grads.append(None if g is None else g.mul_(c.to(g.dtype)))  # our own buffers: scale in place
         else:  # an unusual upstream gradient: redo the pass with it as the weight
             _, grads = _chunked_pass(hidden, weight, bias, z, x, a, grad_h, need=ctx.need, **ctx.kw)
             grads = list(grads)

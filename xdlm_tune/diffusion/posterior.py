@@ -50,4 +50,7 @@ def reverse_posterior(
     like = ((1.0 - a_ts) * pi_zt[..., None]).expand(B, L, V).clone()
     like.scatter_add_(-1, z_t.long()[..., None], a_ts.expand(B, L, 1).contiguous())
     probs = f_s * like
-    return probs / probs.sum(-1, keepdim=True)
+    Z = probs.sum(-1, keepdim=True)
+    # Z underflows to 0 only when k = 0, z_t is not the mask and p(z_t) underflows: then the
+    # likelihood alone is one-hot at z_t, which is the exact answer.
+    return torch.where(Z > 0, probs / Z.clamp_min(torch.finfo(dtype).tiny), like / like.sum(-1, keepdim=True))
