@@ -1,0 +1,236 @@
+"""Reading, overriding and writing recipes.
+
+`load_recipe` maps YAML one-to-one onto the dataclasses of schema.py. Unknown keys and
+values of the wrong type are rejected with the key path and the closest valid key, before
+anything heavy is imported; then `Recipe.validate()` checks the values themselves.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .schema import Recipe, RecipeError, _enum_msg
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise RecipeError(f"duplicate key {key!r} {key_node.start_mark}")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a YAML recipe (None: all defaults), apply `key.sub=value` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe file not found: {path}")
+        try:
+            raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+        except yaml.YAMLError as e:
+            raise RecipeError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise RecipeError(f"{path}: a recipe is a mapping of sections (model:, data:, ...), got {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    errs: list[str] = []
+    recipe = _build(Recipe, raw, "", errs)
+    if errs:
+        where = f" in {path}" if path is not None else ""
+        raise RecipeError(f"invalid recipe{where}:\n  " + "\n  ".join(errs))
+    return recipe.validate()
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set `a.b.c=value` in a raw recipe dict; the value is parsed as a YAML scalar/flow."""
+    item = item.removeprefix("--")
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise RecipeError(f"override {item!r} must look like section.key=value (e.g. diffusion.k=0.5)")
+    parts = key.strip().split(".")
+    tp = _check_key_path(parts)
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        if tp not in (str, str | None):
+            raise RecipeError(f"override {item!r}: value is not valid YAML: {e}") from None
+        value = text
+    if tp in (str, str | None) and value is not None and not isinstance(value, str):
+        value = text.strip()  # a text field takes the text as typed: mask_token=[MASK], name_or_path=123
+    node = raw
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> Path:
+    """Write the resolved recipe as YAML; load_recipe(path) gives back an equal Recipe."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(recipe_to_yaml(recipe))
+    return path
+
+
+class _RecipeDumper(yaml.SafeDumper):
+    """Sections as blocks, lists inline ([q_proj, v_proj]): reads like the shipped recipes."""
+
+
+_RecipeDumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True))
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.dump(recipe.to_dict(), Dumper=_RecipeDumper, sort_keys=False, default_flow_style=False)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def diff_recipes(a: Recipe, b: Recipe) -> list[tuple[str, Any, Any]]:
+    """Key paths whose values differ between two recipes, as (path, a_value, b_value)."""
+    fa, fb = flatten(a.to_dict()), flatten(b.to_dict())
+    return [(k, fa.get(k), fb.get(k)) for k in fa if fa.get(k) != fb.get(k)]
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _unknown_key_msg(key: Any, valid: list[str], where: str) -> str:
+    hint = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
+    did = f"did you mean '{where}{hint[0]}'? " if hint else ""
+    return f"{where}{key}: unknown key; {did}valid keys: {', '.join(valid)}"
+
+
+def _check_key_path(parts: list[str]) -> Any:
+    """Reject an override path that names no field; return the field's type."""
+    cls: Any = Recipe
+    for i, p in enumerate(parts):
+        where = ".".join(parts[:i]) + ("." if i else "")
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise RecipeError(f"override {'.'.join(parts)}: {where.rstrip('.')} is a value, not a section")
+        hints = typing.get_type_hints(cls)
+        if p not in hints:
+            raise RecipeError("override " + _unknown_key_msg(p, list(hints), where))
+        cls = hints[p]
+    return cls
+
+
+def _build(cls: type, raw: Any, where: str, errs: list[str]) -> Any:
+    """Make a dataclass from a raw mapping, collecting type/key errors into errs."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        errs.append(f"{where.rstrip('.') or 'recipe'}: expected a mapping of keys, got {raw!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in hints:
+            errs.append(_unknown_key_msg(key, list(hints), where))
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, f"{where}{key}.", errs)
+            continue
+        try:
+            kwargs[key] = _coerce(value, tp)
+        except _BadValue as e:
+            errs.append(f"{where}{key}: {e}")
+    return cls(**kwargs)
+
+
+class _BadValue(Exception):
+    pass
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Check (and gently convert) a YAML value against a type hint."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        alts = typing.get_args(tp)
+        if value is None:
+            if type(None) in alts:
+                return None
+            raise _BadValue(f"must not be null (expected {_type_name(tp)})")
+        for alt in alts:
+            if alt is type(None):
+                continue
+            try:
+                return _coerce(value, alt)
+            except _BadValue:
+                pass
+        # report against the single non-None alternative when there is one: clearer message
+        rest = [a for a in alts if a is not type(None)]
+        if len(rest) == 1:
+            return _coerce(value, rest[0])
+        raise _BadValue(f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices or isinstance(value, bool):
+            raise _BadValue(_enum_msg(value, choices))
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise _BadValue(f"expected a list of {_type_name(item_tp)}, got {value!r}")
+        return [_coerce(v, item_tp) for v in value]
+    if value is None:
+        raise _BadValue(f"must not be null (expected {_type_name(tp)})")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _BadValue(f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _BadValue(f"expected an integer, got {value!r}")
+    if tp is float:
+        # PyYAML reads 1e-3 (no dot) as a string: accept anything float() understands.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise _BadValue(f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        hint = " (quote it if it is meant as text)" if isinstance(value, (list, dict)) else ""
+        raise _BadValue(f"expected a string, got {value!r}{hint}")
+    raise TypeError(f"unsupported type in schema: {tp}")  # a bug in this file, not in the recipe
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is Literal:
+        return " | ".join(repr(c) for c in typing.get_args(tp))
+    return {type(None): "null", bool: "true/false", int: "integer", float: "number", str: "string"}.get(tp, str(tp))
