@@ -1,0 +1,95 @@
+"""One call from recipe fields to a trainable denoiser: load, convert, mask token, LoRA."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from xdlm_tune.model.bidirectional import make_bidirectional
+from xdlm_tune.model.common import enable_checkpointing
+from xdlm_tune.model.load import load_base
+from xdlm_tune.model.lora import attach_lora, log_parameter_counts
+from xdlm_tune.model.mask_token import setup_mask_token
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedModel:
+    """A denoiser ready for training or sampling."""
+
+    model: nn.Module  # a PeftModel when LoRA is attached
+    tokenizer: PreTrainedTokenizerBase
+    mask_id: int
+    shift: bool  # hidden state at i-1 predicts token i
+    kind: str  # "causal" (converted here) or "diffusion"
+    family: str  # transformers model_type, e.g. "llama"
+    parameter_counts: dict[str, int] = field(default_factory=dict)  # see lora.parameter_counts
+
+
+def prepare_model(
+    name_or_path: str | os.PathLike = "smollm2-135m",
+    *,
+    kind: str = "causal",
+    dtype: str | torch.dtype = "float32",
+    attn_implementation: str = "sdpa",
+    gguf_file: str | None = None,
+    quantization: str | None = None,
+    trust_remote_code: bool = False,
+    mask_token: str | None = None,
+    mask_id: int | None = None,
+    shift: bool | None = None,
+    lora: dict | None = None,
+    gradient_checkpointing: bool = False,
+) -> PreparedModel:
+    """Load a base and make it an XDLM denoiser.
+
+    causal bases: bidirectional attention, mask token chosen or added, `shift` defaults to
+        True (keeps the pretrained next-token head meaningful).
+    diffusion bases: left as they are; the mask id comes from `mask_id`/`mask_token`, the
+        tokenizer or config.mask_token_id, and `shift` must be given (LLaDA: False, Dream:
+        True) unless config.xdlm_shift records it (models this toolkit exported).
+    lora: keyword arguments of `attach_lora` (r, alpha, dropout, target_modules, use_rslora,
+        use_dora, train_mask_row); None trains all weights (not possible on a 4-bit base).
+    """
+    model, tokenizer = load_base(
+        name_or_path, kind=kind, dtype=dtype, attn_implementation=attn_implementation,
+        gguf_file=gguf_file, quantization=quantization, trust_remote_code=trust_remote_code,
+    )
+    family = model.config.model_type
+    if kind == "causal":
+        make_bidirectional(model)
+        mask_id = setup_mask_token(model, tokenizer, mask_token, mask_id)
+        shift = True if shift is None else shift
+    else:
+        mask_id = setup_mask_token(model, tokenizer, mask_token, mask_id, add_if_missing=False)
+        if shift is None:
+            shift = getattr(model.config, "xdlm_shift", None)
+        if shift is None:
+            raise ValueError(
+                "diffusion bases need `shift` set: false for LLaDA (token i predicted at i), "
+                "true for Dream (predicted at i-1)"
+            )
+    # Recorded in config.json so that saved and exported models carry both facts.
+    model.config.xdlm_shift = bool(shift)
+
+    if lora is not None:
+        model = attach_lora(
+            model, mask_id=mask_id, **{"gradient_checkpointing": gradient_checkpointing, **lora}
+        )
+    else:
+        if quantization is not None:
+            raise ValueError("a 4-bit (nf4) base cannot be fully fine-tuned; set a `lora` section for QLoRA")
+        if gradient_checkpointing:
+            enable_checkpointing(model)
+
+    counts = log_parameter_counts(model)
+    logger.info("prepared %s (%s base, family %s): mask id %d, shift %s", name_or_path, kind, family, mask_id, shift)
+    return PreparedModel(
+        model=model, tokenizer=tokenizer, mask_id=mask_id, shift=bool(shift),
+        kind=kind, family=family, parameter_counts=counts,
+    )
