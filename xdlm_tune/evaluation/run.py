@@ -70,11 +70,12 @@ def load_diffusion_model(args, device) -> EvalModel:
 
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     if args.checkpoint:
-        from ..export import load_checkpoint_model
+        from ..export.run import load_checkpoint
 
-        prepared, meta = load_checkpoint_model(args.checkpoint, dtype=dtype)
-        k = meta.get("k", 0.1)
-        label = args.label or Path(args.checkpoint).name
+        model, tok, mask_id, shift, recipe = load_checkpoint(args.checkpoint)
+        label = args.label or Path(args.checkpoint).resolve().name
+        return EvalModel(model.to(device).eval(), tok, label, mask_id=mask_id, shift=shift,
+                         extra={"k": recipe.diffusion.k})
     else:
         block = _xdlm_block(args.model)
         kind = args.kind or ("diffusion" if block else "causal")

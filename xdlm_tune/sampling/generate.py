@@ -118,6 +118,7 @@ def generate(
     eos_id: int | None = None,
     stop_sequences: list[list[int]] | None = None,
     schedule: str = "linear",
+    eps: float = 1e-3,
     generator: torch.Generator | None = None,
     vocab_size: int | None = None,
     logits_fn: Callable | None = None,
@@ -128,7 +129,8 @@ def generate(
     prompt tokens (left padding). ``eos_id``: after the first EOS (or the end of the first stop
     sequence) the rest of the answer is filled with EOS. ``logits_fn(ids, attention_mask, keep)``
     replaces the model call (default ``model_logits_fn(model, shift=shift)``); ``vocab_size``
-    (default: the model's output size) is needed by ``ancestral`` with k > 0.
+    (default: the model's output size) is needed by ``ancestral`` with k > 0, which walks the
+    time grid of ``make_schedule(schedule, eps)``.
     """
     block_length = block_length or gen_length
     n_blocks = _check_args(prompt_ids, steps, gen_length, block_length, sampler, temperature, top_p, k, mask_id)
@@ -147,7 +149,7 @@ def generate(
         noise = torch.randint(0, V, (B, gen_length), generator=generator, device=device)
         x[:, P:] = torch.where(uniform, noise, x[:, P:])
     steps_per_block = steps // n_blocks
-    sched = make_schedule(schedule)
+    sched = make_schedule(schedule, eps)
     ts = torch.linspace(1.0, ANCESTRAL_T_MIN, steps_per_block + 1, dtype=torch.float64)
     revealed = torch.zeros(B, dtype=torch.long, device=device)  # xdlm: answer tokens revealed so far
     edits = torch.zeros(B, dtype=torch.long, device=device)     # xdlm: revisions made so far

@@ -1,0 +1,134 @@
+"""The model card (README.md) of an export: what the model is, how to use it, how it was made."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Recipe names of embedded models -> their Hub id, for the card's `base_model` metadata.
+EMBEDDED_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+PAPER = "https://arxiv.org/abs/2602.01362"
+
+
+def hub_id(name: str | None) -> str | None:
+    """`name` as a Hub model id when it looks like one and is not a local path, else None."""
+    if not name:
+        return None
+    name = EMBEDDED_HUB_IDS.get(name, name)
+    return name if _HUB_ID.match(name) and not Path(name).expanduser().exists() else None
+
+
+def objective_name(k: float) -> str:
+    return "MDLM (absorbing noise)" if k == 0 else "UDLM (uniform noise)" if k == 1 else "XDLM"
+
+
+def eval_table(summary: Any) -> str:
+    """Markdown for `eval_summary`: a markdown string (kept as is), a list of row dicts, a dict of
+    {row label: {column: value}}, or a flat dict of {metric: value}."""
+    if summary is None:
+        return ""
+    if isinstance(summary, str):
+        return summary.strip()
+    if isinstance(summary, dict) and all(isinstance(v, dict) for v in summary.values()):
+        rows = [{"": label, **values} for label, values in summary.items()]
+    elif isinstance(summary, dict):
+        rows = [{"metric": key, "value": value} for key, value in summary.items()]
+    elif isinstance(summary, (list, tuple)) and all(isinstance(r, dict) for r in summary):
+        rows = list(summary)
+    else:
+        raise TypeError("eval_summary must be markdown text, a list of dicts, or a dict")
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def recipe_yaml(recipe: dict | None) -> str:
+    if not recipe:
+        return ""
+    return yaml.safe_dump(recipe, sort_keys=False, default_flow_style=False).strip()
+
+
+def model_card(
+    *,
+    name: str,
+    base_model: str,
+    training_data: str,
+    settings: dict,
+    architecture: str,
+    dtype: str,
+    eval_summary: Any = None,
+    plot_file: str | None = None,
+) -> str:
+    """The README.md text. `settings` is the config's `xdlm` block."""
+    k, gen = settings["k"], settings["generation"]
+    meta: dict[str, Any] = {"library_name": "transformers"}
+    if hub_id(base_model):
+        meta["base_model"] = hub_id(base_model)
+    meta.update(pipeline_tag="text-generation", tags=["xdlm", "discrete-diffusion", "diffusion-language-model", "xdlm-tune"])
+    mask = f"`{settings['mask_token']}` (id {settings['mask_id']})" if settings.get("mask_token") else f"id {settings['mask_id']}"
+    shift = "yes: the output at position i - 1 predicts token i" if settings["shift"] else "no: position i predicts token i"
+    base_link = f"[{hub_id(base_model)}](https://huggingface.co/{hub_id(base_model)})" if hub_id(base_model) else f"`{base_model}`"
+    parts = [
+        "---\n" + yaml.safe_dump(meta, sort_keys=False).strip() + "\n---",
+        f"# {name}",
+        f"A discrete-diffusion language model ({objective_name(k)}, mixing ratio k = {k}) made from {base_link} "
+        "with xdlm-tune. It does not write left to right: it starts from masked (and, for k > 0, "
+        "random) tokens and denoises the whole answer in a fixed number of parallel steps. Any "
+        "LoRA adapters and the trained mask-token embedding row are merged into the weights, "
+        f"and attention is bidirectional. XDLM: [Balancing Understanding and Generation in Discrete Diffusion Models]({PAPER}).",
+        "| | |\n|---|---|\n"
+        f"| Base model | {base_link} |\n"
+        f"| Objective | {objective_name(k)}, k = {k} (0 = MDLM, absorbing; 1 = UDLM, uniform) |\n"
+        f"| Noise schedule | {settings['schedule']}, eps = {settings['eps']} |\n"
+        f"| Mask token | {mask} |\n"
+        f"| Shift | {shift} |\n"
+        f"| Training data | {training_data} |\n"
+        f"| Architecture | {architecture}, bidirectional (`is_causal: false`), {dtype} |",
+        "## Usage\n\nPlain transformers (`trust_remote_code=True` loads `modeling_xdlm.py`, the sampler code of "
+        "xdlm-tune, generated from its source):\n\n```python\n"
+        "from transformers import AutoModel, AutoTokenizer\n\n"
+        f'repo = "{name}"\n'
+        "tokenizer = AutoTokenizer.from_pretrained(repo)\n"
+        "model = AutoModel.from_pretrained(repo, trust_remote_code=True).eval()\n"
+        'inputs = tokenizer(["def fibonacci(n):"], return_tensors="pt")\n'
+        "out = model.diffusion_generate(\n"
+        "    inputs.input_ids, attention_mask=inputs.attention_mask,\n"
+        f"    max_new_tokens={gen['max_new_tokens']}, steps={gen['steps']}, block_length={gen['block_length']},\n"
+        f"    temperature={gen['temperature']}, alg=\"{gen['alg']}\",  # or \"xdlm\" (revisions), \"ancestral\"\n"
+        ")\n"
+        "print(tokenizer.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=True))\n```\n\n"
+        "`diffusion_generate(input_ids, attention_mask=None, max_new_tokens, steps, block_length, temperature, "
+        "top_p, alg, k=None, eos_token_id=None, generator=None)` returns the full sequences (prompt + answer), "
+        "as Dream's models do; prompts are left-padded. Defaults come from `config.json` (`xdlm.generation`). "
+        "`steps` is exactly the number of forward passes.",
+    ]
+    table = eval_table(eval_summary)
+    if table or plot_file:
+        section = "## Evaluation"
+        if table:
+            section += "\n\n" + table
+        if plot_file:
+            section += f"\n\n![evaluation]({plot_file})"
+        parts.append(section)
+    recipe = recipe_yaml(settings.get("recipe"))
+    if recipe:
+        parts.append("## Training recipe\n\nThe resolved xdlm-tune recipe (also in `config.json` under "
+                     f"`xdlm.recipe`):\n\n```yaml\n{recipe}\n```")
+    parts.append(
+        "## Further training\n\nThe export loads back into xdlm-tune as a diffusion base (mask id and shift are read "
+        "from `config.json`):\n\n```yaml\nmodel:\n"
+        f"  name_or_path: {name}\n  kind: diffusion\n  trust_remote_code: true\n```"
+    )
+    return "\n\n".join(parts) + "\n"
