@@ -264,8 +264,11 @@ class EvalConfig:
     steps: list[int] = field(default_factory=lambda: [32])  # sampler step budgets to evaluate
     gen_length: int = 256
     block_length: int = 256
-    sampler: Literal["confidence", "ancestral"] = "confidence"  # LLaDA-style (8B) or ancestral (small)
+    sampler: Literal["confidence", "xdlm", "ancestral"] = "confidence"  # see xdlm_tune.sampling
     temperature: float = 0.0
+    top_p: float = 1.0
+    batch_size: int = 4  # prompts per sampler call
+    ar_baseline: bool = True  # also score the original causal model with greedy AR decoding
     limit: int | None = None  # first N problems only; None: all
     data_dir: str | None = None  # local benchmark files (e.g. ../shared/data); None: the Hub
 
@@ -279,6 +282,10 @@ class EvalConfig:
             errs.append(("block_length", f"must be positive and divide gen_length ({self.gen_length}), got {self.block_length}"))
         if self.temperature < 0:
             errs.append(("temperature", f"must be >= 0, got {self.temperature}"))
+        if not 0 < self.top_p <= 1:
+            errs.append(("top_p", f"must be in (0, 1], got {self.top_p}"))
+        if self.batch_size < 1:
+            errs.append(("batch_size", f"must be a positive integer, got {self.batch_size}"))
         if self.limit is not None and self.limit < 1:
             errs.append(("limit", f"must be a positive integer or null, got {self.limit}"))
         return errs
@@ -288,8 +295,7 @@ class EvalConfig:
 class ExportConfig:
     """Writing a self-contained Hub folder (merged weights + sampler code)."""
 
-    out_dir: str | None = None  # None: <training.output_dir>/export
-    merge_lora: bool = True
+    out_dir: str | None = None  # None: <training.output_dir>/export (LoRA is always merged)
     push_to_hub: str | None = None  # a Hub repo id to upload to; None: local only
 
     def _errors(self, recipe: Recipe) -> list[tuple[str, str]]:
