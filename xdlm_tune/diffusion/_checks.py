@@ -54,3 +54,25 @@ def as_alpha(name: str, alpha: torch.Tensor | float, batch: int, *, allow_one: b
             "from a schedule with a floor, e.g. make_schedule('linear', eps=1e-3)"
         )
     return alpha[:, None]
+
+
+def check_logits(logits: torch.Tensor, z_t: torch.Tensor, k: float, mask_id: int) -> tuple[int, int, int, float, torch.dtype]:
+    """Checks shared by the functions that take logits [B, L, V] and z_t [B, L].
+
+    Returns (B, L, V, k, dtype): the math runs in float32, or float64 for float64 logits.
+    """
+    check_float("logits", logits)
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be [B, L, V], got shape {tuple(logits.shape)}")
+    B, L, V = logits.shape
+    k = check_k(k)
+    check_mask_id(mask_id, V)
+    check_ids("z_t", z_t, (B, L))
+    return B, L, V, k, torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def without_mask(logits: torch.Tensor, mask_id: int, dtype: torch.dtype) -> torch.Tensor:
+    """A copy of logits in ``dtype`` with the mask column at -inf: the model never predicts the mask."""
+    logits = logits.to(dtype).clone()
+    logits[..., mask_id] = -float("inf")
+    return logits

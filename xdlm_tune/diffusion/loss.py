@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from ._checks import as_alpha, check_float, check_ids, check_k, check_mask_id
+from ._checks import as_alpha, check_ids, check_logits, without_mask
 
 
 def token_terms(
@@ -89,22 +89,13 @@ def xdlm_loss(
     The mask column is excluded inside (p(m) = 0). Computed in float32 (float64 for float64
     logits). The training loss is mean over loss tokens of schedule.neg_dalpha_dt(t) * h.
     """
-    check_float("logits", logits)
-    if logits.dim() != 3:
-        raise ValueError(f"logits must be [B, L, V], got shape {tuple(logits.shape)}")
-    B, L, V = logits.shape
-    k = check_k(k)
-    check_mask_id(mask_id, V)
-    check_ids("z_t", z_t, (B, L))
+    B, L, V, k, dtype = check_logits(logits, z_t, k, mask_id)
     check_ids("x0", x0, (B, L))
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     a = as_alpha("alpha_t", alpha_t, B).to(logits.device, dtype)  # [B, 1]
     if bool((x0 == mask_id).any()):
         raise ValueError("x0 contains mask_id: clean tokens must not be the mask token (check the data pipeline)")
 
-    logits = logits.to(dtype).clone()
-    logits[..., mask_id] = -math.inf
-    logp = torch.log_softmax(logits, dim=-1)
+    logp = torch.log_softmax(without_mask(logits, mask_id, dtype), dim=-1)
     z_t, x0 = z_t.long(), x0.long()
     logp_x = logp.gather(-1, x0[..., None])[..., 0]
     logp_z = logp.gather(-1, z_t.clamp(max=V - 1)[..., None])[..., 0]

@@ -1,11 +1,9 @@
 """The model's reverse step p_theta(z_s | z_t) (XDLM.md, "Reverse step"), mean parameterisation."""
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ._checks import as_alpha, check_float, check_ids, check_k, check_mask_id
+from ._checks import as_alpha, check_logits, without_mask
 
 
 def reverse_posterior(
@@ -25,22 +23,13 @@ def reverse_posterior(
 
     O(V) per position. alpha_s may be 1 (the final, clean step). Float32 (float64 for float64 logits).
     """
-    check_float("logits", logits)
-    if logits.dim() != 3:
-        raise ValueError(f"logits must be [B, L, V], got shape {tuple(logits.shape)}")
-    B, L, V = logits.shape
-    k = check_k(k)
-    check_mask_id(mask_id, V)
-    check_ids("z_t", z_t, (B, L))
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    B, L, V, k, dtype = check_logits(logits, z_t, k, mask_id)
     a_t = as_alpha("alpha_t", alpha_t, B).to(logits.device, dtype)[..., None]  # [B, 1, 1]
     a_s = as_alpha("alpha_s", alpha_s, B, allow_one=True).to(logits.device, dtype)[..., None]
     if bool((a_s < a_t).any()):
         raise ValueError("alpha_s must be >= alpha_t (s is the earlier, cleaner time): swap the arguments")
 
-    logits = logits.to(dtype).clone()
-    logits[..., mask_id] = -math.inf
-    p = torch.softmax(logits, dim=-1)
+    p = torch.softmax(without_mask(logits, mask_id, dtype), dim=-1)
     # f_s(p, e): keep the prediction with prob alpha_s, else draw from pi.
     f_s = a_s * p + (1.0 - a_s) * (k / V)
     f_s[..., mask_id] += (1.0 - a_s[..., 0]) * (1.0 - k)
