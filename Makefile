@@ -12,7 +12,8 @@ TORCH_INDEX_URL ?=
 EXTRAS ?= dev,eval,deepspeed,qlora
 STAMP := $(VENV)/.installed-xdlm-tune
 PYTEST_ARGS ?=
-export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
+# DeepSpeed compiles small C++ ops once (~2 min on CPU) and caches them here, across checkouts.
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
 
 .PHONY: install demo test test-fast test-all bench clean
 
