@@ -73,7 +73,7 @@ def evaluate_run(recipe: Recipe, run_dir: Path) -> dict[str, dict]:
 
 def sample_export(export_dir: Path, prompt: str, *, steps: int = 16, new_tokens: int = 32) -> str:
     """Generate from the export in a separate Python process with plain transformers."""
-    proc = subprocess.run([sys.executable, "-c", _SAMPLE_SCRIPT, str(export_dir), prompt, str(steps), str(new_tokens)],
+    proc = subprocess.run([sys.executable, "-c", _SAMPLE_SCRIPT, str(Path(export_dir).resolve()), prompt, str(steps), str(new_tokens)],
                           capture_output=True, text=True, timeout=900, cwd="/")
     if proc.returncode:
         raise RuntimeError(f"sampling the export failed:\n{proc.stderr[-3000:]}")

@@ -1,0 +1,71 @@
+"""The command line of a training run, shared by `xdlm-tune train` and `python -m xdlm_tune.train`.
+
+The recipe is resolved (file + overrides, unknown keys and bad values refused, the DeepSpeed
+JSON read) before anything heavy is imported or loaded.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("recipe", help="a YAML recipe, e.g. recipes/smollm2-135m-xdlm-lora.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="recipe overrides, e.g. diffusion.k=0.5 training.max_steps=2 training.output_dir=runs/try")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest checkpoint in training.output_dir (= training.resume=latest)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the recipe: build a tiny random stand-in of the same model family, run one "
+                             "optimizer step (and a save) through the real loop on offline data, in a temp dir")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import RecipeError, load_recipe
+
+    _setup_logging()
+    overrides = list(args.overrides) + (["training.resume=latest"] if args.resume else [])
+    try:
+        recipe = load_recipe(args.recipe, overrides)
+        recipe.deepspeed.resolve()  # a missing DeepSpeed JSON is a recipe error too
+    except RecipeError as e:
+        print(f"xdlm-tune train: {e}", file=sys.stderr)
+        return 2
+
+    from ..checkpoint import CheckpointError
+    from ..data import DataError
+
+    try:
+        if args.dry_run:
+            from .dry_run import dry_run
+
+            dry_run(recipe)
+        else:
+            from .loop import train
+
+            train(recipe)
+    except (RecipeError, CheckpointError, DataError) as e:
+        print(f"xdlm-tune train: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m xdlm_tune.train",
+                                     description="Train an XDLM denoiser from a recipe.")
+    return run(add_arguments(parser).parse_intermixed_args(argv))
+
+
+def _setup_logging() -> None:
+    main_process = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # Our modules speak at INFO; libraries keep their own (usually WARNING) level.
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("xdlm_tune").setLevel(logging.INFO if main_process else logging.WARNING)
+    # DeepSpeed calls renamed torch.distributed functions on every step; the warning says nothing to a user.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
