@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # A short run of the embedded default recipe that fits a 2-core CPU in a few minutes.
 DEMO_OVERRIDES = [
-    "training.output_dir=runs/demo", "training.max_steps=30", "training.eval_every=15", "training.save_every=15",
+    "training.output_dir=runs/demo", "training.resume=latest", "training.max_steps=30", "training.eval_every=15", "training.save_every=15",
     "training.log_every=5", "eval.limit=2", "eval.steps=[8,16]", "eval.gen_length=48", "eval.block_length=48",
     "eval.batch_size=2",
 ]
