@@ -98,11 +98,12 @@ def autoregressive_generations(em: EvalModel, problems: Sequence[Problem], cfg: 
     out = []
     for chunk in _batches(problems, cfg.batch_size):
         ids, mask = _encode(em.tokenizer, [p.prompt for p in chunk], device)
-        seq = em.model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=cfg.gen_length, do_sample=False,
-            pad_token_id=em.tokenizer.pad_token_id or em.tokenizer.eos_token_id,
-            stop_strings=list(chunk[0].stop) or None, tokenizer=em.tokenizer,
-        )
+        kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=cfg.gen_length, do_sample=False,
+                  pad_token_id=em.tokenizer.pad_token_id or em.tokenizer.eos_token_id)
+        try:  # stop early at the stop strings (the text is cut at them below either way)
+            seq = em.model.generate(**kw, stop_strings=list(chunk[0].stop) or None, tokenizer=em.tokenizer)
+        except ValueError:  # a tokenizer whose vocabulary transformers cannot map to strings
+            seq = em.model.generate(**kw)
         out += _decode(em.tokenizer, seq[:, ids.shape[1]:], chunk[0].stop)
     return out
 

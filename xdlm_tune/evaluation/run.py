@@ -101,12 +101,22 @@ def load_ar_baseline(args, device) -> EvalModel:
     return EvalModel(model.to(device).eval(), tok, f"{Path(args.model).name} (AR)")
 
 
+def _process_state():
+    """accelerate's view of the launch. Without CUDA, several launched processes only form one
+    group when asked for the CPU with gloo (otherwise each would believe it is alone)."""
+    import os
+
+    from accelerate import PartialState
+
+    launched = "LOCAL_RANK" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return PartialState(cpu=True, backend="gloo") if cpu and launched else PartialState(cpu=cpu)
+
+
 def eval_main(argv: list[str] | None = None, *, benchmark: str | None = None) -> int:
     args = build_parser(benchmark).parse_args(argv)
     benchmark = benchmark or args.benchmark
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = _process_state()
     problems = load_benchmark(benchmark, args.data, ids=args.ids, limit=args.limit)
     models = []
     if args.ar_baseline or args.no_diffusion:
