@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         # Benchmark data beside the checkout when it is there (this project's machines), else the Hub.
         data_dir = Path("../shared/data")
         data = [f"eval.data_dir={data_dir}"] if (data_dir / "mbpp.jsonl").is_file() else ["eval.data_dir=null"]
-        run_pipeline("recipes/smollm2-135m-xdlm-lora.yaml", DEMO_OVERRIDES + data)
+        recipe = Path(__file__).resolve().parents[1] / "recipes" / "smollm2-135m-xdlm-lora.yaml"
+        run_pipeline(str(recipe), DEMO_OVERRIDES + data)
     return 0
 
 
