@@ -34,6 +34,7 @@ import torch.distributed as dist
 from xdlm_tune.config import load_recipe
 from xdlm_tune.train.loop import train
 from xdlm_tune.train.objective import gathered
+from xdlm_tune.train.runtime import shutdown_process_group
 
 res = train(load_recipe(sys.argv[1], sys.argv[2:]))
 obj = res.model.module if hasattr(res.model, "module") else res.model
@@ -44,6 +45,7 @@ with gathered(list(params.values())):
     weights = {n: p.detach().float().cpu().clone() for n, p in params.items()}
 torch.save({"world": res.world_size, "losses": res.losses, "evals": res.evals, "weights": weights,
             "shards": shards, "zero_stage": res.info["zero_stage"]}, os.path.join(res.output_dir, f"rank{rank}.pt"))
+shutdown_process_group()
 """
 
 

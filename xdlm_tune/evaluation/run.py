@@ -137,6 +137,7 @@ def eval_main(argv: list[str] | None = None, *, benchmark: str | None = None) ->
         res = summarize_run(args.out, title=f"{benchmark} pass@1 ({len(problems)} problems)")
         print("\n" + res["table"])
         print(f"[eval] samples: {args.out}/samples*.jsonl; table: {args.out}/summary.md; plot: {res['plot']}")
+    state.destroy_process_group()  # a clean exit for launched runs (no-op for one process)
     return 0
 
 

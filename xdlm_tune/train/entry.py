@@ -46,8 +46,10 @@ def run(args: argparse.Namespace) -> int:
             dry_run(recipe)
         else:
             from .loop import train
+            from .runtime import shutdown_process_group
 
             train(recipe)
+            shutdown_process_group()
     except (RecipeError, CheckpointError, DataError) as e:
         print(f"xdlm-tune train: {e}", file=sys.stderr)
         return 2

@@ -123,6 +123,18 @@ def fill_hidden_size_autos(accelerator, hidden_size: int) -> None:
             zero[key] = value
 
 
+def shutdown_process_group() -> None:
+    """End a launched run cleanly: wait for every process, then tear the process group down.
+
+    Exiting with the group (and DeepSpeed's CPU shared-memory comm threads) still alive can
+    abort the interpreter at shutdown ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def reset_accelerate_state() -> None:
     """Forget accelerate's process-wide singletons (a second run in the same process, e.g. tests)."""
     from accelerate.state import AcceleratorState, GradientState
