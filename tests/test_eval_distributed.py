@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.tiny_models import tiny_model, tiny_tokenizer
+from tests.tiny_models import save_tiny_model
 
 
 def _free_port() -> int:
@@ -20,9 +20,7 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_eval_splits_problems_across_two_processes(shared_data, tmp_path):
-    model_dir = tmp_path / "tiny"
-    tiny_model("llama").save_pretrained(model_dir)
-    tiny_tokenizer().save_pretrained(model_dir)
+    model_dir = save_tiny_model(tmp_path / "tiny")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),

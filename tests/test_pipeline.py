@@ -5,15 +5,13 @@ import json
 
 import pytest
 
-from tests.tiny_models import tiny_model, tiny_tokenizer
+from tests.tiny_models import save_tiny_model
 from xdlm_tune.pipeline import run_pipeline
 
 
 @pytest.mark.slow
 def test_run_pipeline_end_to_end(shared_data, tmp_path):
-    model_dir = tmp_path / "tiny"
-    tiny_model("llama").save_pretrained(model_dir)
-    tiny_tokenizer().save_pretrained(model_dir)
+    model_dir = save_tiny_model(tmp_path / "tiny")
     run_dir = tmp_path / "run"
     res = run_pipeline("recipes/smollm2-135m-xdlm-lora.yaml", [
         f"model.name_or_path={model_dir}", f"training.output_dir={run_dir}", "training.max_steps=2",

@@ -111,3 +111,10 @@ def random_ids(batch: int, length: int, *, low: int = 3, high: int = VOCAB - 8, 
     """Random token ids [B, L] that avoid the special ids (pad/bos/eos)."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(low, high, (batch, length), generator=g)
+
+
+def save_tiny_model(path, family: str = "llama"):
+    """Save `tiny_model(family)` and `tiny_tokenizer()` as a local model folder (like a Hub checkout)."""
+    tiny_model(family).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
