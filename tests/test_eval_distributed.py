@@ -3,19 +3,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
+from xdlm_tune.launch import free_port
+
 from tests.tiny_models import save_tiny_model
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -23,7 +19,7 @@ def test_eval_splits_problems_across_two_processes(shared_data, tmp_path):
     model_dir = save_tiny_model(tmp_path / "tiny")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
+           "--num_machines", "1", "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
            "-m", "xdlm_tune.evaluation.run", "--model", str(model_dir), "--data", str(shared_data / "mbpp.jsonl"),
            "--limit", "4", "--steps", "2", "--gen-length", "4", "--batch-size", "2", "--out", str(out)]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}

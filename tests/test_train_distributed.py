@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_train import REPO, make_tiny, run, trainable
+
+from xdlm_tune.launch import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -48,11 +49,6 @@ torch.save({"world": res.world_size, "losses": res.losses, "evals": res.evals, "
 shutdown_process_group()
 """
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(recipe: Path, out: Path, *overrides: str, deepspeed: bool = False) -> list[dict]:

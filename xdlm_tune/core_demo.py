@@ -7,23 +7,22 @@ byte before and after, and writes a sample with exact ancestral reverse steps.
 from __future__ import annotations
 
 import math
-import sysconfig
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from .data.sources import stdlib_files
 from .diffusion import forward_noise, fused_xdlm_loss, make_schedule, reverse_posterior
 
 V, MASK = 257, 256
 
 
 def stdlib_bytes(limit: int = 2_000_000) -> torch.Tensor:
-    """Concatenated bytes of the standard library's .py files, in sorted (deterministic) order."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+    """The first ``limit`` bytes of the standard library's .py files, in the data pipeline's
+    deterministic file order (``stdlib_files``)."""
     chunks, total = [], 0
-    for path in sorted(root.glob("*.py")):
+    for path in stdlib_files():
         data = path.read_bytes()
         chunks.append(data)
         total += len(data)

@@ -41,21 +41,16 @@ def evaluate_run(recipe: Recipe, run_dir: Path) -> dict[str, dict]:
     import torch
 
     from .evaluation import load_benchmark
-    from .evaluation.harness import EvalModel, GenerationConfig, run_evaluation, summarize_run
-    from .export.run import load_checkpoint
-    from .model import load_base
+    from .evaluation.harness import GenerationConfig, run_evaluation, summarize_run
+    from .evaluation.run import ar_baseline_model, checkpoint_model
 
-    ev = recipe.eval
+    ev, m = recipe.eval, recipe.model
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, tok, mask_id, shift, _ = load_checkpoint(run_dir)
     models = []
-    if ev.ar_baseline and recipe.model.kind == "causal":
-        base, base_tok = load_base(recipe.model.name_or_path, kind="causal", dtype=recipe.model.dtype,
-                                   attn_implementation=recipe.model.attn_implementation or "sdpa",
-                                   gguf_file=recipe.model.gguf_file)
-        models.append(EvalModel(base.to(device).eval(), base_tok, "base (AR)"))
-    models.append(EvalModel(model.to(device).eval(), tok, f"xdlm k={recipe.diffusion.k}", mask_id=mask_id,
-                            shift=shift))
+    if ev.ar_baseline and m.kind == "causal":
+        models.append(ar_baseline_model(m.name_or_path, device, label="base (AR)", dtype=m.dtype,
+                                        attn_implementation=m.attn_implementation or "sdpa", gguf_file=m.gguf_file))
+    models.append(checkpoint_model(run_dir, device, label=f"xdlm k={recipe.diffusion.k}"))
     cfg = GenerationConfig(gen_length=ev.gen_length, block_length=ev.block_length, sampler=ev.sampler,
                            temperature=ev.temperature, top_p=ev.top_p, k=recipe.diffusion.k,
                            batch_size=ev.batch_size, seed=recipe.training.seed)

@@ -64,53 +64,62 @@ def _xdlm_block(path: str) -> dict | None:
     return json.loads(cfg.read_text()).get("xdlm")
 
 
+def checkpoint_model(path: str | Path, device: torch.device, label: str | None = None) -> EvalModel:
+    """A training run's newest checkpoint (or a given checkpoint folder) as the model to evaluate."""
+    from ..export.run import load_checkpoint
+
+    model, tok, mask_id, shift, recipe = load_checkpoint(path)
+    return EvalModel(model.to(device).eval(), tok, label or Path(path).resolve().name, mask_id=mask_id,
+                     shift=shift, extra={"k": recipe.diffusion.k})
+
+
+def ar_baseline_model(name_or_path: str, device: torch.device, *, label: str, dtype: str,
+                      attn_implementation: str = "sdpa", gguf_file: str | None = None,
+                      trust_remote_code: bool = False) -> EvalModel:
+    """The original causal model, for the greedy autoregressive baseline row."""
+    from ..model import load_base
+
+    model, tok = load_base(name_or_path, kind="causal", dtype=dtype, attn_implementation=attn_implementation,
+                           gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+    return EvalModel(model.to(device).eval(), tok, label)
+
+
+def _default_dtype(args, device) -> str:
+    return args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+
+
 def load_diffusion_model(args, device) -> EvalModel:
     """The denoiser under evaluation, from --checkpoint, an export, or a (converted) base."""
     from ..model import prepare_model
 
-    dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     if args.checkpoint:
-        from ..export.run import load_checkpoint
-
-        model, tok, mask_id, shift, recipe = load_checkpoint(args.checkpoint)
-        label = args.label or Path(args.checkpoint).resolve().name
-        return EvalModel(model.to(device).eval(), tok, label, mask_id=mask_id, shift=shift,
-                         extra={"k": recipe.diffusion.k})
-    else:
-        block = _xdlm_block(args.model)
-        kind = args.kind or ("diffusion" if block else "causal")
-        prepared = prepare_model(
-            args.model, kind=kind, dtype=dtype, attn_implementation=args.attn_implementation,
-            trust_remote_code=args.trust_remote_code or block is not None,
-            mask_id=args.mask_id if args.mask_id is not None else (block or {}).get("mask_id"),
-            shift=args.shift if args.shift is not None else (block or {}).get("shift"),
-        )
-        k = (block or {}).get("k", 0.1)
-        label = args.label or (Path(args.model).name if block else f"{Path(args.model).name}+xdlm-sampler")
-    model = prepared.model.to(device).eval()
-    return EvalModel(model, prepared.tokenizer, label, mask_id=prepared.mask_id, shift=prepared.shift,
-                     extra={"k": k})
+        return checkpoint_model(args.checkpoint, device, args.label)
+    block = _xdlm_block(args.model)
+    prepared = prepare_model(
+        args.model, kind=args.kind or ("diffusion" if block else "causal"), dtype=_default_dtype(args, device),
+        attn_implementation=args.attn_implementation, trust_remote_code=args.trust_remote_code or block is not None,
+        mask_id=args.mask_id if args.mask_id is not None else (block or {}).get("mask_id"),
+        shift=args.shift if args.shift is not None else (block or {}).get("shift"),
+    )
+    label = args.label or (Path(args.model).name if block else f"{Path(args.model).name}+xdlm-sampler")
+    return EvalModel(prepared.model.to(device).eval(), prepared.tokenizer, label, mask_id=prepared.mask_id,
+                     shift=prepared.shift, extra={"k": (block or {}).get("k", 0.1)})
 
 
 def load_ar_baseline(args, device) -> EvalModel:
-    from ..model import load_base
-
-    dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
-    model, tok = load_base(args.model, kind="causal", dtype=dtype, attn_implementation=args.attn_implementation,
-                           trust_remote_code=args.trust_remote_code)
-    return EvalModel(model.to(device).eval(), tok, f"{Path(args.model).name} (AR)")
+    return ar_baseline_model(args.model, device, label=f"{Path(args.model).name} (AR)",
+                             dtype=_default_dtype(args, device), attn_implementation=args.attn_implementation,
+                             trust_remote_code=args.trust_remote_code)
 
 
 def _process_state():
-    """accelerate's view of the launch. Without CUDA, several launched processes only form one
-    group when asked for the CPU with gloo (otherwise each would believe it is alone)."""
-    import os
-
+    """accelerate's view of the launch: several launched CPU processes form one gloo group."""
     from accelerate import PartialState
 
-    launched = "LOCAL_RANK" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
-    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    return PartialState(cpu=True, backend="gloo") if cpu and launched else PartialState(cpu=cpu)
+    from ..launch import cpu_requested, launched
+
+    cpu = cpu_requested(torch.cuda.is_available())
+    return PartialState(cpu=True, backend="gloo") if cpu and launched() else PartialState(cpu=cpu)
 
 
 def eval_main(argv: list[str] | None = None, *, benchmark: str | None = None) -> int:

@@ -17,12 +17,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 from typing import Any, Iterator
 
 import torch
 
 from ..config import Recipe, RecipeError
+from ..launch import cpu_requested, free_port, launched
 
 logger = logging.getLogger(__name__)
 
@@ -54,17 +54,6 @@ def deepspeed_config(recipe: Recipe) -> dict[str, Any] | None:
     return ds
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launched() -> bool:
-    """Started by a distributed launcher (torchrun, accelerate launch, deepspeed)."""
-    return "LOCAL_RANK" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 @contextlib.contextmanager
 def single_process_group_env(needed: bool) -> Iterator[None]:
     """Set RANK=0, WORLD_SIZE=1, ... on a free 127.0.0.1 port for the duration, when
@@ -74,7 +63,7 @@ def single_process_group_env(needed: bool) -> Iterator[None]:
         return
     saved = {k: os.environ.get(k) for k in _LAUNCH_VARS}
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     try:
         yield
     finally:
@@ -97,7 +86,7 @@ def build_accelerator(recipe: Recipe, ds_config: dict[str, Any] | None):
                           "deepspeed.config=deepspeed_configs/zero2.json): the recipe decides, not the launcher")
     if ds_config is not None and os.environ.pop("ACCELERATE_USE_CPU", None) is not None:
         logger.info("DeepSpeed run: ignoring ACCELERATE_USE_CPU (DeepSpeed picks its CPU accelerator by itself)")
-    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    cpu = cpu_requested(torch.cuda.is_available())
     handlers = [InitProcessGroupKwargs(backend="gloo")] if cpu and launched() else []
     common = dict(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
                   kwargs_handlers=handlers)
