@@ -76,10 +76,10 @@ def sample_export(export_dir: Path, prompt: str, *, steps: int = 16, new_tokens:
 
 
 def run_pipeline(recipe_path: str, overrides: list[str] = ()) -> dict:
+    recipe = load_recipe(recipe_path, list(overrides))  # a bad recipe fails before anything heavy loads
     from .export.run import export_run
     from .train.loop import train
 
-    recipe = load_recipe(recipe_path, list(overrides))
     run_dir = Path(recipe.training.output_dir)
     t0 = time.time()
     _say(f"1/4 training {recipe.model.name_or_path} with k={recipe.diffusion.k} for {recipe.training.max_steps} steps -> {run_dir}")

@@ -182,7 +182,8 @@ def summarize_run(out_dir: str | Path, title: str = "") -> dict:
     """Merge the per-rank sample files and write summary.md, summary.json and pass_at_1.png."""
     out = Path(out_dir)
     rows = []
-    for f in sorted(out.glob("samples*.jsonl")):
+    files = sorted(out.glob("samples*.jsonl"))
+    for f in files:
         for line in f.read_text().splitlines():
             try:
                 rows.append(json.loads(line))
@@ -195,4 +196,4 @@ def summarize_run(out_dir: str | Path, title: str = "") -> dict:
     (out / "summary.md").write_text((f"# {title}\n\n" if title else "") + table)
     (out / "summary.json").write_text(json.dumps([s.__dict__ for s in summaries], indent=2))
     plot = plot_summary(summaries, out / "pass_at_1.png", title=title)
-    return {"table": table, "summary": summaries, "plot": plot, "samples": len(rows)}
+    return {"table": table, "summary": summaries, "plot": plot, "samples": len(rows), "files": files}

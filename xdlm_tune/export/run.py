@@ -105,7 +105,8 @@ def export_run(
     d = recipe.diffusion
     out = export_model(
         model, tokenizer, out_dir, mask_id=mask_id, k=d.k, shift=shift, schedule=d.schedule, eps=d.eps,
-        recipe=recipe, inplace=True, name=name or push_to_hub_repo, **export_kwargs,
+        recipe=recipe, inplace=True, name=name or push_to_hub_repo,
+        repo_id=export_kwargs.pop("repo_id", None) or push_to_hub_repo, **export_kwargs,
     )
     logger.info("exported %s to %s", ckpt, out)
     if push_to_hub_repo:
@@ -115,9 +116,16 @@ def export_run(
 
 def export_main(argv: list[str] | None = None) -> int:
     """`xdlm-tune export` (the CLI calls this with the arguments after `export`)."""
+    from xdlm_tune.cli import HelpFormatter
+
     parser = argparse.ArgumentParser(
-        prog="xdlm-tune export",
-        description="Merge a run's adapters into the base and write a self-contained Hugging Face folder.")
+        prog="xdlm-tune export", formatter_class=HelpFormatter,
+        description="Merge a run's adapters (or full weights) into the base and write a self-contained Hugging Face "
+                    "folder: merged safetensors, tokenizer with its mask token, config.json with the XDLM settings, "
+                    "the generated modeling_xdlm.py (diffusion_generate) and a model card; optionally push it.",
+        epilog="examples:\n  xdlm-tune export runs/smollm2-135m-xdlm-lora --out exports/smollm2-xdlm\n"
+               "  xdlm-tune export runs/smollm2-135m-xdlm-lora/checkpoint-00000200 --out exports/smollm2-xdlm "
+               "--push-to-hub you/smollm2-135m-xdlm")
     parser.add_argument("path", help="a run folder (training.output_dir: its newest checkpoint) or a checkpoint-* folder")
     parser.add_argument("--out", help="export folder (default: the recipe's export.out_dir, else <run>/export)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the export to this Hub repo (token: $HF_TOKEN)")
@@ -135,7 +143,7 @@ def export_main(argv: list[str] | None = None) -> int:
         if args.eval_summary:
             text = Path(args.eval_summary).read_text()
             extra["eval_summary"] = json.loads(text) if args.eval_summary.endswith(".json") else text
-        out = export_run(args.path, args.out, name=args.push_to_hub, **extra)
+        out = export_run(args.path, args.out, name=args.push_to_hub, repo_id=args.push_to_hub, **extra)
     except (ExportError, RecipeError, OSError, ValueError) as err:
         print(f"xdlm-tune export: {err}", file=sys.stderr)
         return 2

@@ -13,9 +13,10 @@ import warnings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("recipe", help="a YAML recipe, e.g. recipes/smollm2-135m-xdlm-lora.yaml")
+    parser.add_argument("recipe", help="a YAML recipe (see recipes/), e.g. recipes/smollm2-135m-xdlm-lora.yaml")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="recipe overrides, e.g. diffusion.k=0.5 training.max_steps=2 training.output_dir=runs/try")
+                        help="change any recipe field, the value read as YAML (numbers, true/false, null, lists "
+                             "like [q_proj, v_proj]), e.g. diffusion.k=0.5 training.max_steps=2 training.output_dir=runs/try")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest checkpoint in training.output_dir (= training.resume=latest)")
     parser.add_argument("--dry-run", action="store_true",
