@@ -195,5 +195,6 @@ def summarize_run(out_dir: str | Path, title: str = "") -> dict:
     table = markdown_table(summaries)
     (out / "summary.md").write_text((f"# {title}\n\n" if title else "") + table)
     (out / "summary.json").write_text(json.dumps([s.__dict__ for s in summaries], indent=2))
-    plot = plot_summary(summaries, out / "pass_at_1.png", title=title)
+    benchmark = str(rows[0].get("task_id", "")).split("/")[0].lower() or None  # "mbpp/11", "HumanEval/0"
+    plot = plot_summary(summaries, out / "pass_at_1.png", benchmark=benchmark)
     return {"table": table, "summary": summaries, "plot": plot, "samples": len(rows), "files": files}
