@@ -82,6 +82,10 @@ def _main(argv: list[str]) -> int:
         from .train.entry import run as train_run
 
         return train_run(args)
+    if args.command in ("run", "demo"):
+        from .console import setup_logging
+
+        setup_logging()
     if args.command == "run":
         from .pipeline import run_pipeline
 
@@ -101,7 +105,12 @@ def _main(argv: list[str]) -> int:
         data_dir = Path("../shared/data")
         data = [f"eval.data_dir={data_dir}"] if (data_dir / "mbpp.jsonl").is_file() else ["eval.data_dir=null"]
         recipe = Path(__file__).resolve().parents[1] / "recipes" / "smollm2-135m-xdlm-lora.yaml"
-        run_pipeline(str(recipe), DEMO_OVERRIDES + data)
+        from .console import setup_logging, tee
+
+        with tee(DEMO_LOG):  # what the demo prints, also in a file (README drift check: benchmarks/)
+            setup_logging()
+            run_pipeline(str(recipe), DEMO_OVERRIDES + data)
+        print(f"[xdlm-tune demo] this output is also in {DEMO_LOG}")
     return 0
 
 
@@ -116,6 +125,7 @@ _MAIN_EPILOG = """examples:
 add --debug to any command for the full traceback of an error."""
 
 
+DEMO_LOG = "runs/demo/demo.log"
 # A short run of the embedded default recipe that fits a 2-core CPU in a few minutes.
 DEMO_OVERRIDES = [
     "training.output_dir=runs/demo", "training.resume=latest", "training.max_steps=30", "training.eval_every=15", "training.save_every=15",

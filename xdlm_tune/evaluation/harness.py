@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
+from ..console import progress as progress_bar
 from ..sampling import generate
 from .extract import truncate
 from .metrics import markdown_table, plot_summary, summarize
@@ -162,7 +162,7 @@ def run_evaluation(
     mine = list(problems)[rank::world_size]
     exec_kw = {} if timeout is None else {"timeout": timeout}
     jobs = [(em, s) for em in models for s in ([None] if em.mask_id is None else steps)]
-    bar = tqdm(total=len(jobs) * len(mine), desc="eval", disable=not progress or rank != 0)
+    bar = progress_bar(total=len(jobs) * len(mine), desc="eval", disable=not progress or rank != 0)
     for em, s in jobs:
         todo = [p for p in mine if (em.label, s, p.task_id) not in done]
         bar.update(len(mine) - len(todo))

@@ -153,8 +153,11 @@ def _process_state():
 
 
 def eval_main(argv: list[str] | None = None, *, benchmark: str | None = None) -> int:
+    from ..console import setup_logging
+
     ap = build_parser(benchmark)
     args = ap.parse_args(argv)
+    setup_logging()
     _check_args(ap, args)
     benchmark = benchmark or args.benchmark
     state = _process_state()

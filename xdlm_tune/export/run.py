@@ -39,9 +39,11 @@ def find_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise ExportError(f"{path} is not a folder: give a run folder (training.output_dir) or a checkpoint-* folder")
-    if (path / STATE_FILE).is_file() or ((path / RECIPE_FILE).is_file() and _weights_dir(path) is not None):
+    if (path / STATE_FILE).is_file():
         return path
-    latest = latest_checkpoint(path)
+    latest = latest_checkpoint(path)  # a run folder: before its own sub-folders (export/ holds weights too)
+    if latest is None and (path / RECIPE_FILE).is_file() and _weights_dir(path) is not None:
+        return path
     if latest is None:
         raise ExportError(f"{path} holds no checkpoint (checkpoint-*/ with {STATE_FILE}); train first or give a checkpoint folder")
     return latest
@@ -67,7 +69,10 @@ def load_checkpoint(path: str | Path):
     )
     model = prepared.model
     if (weights / "adapter_config.json").is_file():
-        model = PeftModel.from_pretrained(model, weights)
+        from xdlm_tune.console import peft_wrapping
+
+        with peft_wrapping():
+            model = PeftModel.from_pretrained(model, weights)
     elif not full_folder:
         state = _load_safetensors(weights)
         if any(key.startswith("base_model.model.") for key in state):
@@ -135,7 +140,9 @@ def export_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-summary", metavar="FILE", help="evaluation table for the card: .json (rows) or .md")
     parser.add_argument("--plot", metavar="FILE", help="evaluation plot (png) for the card")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from xdlm_tune.console import setup_logging
+
+    setup_logging(logging.INFO, "%(message)s")
     extra = {"max_shard_size": args.max_shard_size, "plot_path": args.plot}
     if args.dtype:
         extra["dtype"] = args.dtype

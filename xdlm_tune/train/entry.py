@@ -64,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _setup_logging() -> None:
+    from ..console import setup_logging
+
     main_process = os.environ.get("RANK", "0") == "0"
-    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # Our modules speak at INFO; libraries keep their own (usually WARNING) level.
-    logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("xdlm_tune").setLevel(logging.INFO if main_process else logging.WARNING)
+    setup_logging(logging.INFO if main_process else logging.WARNING,
+                  "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # DeepSpeed calls renamed torch.distributed functions on every step; the warning says nothing to a user.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
