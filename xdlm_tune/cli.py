@@ -110,7 +110,7 @@ def _main(argv: list[str]) -> int:
         with tee(DEMO_LOG):  # what the demo prints, also in a file (README drift check: benchmarks/)
             setup_logging()
             run_pipeline(str(recipe), DEMO_OVERRIDES + data)
-        print(f"[xdlm-tune demo] this output is also in {DEMO_LOG}")
+            print(f"  this console output:  {DEMO_LOG}")
     return 0
 
 
