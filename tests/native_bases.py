@@ -82,7 +82,7 @@ def trained_bpe() -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
     return vocab, merges
 
 
-def _added(content: str, index: int) -> dict:
+def _added(content: str) -> dict:
     return {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
             "single_word": False, "special": True}
 
@@ -97,7 +97,7 @@ def dream_base(tmp_path: Path) -> Path:
     config = {
         "tokenizer_class": "DreamTokenizer",
         "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]},
-        "added_tokens_decoder": {str(i): _added(t, i) for i, t in specials.items()},
+        "added_tokens_decoder": {str(i): _added(t) for i, t in specials.items()},
         "bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "unk_token": None, "mask_token": "<|mask|>",
         "errors": "replace", "split_special_tokens": False, "clean_up_tokenization_spaces": False,
         "model_max_length": 4096,
