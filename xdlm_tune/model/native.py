@@ -145,6 +145,13 @@ def load_native(source: str | os.PathLike, raw: dict[str, Any], **kwargs) -> Pre
             f"{source}: the {family} checkpoint does not map onto {cls.__name__}: "
             + "; ".join(f"{k} {v[:4]}" for k, v in bad.items() if v)
         )
+    # transformers remembers the renaming and would undo it in save_pretrained, writing LLaDA names
+    # under a Llama config.json; everything saved from here on (checkpoints, exports) is a Llama.
+    ours = {tuple(p) for p in ([k] for k in LLADA_KEY_MAPPING)}
+    model._weight_conversions = [
+        c for c in (getattr(model, "_weight_conversions", None) or [])
+        if tuple(getattr(c, "source_patterns", ())) not in ours
+    ]
     # Recorded (and saved with the model) so that prepare_model knows the family's shift default.
     model.config.xdlm_source_model_type = family
     logger.info("%s: model_type %s loaded natively as a bidirectional %s", source, family, cls.__name__)
@@ -173,6 +180,10 @@ def load_tokenizer(source: str | os.PathLike, family: str | None = None, **kwarg
             )
         if name is not None and name != cls.__name__:
             logger.info("%s: tokenizer class %s replaced by transformers' %s", source, name, cls.__name__)
+        tokenizer = cls.from_pretrained(source, **kwargs)
+        # Saved copies (checkpoints, exports) name transformers' class, not the shipped code.
+        tokenizer.init_kwargs.pop("auto_map", None)
+        return tokenizer
     return cls.from_pretrained(source, **kwargs)
 
 
