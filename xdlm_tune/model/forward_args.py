@@ -26,15 +26,23 @@ def forward_owner(model):
         model = inner
 
 
+def _parameters(model) -> dict | None:
+    """The named parameters of what calling `model` runs; None when any keyword is taken."""
+    owner = forward_owner(model)
+    try:  # a module's forward, else the callable itself (e.g. a wrapper defining __call__)
+        params = inspect.signature(getattr(owner, "forward", owner)).parameters
+    except (TypeError, ValueError):  # no signature to read: pass everything, as before
+        return None
+    return None if any(p.kind is p.VAR_KEYWORD for p in params.values()) else params
+
+
 def accepts(model, name: str) -> bool:
     """Whether the model's forward takes the keyword argument `name` (any, with **kwargs)."""
-    params = inspect.signature(forward_owner(model).forward).parameters
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    params = _parameters(model)
+    return params is None or name in params
 
 
 def accepted_kwargs(model, **kwargs) -> dict:
     """`kwargs` without those the model's forward does not take (all of them with **kwargs)."""
-    params = inspect.signature(forward_owner(model).forward).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return kwargs
-    return {k: v for k, v in kwargs.items() if k in params}
+    params = _parameters(model)
+    return kwargs if params is None else {k: v for k, v in kwargs.items() if k in params}
