@@ -33,7 +33,7 @@ def build_parser(benchmark: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--ids", nargs="+", help="explicit task ids")
     ap.add_argument("--model", default="smollm2-135m", help="base or exported model (name, Hub id or folder)")
     ap.add_argument("--checkpoint", help="a training run directory or checkpoint to evaluate")
-    ap.add_argument("--kind", choices=("causal", "diffusion"), help="default: diffusion for xdlm-tune exports")
+    ap.add_argument("--kind", choices=("causal", "diffusion"), help="default: diffusion for xdlm-tune exports and LLaDA / Dream")
     ap.add_argument("--mask-id", type=int, help="diffusion bases: the mask token id (LLaDA: 126336)")
     ap.add_argument("--shift", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--trust-remote-code", action="store_true")
@@ -96,7 +96,8 @@ def load_diffusion_model(args, device) -> EvalModel:
         return checkpoint_model(args.checkpoint, device, args.label)
     block = _xdlm_block(args.model)
     prepared = prepare_model(
-        args.model, kind=args.kind or ("diffusion" if block else "causal"), dtype=_default_dtype(args, device),
+        args.model, kind=args.kind or ("diffusion" if block or _native(args.model) else "causal"),
+        dtype=_default_dtype(args, device),
         attn_implementation=args.attn_implementation, trust_remote_code=args.trust_remote_code or block is not None,
         mask_id=args.mask_id if args.mask_id is not None else (block or {}).get("mask_id"),
         shift=args.shift if args.shift is not None else (block or {}).get("shift"),
@@ -104,6 +105,15 @@ def load_diffusion_model(args, device) -> EvalModel:
     label = args.label or (Path(args.model).name if block else f"{Path(args.model).name}+xdlm-sampler")
     return EvalModel(prepared.model.to(device).eval(), prepared.tokenizer, label, mask_id=prepared.mask_id,
                      shift=prepared.shift, extra={"k": (block or {}).get("k", 0.1)})
+
+
+def _native(name_or_path: str) -> bool:
+    """LLaDA / Dream: already diffusion models, loaded natively (model/native.py)."""
+    from ..model.load import resolve_source
+    from ..model.native import native_family, read_config_dict
+
+    source, gguf = resolve_source(name_or_path)
+    return gguf is None and native_family(read_config_dict(source)) is not None
 
 
 def load_ar_baseline(args, device) -> EvalModel:
