@@ -9,6 +9,7 @@ world_size-th problem and writes its own file; rank 0 merges and summarises.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -112,6 +113,11 @@ def autoregressive_generations(em: EvalModel, problems: Sequence[Problem], cfg: 
     return out
 
 
+def _settings_record(settings: SamplerSettings) -> dict:
+    """What a sample row records of how it was sampled (the resolved sampler included)."""
+    return {**dataclasses.asdict(settings), "sampler": settings.resolved_sampler}
+
+
 def _done_keys(path: Path) -> set[tuple]:
     """Keys of the samples already in ``path``; a line cut by an interruption is dropped (its
     sample is redone), so later appends start on a fresh line."""
@@ -174,7 +180,9 @@ def run_evaluation(
             texts = (autoregressive_generations(em, chunk, cfg) if s is None
                      else diffusion_generations(em, chunk, s, cfg))
             records = check_generations(chunk, texts, workers=workers, **exec_kw)
-            rows = [{"label": em.label, "steps": s, "generation": t, **r} for t, r in zip(texts, records)]
+            used = None if s is None else _settings_record(cfg.sampling.replace(steps=s))
+            rows = [{"label": em.label, "steps": s, "sampler": used, "generation": t, **r}
+                    for t, r in zip(texts, records)]
             _append(path, rows)
             bar.update(len(chunk))
             bar.set_postfix(model=em.label, steps=s if s is not None else "AR")
