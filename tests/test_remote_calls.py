@@ -13,9 +13,10 @@ from safetensors.torch import save_file
 
 from xdlm_tune.evaluation.harness import EvalModel, GenerationConfig, diffusion_generations
 from xdlm_tune.evaluation.tasks import Problem
+from xdlm_tune.sampling import SamplerSettings
 from xdlm_tune.model import attach_lora, denoiser_hidden, output_projection, prepare_model
 from xdlm_tune.model.forward_args import accepted_kwargs, accepts
-from xdlm_tune.sampling import SamplerSettings, generate
+from xdlm_tune.sampling import generate
 from xdlm_tune.train import entry
 from xdlm_tune.train.dry_run import _diffusion_stand_in
 
@@ -101,7 +102,7 @@ def test_evaluation_groups_prompts_of_equal_length_for_a_model_without_position_
     batch could not give this model) come back in order with the same answers."""
     problems = [Problem(benchmark="t", task_id=str(i), prompt="x" * n, test_code="", reference="") for i, n in enumerate([4, 6, 4, 5, 6, 4])]
     em = EvalModel(model=strict.model.eval(), tokenizer=_Tok(), label="strict", mask_id=strict.mask_id, shift=False)
-    cfg = GenerationConfig(SamplerSettings(gen_length=8, block_length=4, sampler="confidence"), batch_size=2)
+    cfg = GenerationConfig(sampling=SamplerSettings(gen_length=8, block_length=4, sampler="confidence"), batch_size=2)
     together = diffusion_generations(em, problems, 4, cfg)
     alone = [diffusion_generations(em, [p], 4, cfg)[0] for p in problems]
     assert together == alone and len(together) == len(problems)
