@@ -109,7 +109,6 @@ def genppl_main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     check_args(args)
-    torch.set_grad_enabled(False)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     em = load_diffusion_model(args, device)
     recipe = None
