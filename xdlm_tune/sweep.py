@@ -145,10 +145,9 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
     import torch
 
     from .evaluation.genppl_run import CODE_SOURCES, generation_metrics, make_prefixes
-    from .evaluation.harness import GenerationConfig
+    from .evaluation.harness import EvalModel, GenerationConfig
     from .evaluation.run import ar_baseline_model, checkpoint_model
     from .model import prepare_model
-    from .evaluation.harness import EvalModel
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     first = recipes[0]
@@ -166,9 +165,10 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
                temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size, seed=args.seed)
 
     prefixes = None
-    rows, reference = [], []
+    rows = []
     ref_path = out / "reference.json"
-    cached_ref = _cached(ref_path, {**settings, "recipe": first.to_dict()["data"]})
+    ref_key = {**settings, "k": args.k[0], "data": first.to_dict()["data"]}
+    cached_ref = _cached(ref_path, ref_key)
     for i, (k, recipe) in enumerate(zip(args.k, recipes)):
         folder = run_dir(out, k)
         cache = folder / "sweep_gen.json"
@@ -202,11 +202,10 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
                                      code=code, reference=True)
             cached_ref = [{**asdict(r), "heldout_nelbo": heldout_nelbo(folder, 0) if r.steps is not None else None,
                            "k": k if r.steps is not None else None} for r in ref]
-            _write_cache(ref_path, {**settings, "recipe": first.to_dict()["data"]}, cached_ref)
-    reference = cached_ref or []
+            _write_cache(ref_path, ref_key, cached_ref)
     return {"settings": {**settings, "k": args.k, "recipe": str(args.recipe), "overrides": list(args.overrides),
                          "max_steps": first.training.max_steps},
-            "rows": rows, "reference": reference}
+            "rows": rows, "reference": cached_ref or []}
 
 
 # --------------------------------------------------------------------------- outputs
@@ -269,10 +268,12 @@ def pareto_plot(result: dict[str, Any], path: Path) -> Path:
                 ax.annotate(f"k={r['k']:g}", (r["heldout_nelbo"], r["gen_ppl"]), textcoords="offset points",
                             xytext=(5, 4), fontsize=8)
     untrained = [r for r in result["reference"] if r["steps"] is not None and r.get("heldout_nelbo") is not None]
-    for r in untrained:
-        ax.plot(r["heldout_nelbo"], r["gen_ppl"], "x", color="0.3", markersize=7)
-        ax.annotate(f"untrained, {r['steps']} steps", (r["heldout_nelbo"], r["gen_ppl"]), textcoords="offset points",
-                    xytext=(-5, 4), fontsize=7, ha="right")
+    for j, r in enumerate(untrained):  # x markers in the colour of their step budget
+        i = sorted({q["steps"] for q in rows}).index(r["steps"]) if r["steps"] in {q["steps"] for q in rows} else 0
+        ax.plot(r["heldout_nelbo"], r["gen_ppl"], "x", color=f"C{i}", markersize=8, mew=2)
+        if j == 0:
+            ax.annotate(f"untrained (k={r['k']:g})", (r["heldout_nelbo"], r["gen_ppl"]), textcoords="offset points",
+                        xytext=(0, -13), fontsize=8, ha="center")
     for j, r in enumerate(r for r in result["reference"] if r["steps"] is None):
         ax.axhline(r["gen_ppl"], color="0.4", linestyle=[":", "--"][j % 2], linewidth=1, label=r["label"])
     ax.set_yscale("log")
