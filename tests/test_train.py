@@ -138,7 +138,9 @@ def test_gradient_accumulation_takes_the_same_step_as_a_bigger_batch(tiny, tmp_p
     for s in big.losses:
         assert acc.losses[s] == pytest.approx(big.losses[s], rel=1e-5)
     wa, wb = trainable(big.checkpoint), trainable(acc.checkpoint)
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+    # Adam divides by sqrt(v): where a gradient is ~0 its rounding differences become O(lr) steps
+    # (seen here: 5e-5 with lr 1e-2 after 3 steps); 1% of lr still catches a wrong accumulation.
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
 
 
 def test_sft_per_answer_loss_is_the_same_for_any_batch_geometry(tmp_path):

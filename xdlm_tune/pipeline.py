@@ -41,7 +41,7 @@ def evaluate_run(recipe: Recipe, run_dir: Path) -> dict[str, dict]:
     import torch
 
     from .evaluation import load_benchmark
-    from .evaluation.harness import GenerationConfig, run_evaluation, summarize_run
+    from .evaluation.harness import GenerationConfig, run_evaluation, settings_from_recipe, summarize_run
     from .evaluation.run import ar_baseline_model, checkpoint_model
 
     ev, m = recipe.eval, recipe.model
@@ -51,15 +51,15 @@ def evaluate_run(recipe: Recipe, run_dir: Path) -> dict[str, dict]:
         models.append(ar_baseline_model(m.name_or_path, device, label="base (AR)", dtype=m.dtype,
                                         attn_implementation=m.attn_implementation or "sdpa", gguf_file=m.gguf_file))
     models.append(checkpoint_model(run_dir, device, label=f"xdlm k={recipe.diffusion.k}"))
-    cfg = GenerationConfig(gen_length=ev.gen_length, block_length=ev.block_length, sampler=ev.sampler,
-                           temperature=ev.temperature, top_p=ev.top_p, k=recipe.diffusion.k,
-                           batch_size=ev.batch_size, seed=recipe.training.seed)
+    settings = settings_from_recipe(recipe).check()
+    cfg = GenerationConfig(sampling=settings, batch_size=ev.batch_size, seed=recipe.training.seed)
     results = {}
     for task in ev.tasks:
         data = Path(ev.data_dir) / BENCHMARK_FILES[task] if ev.data_dir else None
-        problems = load_benchmark(task, data, limit=ev.limit)
+        problems = load_benchmark(task, data, limit=ev.limit,
+                                  prompt_format=ev.prompt_format if task == "mbpp" else "original")
         out = run_dir / "eval" / task
-        _say(f"evaluating {task}: {len(problems)} problems, steps {ev.steps}, sampler {ev.sampler} -> {out}")
+        _say(f"evaluating {task}: {len(problems)} problems, steps {ev.steps}, sampler {settings.resolved_sampler} -> {out}")
         run_evaluation(models, problems, steps=ev.steps, cfg=cfg, out_dir=out)
         results[task] = summarize_run(out, title=f"{task} pass@1 ({len(problems)} problems)")
         print(results[task]["table"], flush=True)

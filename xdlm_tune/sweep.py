@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 SAMPLE_SETTINGS = ("steps", "num_samples", "gen_length", "block_length", "prefix_tokens", "sampler", "temperature",
-                   "top_p", "batch_size", "seed", "judge", "code")
+                   "top_p", "final_step", "batch_size", "seed", "judge", "code")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .sampling import SAMPLERS
+    from .sampling import FINAL_STEPS, SAMPLERS
 
     ap = argparse.ArgumentParser(prog="xdlm-tune sweep", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ancestral (default): the exact reverse process, right for every k (k = 1 never sees [MASK])")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--final-step", choices=FINAL_STEPS, default="none",
+                    help="ancestral: the authors' extra sampled step to alpha_s = 1")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--judge", help="AR judge (default: the recipe's base model)")
@@ -148,6 +150,7 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
     from .evaluation.harness import EvalModel, GenerationConfig
     from .evaluation.run import ar_baseline_model, checkpoint_model
     from .model import prepare_model
+    from .sampling import SamplerSettings
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     first = recipes[0]
@@ -161,8 +164,18 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
                               gguf_file=None if args.judge else m.gguf_file, trust_remote_code=m.trust_remote_code)
     code = args.code if args.code is not None else first.data.source in CODE_SOURCES
     settings = _settings(args, code)
-    cfg = dict(gen_length=args.gen_length, block_length=args.block_length, sampler=args.sampler,
-               temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size, seed=args.seed)
+
+    def gen_config(recipe) -> GenerationConfig:  # the run's own k, schedule and eps
+        d = recipe.diffusion
+        sampling = SamplerSettings(gen_length=args.gen_length, block_length=args.block_length, sampler=args.sampler,
+                                   temperature=args.temperature, top_p=args.top_p, k=d.k, schedule=d.schedule,
+                                   eps=d.eps, final_step=args.final_step)
+        for s in args.steps:
+            try:
+                sampling.replace(steps=s).check()
+            except ValueError as e:
+                _fail(f"--steps {s}: {e}")
+        return GenerationConfig(sampling=sampling, batch_size=args.batch_size, seed=args.seed)
 
     prefixes = None
     rows = []
@@ -178,7 +191,7 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
             prefixes = prefixes or make_prefixes(em.tokenizer, recipe=recipe, n=args.num_samples,
                                                  prefix_tokens=args.prefix_tokens)
             gen = [asdict(r) for r in generation_metrics(
-                em, judge, prefixes, steps=args.steps, cfg=GenerationConfig(k=k, **cfg), code=code,
+                em, judge, prefixes, steps=args.steps, cfg=gen_config(recipe), code=code,
                 samples_file=folder / "samples_genppl.jsonl", reference=False)]
             _write_cache(cache, settings, gen)
             del em
@@ -198,7 +211,7 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
                             shift=pm.shift)
             prefixes = prefixes or make_prefixes(em0.tokenizer, recipe=recipe, n=args.num_samples,
                                                  prefix_tokens=args.prefix_tokens)
-            ref = generation_metrics(em0, judge, prefixes, steps=args.steps, cfg=GenerationConfig(k=k, **cfg),
+            ref = generation_metrics(em0, judge, prefixes, steps=args.steps, cfg=gen_config(recipe),
                                      code=code, reference=True)
             cached_ref = [{**asdict(r), "heldout_nelbo": heldout_nelbo(folder, 0) if r.steps is not None else None,
                            "k": k if r.steps is not None else None} for r in ref]

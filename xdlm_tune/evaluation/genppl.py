@@ -106,21 +106,19 @@ def _left_pad(prefixes: Sequence[list[int]], pad: int, device) -> tuple[torch.Te
 
 
 @torch.no_grad()
-def diffusion_samples(em: EvalModel, prefixes: Sequence[list[int]], steps: int, cfg: GenerationConfig,
-                      sampler_kwargs: dict | None = None) -> list[Sample]:
-    """One sample per prefix from the diffusion sampler with ``steps`` forward passes."""
+def diffusion_samples(em: EvalModel, prefixes: Sequence[list[int]], steps: int, cfg: GenerationConfig) -> list[Sample]:
+    """One sample per prefix from the diffusion sampler (``cfg.sampling``) with ``steps`` forward passes."""
     device = next(em.model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    settings = cfg.sampling.replace(steps=steps).check()
     eos = em.tokenizer.eos_token_id
     pad = em.tokenizer.pad_token_id if em.tokenizer.pad_token_id is not None else eos
     out = []
     for i in range(0, len(prefixes), cfg.batch_size):
         chunk = prefixes[i:i + cfg.batch_size]
         ids, mask = _left_pad(chunk, pad, device)
-        seq = generate(em.model, ids, attention_mask=mask, steps=steps, gen_length=cfg.gen_length,
-                       block_length=cfg.block_length, sampler=cfg.sampler, temperature=cfg.temperature,
-                       top_p=cfg.top_p, k=cfg.k, mask_id=em.mask_id, shift=em.shift, eos_id=eos, generator=gen,
-                       **(sampler_kwargs or {}))
+        seq = generate(em.model, ids, settings, attention_mask=mask, mask_id=em.mask_id, shift=em.shift,
+                       eos_id=eos, generator=gen)
         for p, row in zip(chunk, seq[:, ids.shape[1]:].tolist()):
             out.append(Sample(list(p), *_cut(row, eos)))
     return out

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from ..sampling import SAMPLERS
+from ..sampling import FINAL_STEPS, SAMPLERS, SamplerSettings
 from .genppl import GenRow, diffusion_samples, heldout_prefixes, reference_rows, save_samples, score, start_token
 from .genppl import write_outputs
 from .harness import EvalModel, GenerationConfig
@@ -45,12 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, nargs="+", default=[8, 16, 32], help="step budgets")
     ap.add_argument("--gen-length", type=int, default=64)
     ap.add_argument("--block-length", type=int, default=None, help="default: one block")
-    ap.add_argument("--sampler", choices=SAMPLERS, default="confidence")
+    ap.add_argument("--sampler", choices=SAMPLERS, default=None,
+                    help="default: xdlm when the model's k > 0, else confidence (as eval); ancestral: exact steps")
     ap.add_argument("--temperature", type=float, default=1.0,
                     help="1 (default): samples, as gen-PPL is usually measured; 0: greedy (unconditional samples "
                          "are then all the same)")
     ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--k", type=float, default=None, help="xdlm sampler's k (default: the model's, else 0.1)")
+    ap.add_argument("--k", type=float, default=None, help="sampler's k (default: the model's, else 0.1)")
+    ap.add_argument("--revise-prompt", action="store_true", help="xdlm: also rewrite prompt tokens (the authors' code)")
+    ap.add_argument("--final-step", choices=FINAL_STEPS, default="none",
+                    help="ancestral: the authors' extra sampled step to alpha_s = 1")
     ap.add_argument("--code", action=argparse.BooleanOptionalAction, default=None,
                     help="report the compile rate (default: on for the builtin code corpora)")
     ap.add_argument("--no-reference", action="store_true", help="skip the AR judge's own samples")
@@ -63,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _fail(msg: str) -> None:
     raise SystemExit(f"xdlm-tune eval --benchmark genppl: {msg}")
+
+
+def check_settings(settings: SamplerSettings, steps: Sequence[int]) -> None:
+    """Every budget with these settings is valid, or a clear error naming the option."""
+    for s in steps:
+        try:
+            settings.replace(steps=s).check()
+        except ValueError as e:
+            _fail(f"--steps {s}: {e}")
 
 
 def check_args(args) -> None:
@@ -83,7 +96,7 @@ def generation_metrics(em: EvalModel, judge: EvalModel, prefixes: Sequence[list[
     """Rows for ``em`` at every budget in ``steps`` (and the judge's reference rows first)."""
     rows = []
     if reference:
-        rows += reference_rows(judge, em.tokenizer, prefixes, gen_length=cfg.gen_length, code=code,
+        rows += reference_rows(judge, em.tokenizer, prefixes, gen_length=cfg.sampling.gen_length, code=code,
                                batch_size=cfg.batch_size, seed=cfg.seed)
     for s in steps:
         samples = diffusion_samples(em, prefixes, s, cfg)
@@ -105,7 +118,7 @@ def make_prefixes(tokenizer, *, recipe, n: int, prefix_tokens: int) -> list[list
 
 def genppl_main(argv: list[str] | None = None) -> int:
     from ..config import load_recipe
-    from .run import _default_dtype, _xdlm_block, ar_baseline_model, load_diffusion_model
+    from .run import _default_dtype, _xdlm_block, ar_baseline_model, load_diffusion_model, sampler_settings
 
     args = build_parser().parse_args(argv)
     check_args(args)
@@ -130,10 +143,9 @@ def genppl_main(argv: list[str] | None = None) -> int:
                               attn_implementation=args.attn_implementation, trust_remote_code=args.trust_remote_code)
     code = args.code if args.code is not None else bool(recipe and recipe.data.source in CODE_SOURCES)
     prefixes = make_prefixes(em.tokenizer, recipe=recipe, n=args.num_samples, prefix_tokens=args.prefix_tokens)
-    k = args.k if args.k is not None else em.extra.get("k", 0.1)
-    cfg = GenerationConfig(gen_length=args.gen_length, block_length=args.block_length, sampler=args.sampler,
-                           temperature=args.temperature, top_p=args.top_p, k=k, batch_size=args.batch_size,
-                           seed=args.seed)
+    settings = sampler_settings(args, em.extra)
+    check_settings(settings, args.steps)
+    cfg = GenerationConfig(sampling=settings, batch_size=args.batch_size, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     samples_file = out / "samples_genppl.jsonl"
@@ -141,7 +153,7 @@ def genppl_main(argv: list[str] | None = None) -> int:
     start = [start_token(em.tokenizer)]
     mode = "unconditional" if all(p == start for p in prefixes) else "held-out prefixes"
     print(f"[genppl] {em.label}: {len(prefixes)} samples ({mode}), {args.gen_length} tokens, steps {args.steps}, "
-          f"sampler {args.sampler}, judge {judge.label} -> {out}")
+          f"sampler {settings.resolved_sampler}, judge {judge.label} -> {out}")
     rows = generation_metrics(em, judge, prefixes, steps=args.steps, cfg=cfg, code=code, samples_file=samples_file,
                               reference=not args.no_reference)
     title = f"gen-PPL under {judge.label} ({len(prefixes)} samples, {mode}, {args.gen_length} tokens)"
