@@ -7,9 +7,9 @@ its first EOS and scored by an autoregressive judge (by default the base model b
 conversion):
 
 * gen-PPL = exp(sum of the judge's NLL / number of scored tokens) over all samples. The sample's
-  text is re-tokenised with the judge's tokenizer and scored after the prefix (or after the
-  judge's BOS, else EOS, when unconditional), up to and including the first EOS when the sample
-  has one, as the XDLM / MDLM small-scale code does.
+  text is re-tokenised with the judge's tokenizer and scored after the prefix (after the judge's
+  EOS when unconditional: the same document boundary), up to and including the first EOS when the
+  sample has one, as the XDLM / MDLM small-scale code does.
 * entropy: the unigram entropy (nats) of each sample's own token ids up to its first EOS, averaged
   over samples. Degenerate repetition gets a low perplexity AND a low entropy: read both.
 * syntax_valid (code data): the share of samples whose text (prefix + continuation) compiles with
@@ -192,10 +192,10 @@ def score(samples: Sequence[Sample], gen_tok, judge: EvalModel, *, label: str, s
     """The row of metrics for ``samples`` (generator token ids, decoded with ``gen_tok``).
 
     ``judge_prefixes``: the samples' prefixes already in judge ids (for the judge's own samples);
-    otherwise the prefix text is re-tokenised, and an empty prefix becomes the judge's BOS / EOS.
+    otherwise the prefix text is re-tokenised, and an empty prefix becomes the judge's EOS.
     """
     jt = judge.tokenizer
-    judge_start = [jt.bos_token_id if jt.bos_token_id is not None else start_token(jt)]
+    judge_start = [start_token(jt)]
     contexts, targets, valid = [], [], []
     for i, s in enumerate(samples):
         prefix_text = gen_tok.decode(s.prefix, skip_special_tokens=True)
@@ -223,7 +223,7 @@ def reference_rows(judge: EvalModel, gen_tok, prefixes: Sequence[list[int]], *, 
                    batch_size: int, seed: int = 0) -> list[GenRow]:
     """The AR judge's greedy and sampled continuations of the same prefixes, scored like the others."""
     jt = judge.tokenizer
-    start = [jt.bos_token_id if jt.bos_token_id is not None else start_token(jt)]
+    start = [start_token(jt)]
     texts = [gen_tok.decode(p, skip_special_tokens=True) for p in prefixes]
     jp = [(_judge_ids(jt, t) if t else []) or start for t in texts]
     rows = []
