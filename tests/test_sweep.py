@@ -47,6 +47,14 @@ def test_sweep_files_fields_and_resume(tmp_path, capsys):
     rows2 = json.loads((out / "sweep.json").read_text())["rows"]
     assert rows2[:2] == rows[:2] and len(rows2) == 4
 
+    # eval --benchmark genppl on one of the runs: the judge defaults to the recipe's base model
+    gp = tmp_path / "gp"
+    assert main(["eval", "--benchmark", "genppl", "--checkpoint", str(out / "k=1"), "--steps", "4", "--gen-length", "4",
+                 "--num-samples", "2", "--sampler", "ancestral", "--code", "--out", str(gp)]) == 0
+    gen = json.loads((gp / "genppl.json").read_text())
+    assert [(r["label"], r["steps"]) for r in gen] == [("model AR greedy", None), ("model AR sampled", None), ("k=1", 4)]
+    assert all(r["syntax_valid"] is not None for r in gen)
+
 
 def test_sweep_refuses_bad_arguments(tmp_path):
     with pytest.raises(SystemExit, match="every k must be in"):
