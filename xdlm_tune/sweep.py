@@ -185,7 +185,8 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
     for i, (k, recipe) in enumerate(zip(args.k, recipes)):
         folder = run_dir(out, k)
         cache = folder / "sweep_gen.json"
-        gen = _cached(cache, settings)
+        run_key = {**settings, "trained_steps": recipe.training.max_steps}  # a longer rerun is measured again
+        gen = _cached(cache, run_key)
         if gen is None:
             em = checkpoint_model(folder, device, label=f"k={k:g}")
             prefixes = prefixes or make_prefixes(em.tokenizer, recipe=recipe, n=args.num_samples,
@@ -193,7 +194,7 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
             gen = [asdict(r) for r in generation_metrics(
                 em, judge, prefixes, steps=args.steps, cfg=gen_config(recipe), code=code,
                 samples_file=folder / "samples_genppl.jsonl", reference=False)]
-            _write_cache(cache, settings, gen)
+            _write_cache(cache, run_key, gen)
             del em
         nelbo = heldout_nelbo(folder, recipe.training.max_steps)
         for g in gen:
