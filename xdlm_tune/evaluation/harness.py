@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..model.forward_args import accepts
 from ..sampling import SamplerSettings, generate
 from .extract import truncate
 from .metrics import markdown_table, plot_summary, summarize
@@ -82,18 +83,34 @@ def _decode(tokenizer, ids: torch.Tensor, stops: Sequence[str]) -> list[str]:
 
 @torch.no_grad()
 def diffusion_generations(em: EvalModel, problems: Sequence[Problem], steps: int, cfg: GenerationConfig) -> list[str]:
-    """One answer per problem from the diffusion sampler with ``steps`` forward passes."""
+    """One answer per problem from the diffusion sampler with ``steps`` forward passes.
+
+    A model whose forward takes no ``position_ids`` (remote code such as LLaDA's original)
+    would see a left-padded row's positions shifted, so its prompts run in groups of equal
+    token length (no padding at all) instead of ``cfg.batch_size`` at a time in order."""
     device = next(em.model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     settings = cfg.sampling.replace(steps=steps)
     eos = em.tokenizer.eos_token_id
-    out = []
-    for chunk in _batches(problems, cfg.batch_size):
-        ids, mask = _encode(em.tokenizer, [p.prompt for p in chunk], device, chunk[0].special_tokens)
+    out: dict[int, str] = {}
+    for chunk in _prompt_batches(em, problems, cfg.batch_size):
+        first = problems[chunk[0]]
+        ids, mask = _encode(em.tokenizer, [problems[i].prompt for i in chunk], device, first.special_tokens)
         seq = generate(em.model, ids, settings, attention_mask=mask, mask_id=em.mask_id, shift=em.shift,
                        eos_id=eos, generator=gen)
-        out += _decode(em.tokenizer, seq[:, ids.shape[1]:], chunk[0].stop)
-    return out
+        out.update(zip(chunk, _decode(em.tokenizer, seq[:, ids.shape[1]:], first.stop)))
+    return [out[i] for i in range(len(problems))]
+
+
+def _prompt_batches(em: EvalModel, problems: Sequence[Problem], size: int) -> list[list[int]]:
+    """Batches of problem indices: in order, or grouped by prompt length when the model takes no position_ids."""
+    order = list(range(len(problems)))
+    if accepts(em.model, "position_ids"):
+        return [list(b) for b in _batches(order, size)]
+    groups: dict[int, list[int]] = {}
+    for i in order:
+        groups.setdefault(len(em.tokenizer(problems[i].prompt, add_special_tokens=False)["input_ids"]), []).append(i)
+    return [list(b) for g in groups.values() for b in _batches(g, size)]
 
 
 @torch.no_grad()
