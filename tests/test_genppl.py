@@ -61,6 +61,11 @@ def test_score_rows_eos_and_compile_rate(code_tok):
     assert row.gen_ppl == pytest.approx(math.exp(sum(v for v, _ in nll) / row.scored_tokens), rel=1e-6)
     assert row.entropy == pytest.approx((unigram_entropy(samples[0].ids) + unigram_entropy(samples[1].ids)) / 2)
     assert score(samples, code_tok, judge, label="m", steps=4, code=False, batch_size=2).syntax_valid is None
+    # after an SFT prompt (prose) only the answer is compiled
+    sft = [Sample(enc("Write f. Tests: assert f(1) == 1\n"), enc("def f(x):\n    return x\n"), True)]
+    assert score(sft, code_tok, judge, label="m", steps=4, code=True, batch_size=1).syntax_valid == 0.0
+    assert score(sft, code_tok, judge, label="m", steps=4, code=True, batch_size=1,
+                 compile_prefix=False).syntax_valid == 1.0
 
 
 @pytest.fixture(scope="module")

@@ -146,7 +146,7 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
     """Generation metrics of every run (cached per run), the references, and the sweep's rows."""
     import torch
 
-    from .evaluation.genppl_run import CODE_SOURCES, generation_metrics, make_prefixes
+    from .evaluation.genppl_run import CODE_SOURCES, generation_metrics, is_sft, make_prefixes
     from .evaluation.harness import EvalModel, GenerationConfig
     from .evaluation.run import ar_baseline_model, checkpoint_model
     from .model import prepare_model
@@ -193,6 +193,7 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
                                                  prefix_tokens=args.prefix_tokens)
             gen = [asdict(r) for r in generation_metrics(
                 em, judge, prefixes, steps=args.steps, cfg=gen_config(recipe), code=code,
+                compile_prefix=not is_sft(recipe),
                 samples_file=folder / "samples_genppl.jsonl", reference=False)]
             _write_cache(cache, run_key, gen)
             del em
@@ -213,7 +214,7 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
             prefixes = prefixes or make_prefixes(em0.tokenizer, recipe=recipe, n=args.num_samples,
                                                  prefix_tokens=args.prefix_tokens)
             ref = generation_metrics(em0, judge, prefixes, steps=args.steps, cfg=gen_config(recipe),
-                                     code=code, reference=True)
+                                     code=code, reference=True, compile_prefix=not is_sft(recipe))
             cached_ref = [{**asdict(r), "heldout_nelbo": heldout_nelbo(folder, 0) if r.steps is not None else None,
                            "k": k if r.steps is not None else None} for r in ref]
             _write_cache(ref_path, ref_key, cached_ref)

@@ -12,8 +12,9 @@ conversion):
   sample has one, as the XDLM / MDLM small-scale code does.
 * entropy: the unigram entropy (nats) of each sample's own token ids up to its first EOS, averaged
   over samples. Degenerate repetition gets a low perplexity AND a low entropy: read both.
-* syntax_valid (code data): the share of samples whose text (prefix + continuation) compiles with
-  ``compile()``; nothing generated is ever executed here.
+* syntax_valid (code data): the share of samples whose text compiles with ``compile()``: prefix +
+  continuation for code prefixes, the answer alone after an SFT prompt (``compile_prefix=False``);
+  nothing generated is ever executed here.
 
 The judge's own greedy and sampled (temperature 1) continuations of the same prefixes, scored the
 same way, are the reference rows (``steps`` None).
@@ -188,7 +189,8 @@ def judge_nll(judge: EvalModel, contexts: Sequence[list[int]], targets: Sequence
 
 
 def score(samples: Sequence[Sample], gen_tok, judge: EvalModel, *, label: str, steps: int | None,
-          code: bool, batch_size: int, judge_prefixes: Sequence[list[int]] | None = None) -> GenRow:
+          code: bool, batch_size: int, judge_prefixes: Sequence[list[int]] | None = None,
+          compile_prefix: bool = True) -> GenRow:
     """The row of metrics for ``samples`` (generator token ids, decoded with ``gen_tok``).
 
     ``judge_prefixes``: the samples' prefixes already in judge ids (for the judge's own samples);
@@ -207,7 +209,7 @@ def score(samples: Sequence[Sample], gen_tok, judge: EvalModel, *, label: str, s
         contexts.append(ctx or judge_start)
         targets.append(_judge_ids(jt, text) + ([jt.eos_token_id] if s.ended and jt.eos_token_id is not None else []))
         if code:
-            valid.append(syntax_valid(prefix_text + text))
+            valid.append(syntax_valid((prefix_text if compile_prefix else "") + text))
     nll = judge_nll(judge, contexts, targets, batch_size)
     total, n_tok = sum(v for v, _ in nll), sum(n for _, n in nll)
     return GenRow(
@@ -220,7 +222,7 @@ def score(samples: Sequence[Sample], gen_tok, judge: EvalModel, *, label: str, s
 
 
 def reference_rows(judge: EvalModel, gen_tok, prefixes: Sequence[list[int]], *, gen_length: int, code: bool,
-                   batch_size: int, seed: int = 0) -> list[GenRow]:
+                   batch_size: int, seed: int = 0, compile_prefix: bool = True) -> list[GenRow]:
     """The AR judge's greedy and sampled continuations of the same prefixes, scored like the others."""
     jt = judge.tokenizer
     start = [start_token(jt)]
@@ -235,8 +237,9 @@ def reference_rows(judge: EvalModel, gen_tok, prefixes: Sequence[list[int]], *, 
         row = score(stripped, jt, judge, label=label, steps=None, code=False, batch_size=batch_size,
                     judge_prefixes=jp)
         if code:
-            row.syntax_valid = sum(syntax_valid(t + jt.decode(s.ids, skip_special_tokens=True))
-                                   for t, s in zip(texts, samples)) / len(samples)
+            row.syntax_valid = sum(
+                syntax_valid((t if compile_prefix else "") + jt.decode(s.ids, skip_special_tokens=True))
+                for t, s in zip(texts, samples)) / len(samples)
         rows.append(row)
     return rows
 

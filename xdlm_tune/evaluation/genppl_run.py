@@ -92,19 +92,25 @@ def check_args(args) -> None:
 
 def generation_metrics(em: EvalModel, judge: EvalModel, prefixes: Sequence[list[int]], *, steps: Sequence[int],
                        cfg: GenerationConfig, code: bool, samples_file: Path | None = None,
-                       reference: bool = True) -> list[GenRow]:
-    """Rows for ``em`` at every budget in ``steps`` (and the judge's reference rows first)."""
+                       reference: bool = True, compile_prefix: bool = True) -> list[GenRow]:
+    """Rows for ``em`` at every budget in ``steps`` (and the judge's reference rows first).
+    ``compile_prefix``: the compile check includes the prefix (code prefixes) or not (SFT prompts)."""
     rows = []
     if reference:
         rows += reference_rows(judge, em.tokenizer, prefixes, gen_length=cfg.sampling.gen_length, code=code,
-                               batch_size=cfg.batch_size, seed=cfg.seed)
+                               batch_size=cfg.batch_size, seed=cfg.seed, compile_prefix=compile_prefix)
     for s in steps:
         samples = diffusion_samples(em, prefixes, s, cfg)
         if samples_file is not None:
             save_samples(samples_file, em.label, s, samples, em.tokenizer)
         rows.append(score(samples, em.tokenizer, judge, label=em.label, steps=s, code=code,
-                          batch_size=cfg.batch_size))
+                          batch_size=cfg.batch_size, compile_prefix=compile_prefix))
     return rows
+
+
+def is_sft(recipe) -> bool:
+    """SFT data: the prefixes are prompts (prose), so the compile check reads the answer alone."""
+    return recipe is not None and recipe.data.mode == "sft"
 
 
 def make_prefixes(tokenizer, *, recipe, n: int, prefix_tokens: int) -> list[list[int]]:
@@ -155,7 +161,7 @@ def genppl_main(argv: list[str] | None = None) -> int:
     print(f"[genppl] {em.label}: {len(prefixes)} samples ({mode}), {args.gen_length} tokens, steps {args.steps}, "
           f"sampler {settings.resolved_sampler}, judge {judge.label} -> {out}")
     rows = generation_metrics(em, judge, prefixes, steps=args.steps, cfg=cfg, code=code, samples_file=samples_file,
-                              reference=not args.no_reference)
+                              reference=not args.no_reference, compile_prefix=not is_sft(recipe))
     title = f"gen-PPL under {judge.label} ({len(prefixes)} samples, {mode}, {args.gen_length} tokens)"
     paths = write_outputs(rows, out, title)
     print("\n" + paths["md"].read_text())
