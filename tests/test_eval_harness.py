@@ -9,6 +9,7 @@ import torch
 from tests.tiny_models import tiny_model, tiny_tokenizer
 from xdlm_tune.evaluation import harness, load_mbpp
 from xdlm_tune.evaluation.harness import EvalModel, GenerationConfig, run_evaluation, summarize_run
+from xdlm_tune.sampling import SamplerSettings
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def test_real_sampler_on_a_tiny_model_counts_budgets(problems, tiny, tmp_path):
     """No fakes: the real sampler and executor on a tiny random model (answers are junk)."""
     forwards = []
     tiny.model.register_forward_hook(lambda *a: forwards.append(1))
-    cfg = GenerationConfig(gen_length=8, batch_size=4)
+    cfg = GenerationConfig(sampling=SamplerSettings(gen_length=8), batch_size=4)
     path = run_evaluation([tiny], problems[:2], steps=[2, 4], cfg=cfg, out_dir=tmp_path, progress=False)
     rows = _rows(path)
     assert len(rows) == 4 and len(forwards) == 2 + 4  # one batch per budget: exactly `steps` forwards

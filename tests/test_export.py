@@ -100,6 +100,9 @@ for case in json.loads(sys.argv[2]):
             data["prompts"], attention_mask=data["prompt_mask"], max_new_tokens=case["gen"], steps=case["steps"],
             block_length=case["block"], temperature=0.0, alg=alg)
     res["gen.defaults"] = model.diffusion_generate(data["prompts"], attention_mask=data["prompt_mask"])
+    res["gen.xdlm_revise"] = model.diffusion_generate(
+        data["prompts"], attention_mask=data["prompt_mask"], max_new_tokens=case["gen"], steps=case["steps"],
+        block_length=case["block"], temperature=0.0, alg="xdlm", revise_prompt=True)
     res["xdlm_tune_loaded"] = torch.tensor(any(m.split(".")[0] == "xdlm_tune" for m in sys.modules))
     results[case["name"]] = res
 torch.save({k: {n: v for n, v in r.items() if isinstance(v, torch.Tensor)} for k, r in results.items()}, sys.argv[3])
@@ -153,6 +156,8 @@ def exported(tmp_path_factory):
         gens = {alg: generate(model, prompts, steps=STEPS, gen_length=GEN, block_length=BLOCK, sampler=alg, **kw)
                 for alg in ALGS}
         gens["defaults"] = generate(model, prompts, steps=4, gen_length=8, block_length=4, sampler="xdlm", **kw)
+        gens["xdlm_revise"] = generate(model, prompts, steps=STEPS, gen_length=GEN, block_length=BLOCK, sampler="xdlm",
+                                       revise_prompt=True, **kw)
         ref[family] = dict(model=model, tok=tok, mask_id=mask_id, shift=shift, logits=logits, gens=gens, dir=out)
         torch.save(dict(ids=ids, attn=attn, prompts=prompts, prompt_mask=prompt_mask), tmp / f"{family}.pt")
         cases.append(dict(name=family, dir=str(out), inputs=str(tmp / f"{family}.pt"), algs=ALGS,
@@ -185,7 +190,7 @@ def test_exported_logits_equal_the_trained_lora_model(exported, family):
 @pytest.mark.parametrize("family", CASES)
 def test_diffusion_generate_gives_the_tokens_of_xdlm_tune_sampler(exported, family):
     ref, res = exported["ref"][family], exported["child"][family]
-    for alg in (*ALGS, "defaults"):
+    for alg in (*ALGS, "defaults", "xdlm_revise"):
         assert torch.equal(res["gen." + alg], ref["gens"][alg]), alg
         assert not (res["gen." + alg][:, 5:] == ref["mask_id"]).any()
 
@@ -228,7 +233,8 @@ def test_model_card(exported):
     assert 'alg="xdlm"' in card and "trust_remote_code=True" in card
     assert read_settings(out)["recipe"] == exported["recipe"].to_dict()
     assert read_settings(out)["generation"] == {"alg": "xdlm", "max_new_tokens": 8, "steps": 4, "block_length": 4,
-                                                "temperature": 0.0, "top_p": 1.0}
+                                                "temperature": 0.0, "top_p": 1.0, "revise_prompt": False,
+                                                "final_step": "none"}
 
 
 # --------------------------------------------------------------------------- the generated modeling file
@@ -252,7 +258,7 @@ def test_generated_code_is_the_projects_own():
                 name = node.name if hasattr(node, "name") else ast.unparse(node.targets[0])
                 expected[name] = ast.get_source_segment(source, node)
     assert generated == expected  # same names, same text: nothing added, dropped or edited
-    assert {"generate", "reverse_posterior", "make_schedule", "_check_args", "XDLMForCausalLM"} <= set(generated)
+    assert {"generate", "reverse_posterior", "make_schedule", "SamplerSettings", "_revision_quota", "XDLMForCausalLM"} <= set(generated)
     assert "from transformers import LlamaForCausalLM as _XDLMBase" in text
     assert "xdlm_tune" not in "".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     assert text == modeling_source("LlamaForCausalLM")
@@ -263,7 +269,7 @@ def test_generated_file_needs_only_torch_and_transformers(tmp_path):
 
     path = tmp_path / MODELING_FILE
     path.write_text(modeling_source("Qwen3ForCausalLM"))
-    assert set(get_imports(path)) <= {"__future__", "math", "typing", "dataclasses", "torch", "transformers"}
+    assert set(get_imports(path)) <= {"__future__", "inspect", "math", "typing", "dataclasses", "torch", "transformers"}
     assert get_relative_imports(path) == []
 
 

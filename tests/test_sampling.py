@@ -62,6 +62,25 @@ def test_left_padded_batch_equals_each_prompt_alone(model, sampler):
         assert torch.equal(together[i], alone), (i, together[i], alone)
 
 
+@pytest.mark.parametrize("shift", [False, True])
+def test_revise_prompt_left_padded_batch_equals_each_prompt_alone(model, shift):
+    """revise_prompt needs logits at every position, the first real token's included (with shift it
+    uses its own state, as in training); padding stays padding and rows stay independent."""
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(3, 100, (n,), generator=g) for n in (6, 2, 4)]
+    P = max(len(p) for p in prompts)
+    batch, mask = torch.zeros(3, P, dtype=torch.long), torch.zeros(3, P, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        batch[i, P - len(p):], mask[i, P - len(p):] = p, 1
+    kw = dict(steps=4, gen_length=8, block_length=4, sampler="xdlm", temperature=0.0, k=0.5, mask_id=MASK,
+              shift=shift, revise_prompt=True)
+    together = generate(model, batch, attention_mask=mask, **kw)
+    assert torch.equal(together[:, :P][mask == 0], batch[mask == 0])
+    for i, p in enumerate(prompts):
+        alone = generate(model, p[None], **kw)[0]
+        assert torch.equal(together[i, P - len(p):], alone), (i, together[i], alone)
+
+
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_fixed_seed_reproducible(model, sampler):
     prompt = torch.randint(3, 100, (2, 4), generator=torch.Generator().manual_seed(5))

@@ -81,7 +81,7 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, stamps: Stamps | None = None)
     import torch
 
     from .evaluation import load_benchmark
-    from .evaluation.harness import GenerationConfig, run_evaluation, summarize_run
+    from .evaluation.harness import GenerationConfig, run_evaluation, settings_from_recipe, summarize_run
     from .evaluation.run import ar_baseline_model, checkpoint_model
     from .export.run import find_checkpoint
 
@@ -89,13 +89,13 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, stamps: Stamps | None = None)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = find_checkpoint(run_dir)  # the newest checkpoint of the run
     models = []
-    cfg = GenerationConfig(gen_length=ev.gen_length, block_length=ev.block_length, sampler=ev.sampler,
-                           temperature=ev.temperature, top_p=ev.top_p, k=recipe.diffusion.k,
-                           batch_size=ev.batch_size, seed=recipe.training.seed)
+    settings = settings_from_recipe(recipe).check()
+    cfg = GenerationConfig(sampling=settings, batch_size=ev.batch_size, seed=recipe.training.seed)
     results = {}
     for task in ev.tasks:
         data = Path(ev.data_dir) / BENCHMARK_FILES[task] if ev.data_dir else None
-        problems = load_benchmark(task, data, limit=ev.limit)
+        problems = load_benchmark(task, data, limit=ev.limit,
+                                  prompt_format=ev.prompt_format if task == "mbpp" else "original")
         out = run_dir / "eval" / task
         key = stage_key(stage="eval", task=task, checkpoint=checkpoint_id(ckpt), model=dataclasses.asdict(m),
                         adaptation=dataclasses.asdict(recipe.adaptation), eval=dataclasses.asdict(ev),
@@ -113,7 +113,7 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, stamps: Stamps | None = None)
                                                 gguf_file=m.gguf_file))
             models.append(checkpoint_model(ckpt, device, label=f"xdlm k={recipe.diffusion.k}"))
         _set_aside_stale_samples(out, key)
-        _say(f"evaluating {task}: {len(problems)} problems, steps {ev.steps}, sampler {ev.sampler} -> {out}")
+        _say(f"evaluating {task}: {len(problems)} problems, steps {ev.steps}, sampler {settings.resolved_sampler} -> {out}")
         run_evaluation(models, problems, steps=ev.steps, cfg=cfg, out_dir=out)
         results[task] = summarize_run(out, title=title)
         print(results[task]["table"], flush=True)

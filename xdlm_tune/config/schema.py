@@ -145,6 +145,9 @@ class DataConfig:
     streaming: bool = False  # iterate without downloading everything (large corpora)
     seq_len: int = 256  # packed block length (pretrain) or max prompt+answer length (sft)
     max_prompt_len: int | None = None  # sft: left-truncate longer prompts to this many tokens
+    pad_answer_with_eos: bool = True  # sft: pad each answer with EOS up to seq_len and train on those EOS
+    #                                   (LLaDA's SFT: the model learns where an answer ends), loss averaged
+    #                                   per answer; false: the padding carries no loss. Ignored in pretrain.
     eval_holdout: int = 32  # source records held out for the held-out ELBO
     max_records: int | None = None  # cap on training records (files, rows); None: all
     num_proc: int | None = None  # processes for tokenization (non-streaming)
@@ -264,9 +267,12 @@ class EvalConfig:
     steps: list[int] = field(default_factory=lambda: [32])  # sampler step budgets to evaluate
     gen_length: int = 256
     block_length: int = 256
-    sampler: Literal["confidence", "xdlm", "ancestral"] = "confidence"  # see xdlm_tune.sampling
+    sampler: Literal["confidence", "xdlm", "ancestral"] | None = None  # None: xdlm for k > 0, confidence for k = 0
     temperature: float = 0.0
     top_p: float = 1.0
+    revise_prompt: bool = False  # xdlm also rewrites prompt tokens, as the authors' code does
+    final_step: Literal["none", "ancestral"] = "none"  # ancestral: the authors' extra step to alpha_s = 1
+    prompt_format: Literal["original", "opencompass", "lm-eval"] = "original"  # MBPP prompt, extraction, scoring
     batch_size: int = 4  # prompts per sampler call
     ar_baseline: bool = True  # also score the original causal model with greedy AR decoding
     limit: int | None = None  # first N problems only; None: all
@@ -288,6 +294,11 @@ class EvalConfig:
             errs.append(("batch_size", f"must be a positive integer, got {self.batch_size}"))
         if self.limit is not None and self.limit < 1:
             errs.append(("limit", f"must be a positive integer or null, got {self.limit}"))
+        sampler = self.sampler or ("xdlm" if recipe.diffusion.k > 0 else "confidence")
+        if self.final_step == "ancestral" and sampler != "ancestral":
+            errs.append(("final_step", f"'ancestral' applies to sampler: ancestral only (sampler is {sampler!r}); use 'none'"))
+        if self.revise_prompt and sampler != "xdlm":
+            errs.append(("revise_prompt", f"applies to sampler: xdlm only (sampler is {sampler!r}); set it to false"))
         return errs
 
 

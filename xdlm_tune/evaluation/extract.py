@@ -33,6 +33,46 @@ def extract_mbpp(generation: str) -> str:
     return textwrap.dedent(strip_fences(text)).strip("\n") + "\n"
 
 
+def extract_mbpp_lm_eval(generation: str) -> str:
+    """lm-evaluation-harness's ``mbpp`` task: the raw generation up to ``[DONE]`` (its ``until``), no
+    other processing."""
+    return truncate(generation, MBPP_STOP)
+
+
+def _opencompass_patterns() -> list[str]:
+    """OpenCompass ``MBPPEvaluator._process_answer``'s patterns, in its order (first match wins)."""
+    begins, ends = (r"\[BEGIN\]", "BEGIN"), (r"\[DONE\]", "DONE")
+    bodies = (r"\s*'(.*)'\s*", r"\s*'(.*)\s*", r"\s*(.*)\s*")  # quoted, opening quote only, bare
+    patterns = [b + body + e for body in bodies for e in ends for b in begins]
+    return patterns + [r"```python\s*(.*)\s*```", r"```\s*(.*)\s*```", r"```python\s*(.*)\s*$",
+                       r"```\s*(.*)\s*$", r"(.*)\s*```.*", r"\[BEGIN\]\s*'(.*)", r"\[BEGIN\](.*)",
+                       r"'(.*)'\s*\[DONE\]"]
+
+
+_OPENCOMPASS = [re.compile(p, re.DOTALL) for p in _opencompass_patterns()]
+_OPENCOMPASS_DONE = re.compile(r"'?\s*\[?DONE\]?")
+
+
+def extract_mbpp_opencompass(generation: str) -> str:
+    """OpenCompass's MBPP answer extraction (``mbpp_gen_830460``'s ``MBPPEvaluator``): the first
+    matching [BEGIN]/[DONE]/quote/fence pattern's body, cut at a fence and at DONE, ``\\_`` -> ``_``,
+    stripped, one surrounding quote removed. (The shots quote their code: ``'...' [DONE]``.)"""
+    text = generation
+    for pattern in _OPENCOMPASS:
+        match = pattern.search(text)
+        if match:
+            text = match.group(1)
+            break
+    text = text.split("```")[0]
+    text = _OPENCOMPASS_DONE.split(text)[0]
+    text = text.replace("\\_", "_").strip()
+    if text.startswith("'"):
+        text = text[1:]
+    if text.endswith("'"):
+        text = text[:-1]
+    return text
+
+
 def extract_humaneval(completion: str) -> str:
     """The function body in a HumanEval completion: cut at the next top-level statement."""
     return truncate(completion, HUMANEVAL_STOP).rstrip() + "\n"

@@ -9,6 +9,7 @@ world_size-th problem and writes its own file; rank 0 merges and summarises.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ from typing import Sequence
 import torch
 
 from ..console import progress as progress_bar
-from ..sampling import generate
+from ..model.forward_args import accepts
+from ..sampling import SamplerSettings, generate
 from .extract import truncate
 from .metrics import markdown_table, plot_summary, summarize
 from .tasks import Problem, check_generations
@@ -26,16 +28,21 @@ from .tasks import Problem, check_generations
 
 @dataclass
 class GenerationConfig:
-    """How answers are generated (one config per evaluated model)."""
+    """How answers are generated: the sampler settings (``steps`` is set per budget), batching, seed."""
 
-    gen_length: int = 256
-    block_length: int | None = None  # None: one block (the paper's MBPP setting)
-    sampler: str = "confidence"
-    temperature: float = 0.0
-    top_p: float = 1.0
-    k: float = 0.1
+    sampling: SamplerSettings = field(default_factory=SamplerSettings)
     batch_size: int = 4
     seed: int = 0
+
+
+def settings_from_recipe(recipe) -> SamplerSettings:
+    """A recipe's sampler settings: its ``eval`` section, with k / schedule / eps as it was trained."""
+    ev, d = recipe.eval, recipe.diffusion
+    return SamplerSettings(
+        steps=ev.steps[0], gen_length=ev.gen_length, block_length=ev.block_length, sampler=ev.sampler,
+        temperature=ev.temperature, top_p=ev.top_p, k=d.k, schedule=d.schedule, eps=d.eps,
+        revise_prompt=ev.revise_prompt, final_step=ev.final_step,
+    )
 
 
 @dataclass
@@ -55,9 +62,10 @@ def _batches(items: Sequence, size: int):
         yield items[i : i + size]
 
 
-def _encode(tokenizer, prompts: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ids and attention mask [B, P] for a list of prompts."""
-    enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+def _encode(tokenizer, prompts: Sequence[str], device, special_tokens: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask [B, P] for a list of prompts (``special_tokens``: with the
+    tokenizer's BOS etc., as OpenCompass encodes)."""
+    enc = [tokenizer(p, add_special_tokens=special_tokens)["input_ids"] for p in prompts]
     P = max(len(e) for e in enc)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids = torch.full((len(enc), P), pad, dtype=torch.long)
@@ -75,20 +83,36 @@ def _decode(tokenizer, ids: torch.Tensor, stops: Sequence[str]) -> list[str]:
 
 @torch.no_grad()
 def diffusion_generations(em: EvalModel, problems: Sequence[Problem], steps: int, cfg: GenerationConfig) -> list[str]:
-    """One answer per problem from the diffusion sampler with ``steps`` forward passes."""
+    """One answer per problem from the diffusion sampler with ``steps`` forward passes.
+
+    A model whose forward takes no ``position_ids`` (remote code such as LLaDA's original)
+    would see a left-padded row's positions shifted, so its prompts run in groups of equal
+    token length (no padding at all) instead of ``cfg.batch_size`` at a time in order."""
     device = next(em.model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    settings = cfg.sampling.replace(steps=steps)
     eos = em.tokenizer.eos_token_id
-    out = []
-    for chunk in _batches(problems, cfg.batch_size):
-        ids, mask = _encode(em.tokenizer, [p.prompt for p in chunk], device)
-        seq = generate(
-            em.model, ids, attention_mask=mask, steps=steps, gen_length=cfg.gen_length,
-            block_length=cfg.block_length, sampler=cfg.sampler, temperature=cfg.temperature, top_p=cfg.top_p,
-            k=cfg.k, mask_id=em.mask_id, shift=em.shift, eos_id=eos, generator=gen,
-        )
-        out += _decode(em.tokenizer, seq[:, ids.shape[1]:], chunk[0].stop)
-    return out
+    out: dict[int, str] = {}
+    for chunk in _prompt_batches(em, problems, cfg.batch_size):
+        first = problems[chunk[0]]
+        ids, mask = _encode(em.tokenizer, [problems[i].prompt for i in chunk], device, first.special_tokens)
+        seq = generate(em.model, ids, settings, attention_mask=mask, mask_id=em.mask_id, shift=em.shift,
+                       eos_id=eos, generator=gen)
+        out.update(zip(chunk, _decode(em.tokenizer, seq[:, ids.shape[1]:], first.stop)))
+    return [out[i] for i in range(len(problems))]
+
+
+def _prompt_batches(em: EvalModel, problems: Sequence[Problem], size: int) -> list[list[int]]:
+    """Batches of problem indices: in order, or grouped by prompt length when the model takes no position_ids."""
+    order = list(range(len(problems)))
+    if accepts(em.model, "position_ids"):
+        return [list(b) for b in _batches(order, size)]
+    groups: dict[int, list[int]] = {}
+    for i in order:
+        p = problems[i]
+        n = len(em.tokenizer(p.prompt, add_special_tokens=p.special_tokens)["input_ids"])
+        groups.setdefault(n, []).append(i)
+    return [list(b) for g in groups.values() for b in _batches(g, size)]
 
 
 @torch.no_grad()
@@ -97,8 +121,8 @@ def autoregressive_generations(em: EvalModel, problems: Sequence[Problem], cfg: 
     device = next(em.model.parameters()).device
     out = []
     for chunk in _batches(problems, cfg.batch_size):
-        ids, mask = _encode(em.tokenizer, [p.prompt for p in chunk], device)
-        kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=cfg.gen_length, do_sample=False,
+        ids, mask = _encode(em.tokenizer, [p.prompt for p in chunk], device, chunk[0].special_tokens)
+        kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=cfg.sampling.gen_length, do_sample=False,
                   pad_token_id=em.tokenizer.pad_token_id or em.tokenizer.eos_token_id)
         try:  # stop early at the stop strings (the text is cut at them below either way)
             seq = em.model.generate(**kw, stop_strings=list(chunk[0].stop) or None, tokenizer=em.tokenizer)
@@ -106,6 +130,11 @@ def autoregressive_generations(em: EvalModel, problems: Sequence[Problem], cfg: 
             seq = em.model.generate(**kw)
         out += _decode(em.tokenizer, seq[:, ids.shape[1]:], chunk[0].stop)
     return out
+
+
+def _settings_record(settings: SamplerSettings) -> dict:
+    """What a sample row records of how it was sampled (the resolved sampler included)."""
+    return {**dataclasses.asdict(settings), "sampler": settings.resolved_sampler}
 
 
 def _done_keys(path: Path) -> set[tuple]:
@@ -170,7 +199,9 @@ def run_evaluation(
             texts = (autoregressive_generations(em, chunk, cfg) if s is None
                      else diffusion_generations(em, chunk, s, cfg))
             records = check_generations(chunk, texts, workers=workers, **exec_kw)
-            rows = [{"label": em.label, "steps": s, "generation": t, **r} for t, r in zip(texts, records)]
+            used = None if s is None else _settings_record(cfg.sampling.replace(steps=s))
+            rows = [{"label": em.label, "steps": s, "sampler": used, "generation": t, **r}
+                    for t, r in zip(texts, records)]
             _append(path, rows)
             bar.update(len(chunk))
             bar.set_postfix(model=em.label, steps=s if s is not None else "AR")

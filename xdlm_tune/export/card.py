@@ -118,13 +118,14 @@ def model_card(
         "out = model.diffusion_generate(\n"
         "    inputs.input_ids, attention_mask=inputs.attention_mask,\n"
         f"    max_new_tokens={gen['max_new_tokens']}, steps={gen['steps']}, block_length={gen['block_length']},\n"
-        f"    temperature={gen['temperature']}, alg=\"{gen['alg']}\",  # or \"xdlm\" (revisions), \"ancestral\"\n"
+        f"    temperature={gen['temperature']}, alg=\"{gen['alg']}\",  # \"confidence\", \"xdlm\" (revisions), \"ancestral\"\n"
         ")\n"
         "print(tokenizer.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=True))\n```\n\n"
         "`diffusion_generate(input_ids, attention_mask=None, max_new_tokens, steps, block_length, temperature, "
-        "top_p, alg, k=None, eos_token_id=None, generator=None)` returns the full sequences (prompt + answer), "
-        "as Dream's models do; prompts are left-padded. Defaults come from `config.json` (`xdlm.generation`). "
-        "`steps` is exactly the number of forward passes.",
+        "top_p, alg, k=None, revise_prompt=None, final_step=None, eos_token_id=None, generator=None)` returns "
+        "the full sequences (prompt + answer), as Dream's models do; prompts are left-padded. Defaults come "
+        "from `config.json` (`xdlm.generation`). `steps` is exactly the number of forward passes "
+        "(`final_step=\"ancestral\"` adds one per block).",
     ]
     table = eval_table(eval_summary)
     if table or plot_file:

@@ -35,8 +35,9 @@ from xdlm_tune.model import PreparedModel, check_mask_id, prepare_model, unwrap
 
 XDLM_KEY = "xdlm"
 FORMAT = 1
-GENERATION_DEFAULTS = {"alg": "confidence", "max_new_tokens": 256, "steps": 32, "block_length": 256,
-                       "temperature": 0.0, "top_p": 1.0}
+# alg None: xdlm for k > 0, confidence for k = 0 (resolved at export time).
+GENERATION_DEFAULTS = {"alg": None, "max_new_tokens": 256, "steps": 32, "block_length": 256,
+                       "temperature": 0.0, "top_p": 1.0, "revise_prompt": False, "final_step": "none"}
 
 
 class ExportError(RuntimeError):
@@ -170,11 +171,15 @@ def _settings(*, mask_id, k, shift, schedule, eps, recipe, generation) -> dict:
     if ev:
         gen.update(alg=ev.get("sampler", gen["alg"]), max_new_tokens=ev.get("gen_length", gen["max_new_tokens"]),
                    steps=(ev.get("steps") or [gen["steps"]])[0], block_length=ev.get("block_length", gen["block_length"]),
-                   temperature=ev.get("temperature", gen["temperature"]))
+                   temperature=ev.get("temperature", gen["temperature"]), top_p=ev.get("top_p", gen["top_p"]),
+                   revise_prompt=ev.get("revise_prompt", gen["revise_prompt"]),
+                   final_step=ev.get("final_step", gen["final_step"]))
     unknown = set(generation or {}) - set(GENERATION_DEFAULTS)
     if unknown:
         raise ValueError(f"generation has unknown keys {sorted(unknown)}; valid: {', '.join(GENERATION_DEFAULTS)}")
     gen.update(generation or {})
+    if gen["alg"] is None:
+        gen["alg"] = "xdlm" if float(k) > 0 else "confidence"
     return {"format": FORMAT, "xdlm_tune_version": xdlm_tune.__version__, "k": float(k), "mask_id": mask_id,
             "mask_token": None, "shift": bool(shift), "schedule": schedule, "eps": float(eps),
             "generation": gen, "recipe": recipe}

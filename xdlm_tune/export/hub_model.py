@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel as _XDLMBase
 
-from ..sampling.generate import SAMPLERS, generate
+from ..sampling.generate import generate
+from ..sampling.settings import SamplerSettings
 
 XDLM_CONFIG_KEY = "xdlm"
 
@@ -32,6 +33,8 @@ class XDLMForCausalLM(_XDLMBase):
         alg=None,
         *,
         k=None,
+        revise_prompt=None,
+        final_step=None,
         eos_token_id=None,
         generator=None,
     ):
@@ -39,20 +42,19 @@ class XDLMForCausalLM(_XDLMBase):
 
         input_ids [B, P], attention_mask [B, P] (1 = real token, left padding). `steps` is the
         number of forward passes, split evenly over blocks of `block_length` tokens. `alg`:
-        "confidence" (LLaDA-style), "xdlm" (confidence plus revisions under the budget
-        int(revealed * k / (1 - k))) or "ancestral" (exact XDLM reverse steps; use temperature > 0).
-        Defaults come from the config's `xdlm` block: k, mask id, shift, schedule, and under
+        "confidence" (LLaDA-style), "xdlm" (confidence plus revisions under the authors' per-block
+        budget int(acc * k / (1 - k))) or "ancestral" (exact XDLM reverse steps; use temperature > 0).
+        `revise_prompt`: xdlm may also rewrite prompt tokens (the authors' code does). `final_step`:
+        "ancestral" adds the authors' extra step to alpha_s = 1 (one more pass per block).
+        Defaults come from the config's `xdlm` block: k, mask id, shift, schedule, eps, and under
         `generation` max_new_tokens, steps, block_length (used when it divides max_new_tokens,
-        else one block), temperature, top_p and alg. `eos_token_id`: everything after the first
-        EOS becomes EOS. `generator`: a torch.Generator for temperature > 0.
+        else one block), temperature, top_p, alg, revise_prompt and final_step. `eos_token_id`:
+        everything after the first EOS becomes EOS. `generator`: a torch.Generator for temperature > 0.
         """
         settings = getattr(self.config, XDLM_CONFIG_KEY, None) or {}
         if "mask_id" not in settings:
             raise ValueError(f"config.{XDLM_CONFIG_KEY} has no mask_id: this checkpoint was not exported by xdlm-tune")
         defaults = settings.get("generation") or {}
-        alg = alg if alg is not None else defaults.get("alg", "confidence")
-        if alg not in SAMPLERS:
-            raise ValueError(f"alg={alg!r} is unknown: choose one of {', '.join(SAMPLERS)}")
         if max_new_tokens is None:
             max_new_tokens = defaults.get("max_new_tokens", 256)
         if block_length is None:
@@ -60,22 +62,19 @@ class XDLMForCausalLM(_XDLMBase):
             block_length = configured if max_new_tokens % configured == 0 else max_new_tokens
         if steps is None:
             steps = min(defaults.get("steps", max_new_tokens), max_new_tokens)
-        device = self.get_input_embeddings().weight.device
-        return generate(
-            self,
-            input_ids.to(device),
-            steps=steps,
-            gen_length=max_new_tokens,
-            block_length=block_length,
-            sampler=alg,
+        chosen = SamplerSettings(
+            steps=steps, gen_length=max_new_tokens, block_length=block_length,
+            sampler=alg if alg is not None else defaults.get("alg"),
             temperature=defaults.get("temperature", 0.0) if temperature is None else temperature,
             top_p=defaults.get("top_p", 1.0) if top_p is None else top_p,
             k=settings["k"] if k is None else k,
-            mask_id=settings["mask_id"],
+            schedule=settings.get("schedule", "linear"), eps=settings.get("eps", 1e-3),
+            revise_prompt=defaults.get("revise_prompt", False) if revise_prompt is None else revise_prompt,
+            final_step=defaults.get("final_step", "none") if final_step is None else final_step,
+        )
+        device = self.get_input_embeddings().weight.device
+        return generate(
+            self, input_ids.to(device), chosen, mask_id=settings["mask_id"],
             attention_mask=None if attention_mask is None else attention_mask.to(device),
-            shift=bool(settings.get("shift", False)),
-            eos_id=eos_token_id,
-            schedule=settings.get("schedule", "linear"),
-            eps=settings.get("eps", 1e-3),
-            generator=generator,
+            shift=bool(settings.get("shift", False)), eos_id=eos_token_id, generator=generator,
         )

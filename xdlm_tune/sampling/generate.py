@@ -2,20 +2,30 @@
 
 The answer region (``gen_length`` positions after the prompt) starts noisy and is denoised in
 ``steps`` model forward passes, block by block (semi-autoregressive when ``block_length`` <
-``gen_length``). Samplers:
+``gen_length``). Settings: ``SamplerSettings`` (settings.py). Samplers:
 
 * ``ancestral``: exact XDLM reverse steps (``reverse_posterior``) on the time grid
   ``linspace(1, 1e-5, T + 1)`` of each block, from the stationary law; Gumbel-max in float32.
-  The last step's logits also fill any position still masked (the clean-up), so it costs no
-  extra forward pass.
-* ``confidence``: LLaDA-style parallel decoding from all-mask: each step reveals an even share
-  of the block's masked positions, most confident first.
-* ``xdlm``: ``confidence`` plus revisions: decoded answer positions whose prediction changed are
-  rewritten, most confident first, under the cumulative budget int(revealed * k / (1 - k)).
+  By default the last step's logits also fill any position still masked (T passes);
+  ``final_step="ancestral"`` instead takes the authors' extra sampled step to alpha_s = 1
+  (T + 1 passes per block).
+* ``confidence``: LLaDA-style parallel decoding from all-mask (the authors' ``generate_mdm``): each
+  step reveals an even share of the block's masked positions (the remainder first), most
+  confident first; confidence is the model's untempered probability of its choice.
+* ``xdlm``: ``confidence`` plus revisions (the authors' ``generate_xdm``): decoded positions up to
+  the block end whose new choice differs from the current token (and, at temperature > 0, is at
+  least as probable) are rewritten, most confident first, under a per-block budget: with acc_i
+  the block's scheduled reveals up to step i, int(acc_i * k / (1 - k)) revisions by step i
+  (float32, 0 at the block's first step); budget unused at a step carries to the next step of the
+  same block only. Candidates are answer positions; ``revise_prompt=True`` adds the prompt's real
+  tokens, as the authors' code does. No re-masking.
 
-Temperature 0 means no noise anywhere (argmax decisions; ``ancestral`` then starts from all-mask
-and takes the posterior's mode, which reveals nearly everything at its last step: use it with
-temperature > 0), so a sample does not depend on its batch neighbours or on left padding. The prompt is never changed. No Python loop over samples.
+Differences from the authors' code, on purpose: the mask id is never predicted (its logit is
+-inf, p(mask) = 0 as in XDLM.md; theirs keeps it in the softmax), padding is never revised, and
+the batch is padding-exact. Temperature 0 means no noise anywhere (argmax decisions;
+``ancestral`` then starts from all-mask and takes the posterior's mode, which reveals nearly
+everything at its last step: use it with temperature > 0), so a sample does not depend on its
+batch neighbours or on left padding. No Python loop over samples.
 """
 from __future__ import annotations
 
@@ -25,8 +35,8 @@ from typing import Callable
 import torch
 
 from ..diffusion import make_schedule, reverse_posterior
-
-SAMPLERS = ("ancestral", "confidence", "xdlm")
+from ..model.forward_args import accepted_kwargs, forward_owner
+from .settings import SamplerSettings, with_overrides
 ANCESTRAL_T_MIN = 1e-5
 
 
@@ -55,36 +65,22 @@ def _rank_mask(score: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     return (rank < n[:, None]) & torch.isfinite(score)
 
 
-def _check_args(prompt_ids, steps, gen_length, block_length, sampler, temperature, top_p, k, mask_id):
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler={sampler!r} is unknown: choose one of {', '.join(SAMPLERS)}")
+def _check_prompt(prompt_ids: torch.Tensor, mask_id: int) -> None:
     if prompt_ids.dim() != 2:
         raise ValueError(f"prompt_ids must be [B, P] token ids, got shape {tuple(prompt_ids.shape)}")
-    if gen_length < 1:
-        raise ValueError(f"gen_length={gen_length} must be >= 1")
-    if not 1 <= steps <= gen_length:
-        raise ValueError(f"steps={steps} must be in [1, gen_length={gen_length}]: one forward pass reveals at least one token")
-    if gen_length % block_length:
-        raise ValueError(f"block_length={block_length} must divide gen_length={gen_length}")
-    n_blocks = gen_length // block_length
-    if steps % n_blocks:
-        raise ValueError(f"steps={steps} must be a multiple of the number of blocks ({n_blocks} = gen_length / block_length)")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be >= 0")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p={top_p} must be in (0, 1]")
-    if not 0 <= k <= 1:
-        raise ValueError(f"k={k} is outside [0, 1]")
     if bool((prompt_ids == mask_id).any()):
         raise ValueError("prompt_ids contain mask_id: the prompt must be clean text")
-    return n_blocks
 
 
 def model_logits_fn(model, *, shift: bool) -> Callable:
     """Wrap a transformers model as ``fn(ids [B, L], attention_mask [B, L] | None, keep) -> logits [B, keep, V]``.
 
     Only the last ``keep`` positions' logits are computed (``logits_to_keep``). With ``shift`` the
-    logits for token i come from position i - 1, so one more position is kept and the last dropped.
+    logits for token i come from position i - 1, so one more position is kept and the last dropped;
+    a row's first real token (nothing before it) uses its own position, as in training.
+    Only the keyword arguments the model's forward accepts are passed (remote code, e.g. LLaDA's
+    original, takes neither ``logits_to_keep`` nor ``position_ids``); a padded batch for a model
+    without ``position_ids`` is refused, since its padded rows' positions would shift.
     """
 
     def fn(ids, attention_mask, keep):
@@ -92,10 +88,27 @@ def model_logits_fn(model, *, shift: bool) -> Callable:
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids, logits_to_keep=keep + int(shift), **kwargs)
+        n = min(keep + int(shift), ids.shape[1])
+        kwargs = accepted_kwargs(model, logits_to_keep=n, **kwargs)
+        if attention_mask is not None and "position_ids" not in kwargs:
+            raise ValueError(
+                f"{type(forward_owner(model)).__name__}.forward takes no position_ids, so a padded batch would "
+                "shift the padded rows' positions: give prompts of equal length (or one at a time)"
+            )
+        out = model(input_ids=ids, **kwargs)
         logits = out.logits if hasattr(out, "logits") else out
-        logits = logits[:, -(keep + int(shift)):]
-        return logits[:, :-1] if shift else logits
+        logits = logits[:, -n:]
+        if not shift:
+            return logits
+        if n == keep + 1:
+            return logits[:, :-1]
+        # keep covers the whole sequence (revise_prompt): position 0 and each row's first real token.
+        shifted = torch.cat([logits[:, :1], logits[:, :-1]], 1)
+        if attention_mask is None:
+            return shifted
+        real = attention_mask.bool()
+        first_real = real & ~torch.cat([torch.zeros_like(real[:, :1]), real[:, :-1]], 1)
+        return torch.where(first_real[..., None], logits, shifted)
 
     return fn
 
@@ -104,36 +117,33 @@ def model_logits_fn(model, *, shift: bool) -> Callable:
 def generate(
     model,
     prompt_ids: torch.Tensor,
+    settings: SamplerSettings | None = None,
     *,
-    steps: int,
-    gen_length: int,
-    block_length: int | None = None,
-    sampler: str = "confidence",
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    k: float = 0.1,
     mask_id: int,
     attention_mask: torch.Tensor | None = None,
     shift: bool = False,
     eos_id: int | None = None,
     stop_sequences: list[list[int]] | None = None,
-    schedule: str = "linear",
-    eps: float = 1e-3,
     generator: torch.Generator | None = None,
     vocab_size: int | None = None,
     logits_fn: Callable | None = None,
+    **setting_overrides,
 ) -> torch.Tensor:
-    """Denoise ``gen_length`` tokens after left-padded prompts: ids [B, P] -> [B, P + gen_length].
+    """Denoise an answer after left-padded prompts: ids [B, P] -> [B, P + gen_length].
 
-    ``steps`` is exactly the number of model forward passes. ``attention_mask`` [B, P] marks real
-    prompt tokens (left padding). ``eos_id``: after the first EOS (or the end of the first stop
-    sequence) the rest of the answer is filled with EOS. ``logits_fn(ids, attention_mask, keep)``
-    replaces the model call (default ``model_logits_fn(model, shift=shift)``); ``vocab_size``
-    (default: the model's output size) is needed by ``ancestral`` with k > 0, which walks the
-    time grid of ``make_schedule(schedule, eps)``.
+    ``settings`` (a ``SamplerSettings``) and/or its fields as keywords (``steps=32, sampler="xdlm",
+    k=0.1, ...``; keywords win) say how. ``steps`` is exactly the number of model forward passes
+    (plus one per block with ``final_step="ancestral"``). ``attention_mask`` [B, P] marks real prompt
+    tokens (left padding). ``eos_id``: after the first EOS (or the end of the first stop sequence)
+    the rest of the answer is filled with EOS. ``logits_fn(ids, attention_mask, keep)`` replaces
+    the model call (default ``model_logits_fn(model, shift=shift)``); ``vocab_size`` (default: the
+    model's output size) is needed by ``ancestral`` with k > 0.
     """
-    block_length = block_length or gen_length
-    n_blocks = _check_args(prompt_ids, steps, gen_length, block_length, sampler, temperature, top_p, k, mask_id)
+    cfg = with_overrides(settings, setting_overrides).check()
+    sampler, k, temperature = cfg.resolved_sampler, cfg.k, cfg.temperature
+    gen_length, n_blocks = cfg.gen_length, cfg.blocks
+    block_length = gen_length // n_blocks
+    _check_prompt(prompt_ids, mask_id)
     fn = logits_fn or model_logits_fn(model, shift=shift)
     B, P = prompt_ids.shape
     device = prompt_ids.device
@@ -148,50 +158,61 @@ def generate(
         uniform = torch.rand((B, gen_length), generator=generator, device=device) < k
         noise = torch.randint(0, V, (B, gen_length), generator=generator, device=device)
         x[:, P:] = torch.where(uniform, noise, x[:, P:])
-    steps_per_block = steps // n_blocks
-    sched = make_schedule(schedule, eps)
+    steps_per_block = cfg.steps // n_blocks
+    sched = make_schedule(cfg.schedule, cfg.eps)
     ts = torch.linspace(1.0, ANCESTRAL_T_MIN, steps_per_block + 1, dtype=torch.float64)
-    revealed = torch.zeros(B, dtype=torch.long, device=device)  # xdlm: answer tokens revealed so far
-    edits = torch.zeros(B, dtype=torch.long, device=device)     # xdlm: revisions made so far
+    # xdlm may rewrite decoded positions before the block end: the answer's, or with
+    # revise_prompt every real token (the authors' rule); the other samplers see the block only.
+    revisable = torch.ones(B, P + gen_length, dtype=torch.bool, device=device)
+    if full_mask is not None:
+        revisable &= full_mask.bool()  # never padding
+    if not cfg.revise_prompt:
+        revisable[:, :P] = False
 
     for blk in range(n_blocks):
         lo, hi = P + blk * block_length, P + (blk + 1) * block_length
-        # xdlm may revise any decoded answer position before the block end; others see the block.
-        r_lo = P if sampler == "xdlm" else lo
+        r_lo = lo if sampler != "xdlm" else (0 if cfg.revise_prompt else P)
         in_block = torch.arange(r_lo, hi, device=device) >= lo  # [R]
-        n_masked = torch.full((B,), block_length, device=device)
-        for j in range(steps_per_block):
-            logits = fn(x, full_mask, P + gen_length - r_lo)[:, : hi - r_lo].float()  # [B, R, V]
-            logits[..., mask_id] = -math.inf
-            if temperature > 0:
-                logits = top_p_filter(logits / temperature, top_p)
+        may_revise = revisable[:, r_lo:hi]
+        reveals = _reveal_schedule(block_length, steps_per_block, device)  # [S]
+        quota = _revision_quota(reveals, k) if sampler == "xdlm" and 0 < k < 1 else None
+        carry = torch.zeros(B, dtype=torch.long, device=device)
+        passes = steps_per_block + int(sampler == "ancestral" and cfg.final_step == "ancestral")
+        for j in range(passes):
+            raw = fn(x, full_mask, P + gen_length - r_lo)[:, : hi - r_lo].float()  # [B, R, V]
+            raw[..., mask_id] = -math.inf
+            logits = top_p_filter(raw / temperature, cfg.top_p) if temperature > 0 else raw
             region = x[:, r_lo:hi]
             if sampler == "ancestral":
-                x[:, lo:hi] = _ancestral_step(logits, region, ts[j], ts[j + 1], j == steps_per_block - 1,
+                s = ts[j + 1] if j < steps_per_block else None  # None: the extra step at alpha_s = 1
+                cleanup = j == steps_per_block - 1 and cfg.final_step == "none"
+                x[:, lo:hi] = _ancestral_step(logits, region, ts[min(j, steps_per_block)], s, cleanup,
                                               temperature, k, mask_id, sched, generator)
                 continue
             if temperature > 0:  # Gumbel-max in float64 (as LLaDA), so rare ids are not lost to rounding
                 pred = (logits.double() + _gumbel(logits.shape, generator, device, torch.float64)).argmax(-1)
             else:
                 pred = logits.argmax(-1)
-            conf = logits.softmax(-1).gather(-1, pred[..., None])[..., 0]  # [B, R]
-            # An even share of the block's masked positions per step (the remainder goes first).
-            left = steps_per_block - j
-            n_reveal = n_masked // left + (n_masked % left > 0).long()
+            # Confidence is the model's own probability (untempered), as in LLaDA and the authors' code.
+            probs = raw.softmax(-1)
+            conf = probs.gather(-1, pred[..., None])[..., 0]  # [B, R]
             is_masked = region == mask_id
+            n_reveal = reveals[j].expand(B)
             reveal = _rank_mask(conf.masked_fill(~(is_masked & in_block), -math.inf), n_reveal)
             new = torch.where(reveal, pred, region)
-            n_masked = n_masked - reveal.sum(-1)
-            revealed = revealed + reveal.sum(-1)
             if sampler == "xdlm" and k > 0:
-                if k >= 1:
-                    allowed = torch.full_like(edits, hi - r_lo)  # k / (1 - k) = inf: no budget
-                else:  # the cumulative budget int(revealed * k / (1 - k)), in the same float order
-                    allowed = ((revealed.double() * k / (1 - k)).floor().long() - edits).clamp(min=0)
-                changed = ~is_masked & (pred != region)
+                # Candidates: decoded positions whose prediction differs and is at least as likely
+                # as the current token (always so at temperature 0), most confident first.
+                current = probs.gather(-1, region[..., None])[..., 0]
+                changed = ~is_masked & may_revise & (pred != region) & (conf >= current)
+                if quota is None:  # k = 1: k / (1 - k) = inf, no budget
+                    allowed = changed.sum(-1)
+                else:
+                    allowed = quota[j] + carry
                 rewrite = _rank_mask(conf.masked_fill(~changed, -math.inf), allowed)
+                # Unused budget carries to the next step of this block only.
+                carry = allowed - rewrite.sum(-1)
                 new = torch.where(rewrite, pred, new)
-                edits = edits + rewrite.sum(-1)
             x[:, r_lo:hi] = new
 
     if eos_id is not None:
@@ -199,11 +220,32 @@ def generate(
     return x
 
 
+def _reveal_schedule(n_masked: int, steps: int, device) -> torch.Tensor:
+    """[S] tokens revealed per step: an even share of the block, the remainder first (LLaDA's rule)."""
+    base, rem = divmod(n_masked, steps)
+    return (torch.full((steps,), base, dtype=torch.long) + (torch.arange(steps) < rem).long()).to(device)
+
+
+def _revision_quota(reveals: torch.Tensor, k: float) -> torch.Tensor:
+    """[S] new revisions allowed per step in one block (the authors' per-block budget).
+
+    With acc_i the block's scheduled reveals up to and including step i, the cumulative budget is
+    int(acc_i * k / (1 - k)) computed in float32, forced to 0 at the block's first step.
+    """
+    acc = (reveals.cumsum(0).to(torch.float32) * k / (1 - k)).to(torch.long)
+    acc[0] = 0
+    return torch.cat([acc[:1], acc[1:] - acc[:-1]])
+
+
 def _ancestral_step(logits, block, t, s, last, temperature, k, mask_id, sched, generator):
-    """One exact reverse step for the block: [B, block, V] logits, [B, block] state -> new state."""
+    """One exact reverse step for the block: [B, block, V] logits, [B, block] state -> new state.
+
+    ``s`` None is the authors' extra step to alpha_s = 1 (nothing stays masked); ``last``: fill what
+    is still masked with the argmax of these logits.
+    """
     B = block.shape[0]
     a_t = sched.alpha(t.float().expand(B))
-    a_s = sched.alpha(s.float().expand(B))
+    a_s = torch.ones_like(a_t) if s is None else sched.alpha(s.float().expand(B))
     if temperature == 0:  # x_theta = one-hot of the argmax; then the posterior's mode
         logits = torch.full_like(logits, -math.inf).scatter(-1, logits.argmax(-1, keepdim=True), 0.0)
     probs = reverse_posterior(logits, block, a_t, a_s, k=k, mask_id=mask_id)
