@@ -65,12 +65,12 @@ def _gated_error() -> OSError:
 
 
 def test_gated_model_says_accept_and_log_in(capsys, monkeypatch, shared_data, tmp_path):
-    import xdlm_tune.model as model_pkg
+    import xdlm_tune.evaluation.run as eval_run
 
-    def gated(*args, **kwargs):
+    def gated(*args, **kwargs):  # what loading a gated Hub model raises (no Hub here)
         raise _gated_error()
 
-    monkeypatch.setattr(model_pkg, "prepare_model", gated)
+    monkeypatch.setattr(eval_run, "load_diffusion_model", gated)
     rc, _, err = run_cli(capsys, "eval", "--data", str(shared_data / "mbpp.jsonl"), "--limit", "1", "--model",
                          "meta-llama/Llama-3.1-8B", "--out", str(tmp_path))
     assert rc == 2

@@ -31,8 +31,10 @@ class HelpFormatter(argparse.HelpFormatter):
 
 def main(argv: list[str] | None = None) -> int:
     """The `xdlm-tune` entry point: expected failures end in one paragraph (--debug: the traceback)."""
+    from .console import drop_library_notes
     from .errors import cli_main
 
+    drop_library_notes()
     argv = sys.argv[1:] if argv is None else list(argv)
     prog = f"xdlm-tune {argv[0]}" if argv and not argv[0].startswith("-") else "xdlm-tune"
     return cli_main(prog, _main, argv)

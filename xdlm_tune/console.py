@@ -173,15 +173,21 @@ def quiet_known_noise() -> None:
       what DeepSpeed would pick anyway."""
     if "DS_ACCELERATOR" not in os.environ and _only_a_cpu():
         os.environ["DS_ACCELERATOR"] = "cpu"
-    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    if not any(isinstance(f, _DropMessage) for f in logger.filters):
-        logger.addFilter(_DropMessage("kernels-community"))
+    drop_library_notes()
     if not interactive():
         import datasets
         import transformers
 
         transformers.utils.logging.disable_progress_bar()
         datasets.disable_progress_bars()
+
+
+def drop_library_notes() -> None:
+    """The logging filters of `quiet_known_noise` alone: cheap (imports nothing), so the command line
+    installs them before any module that imports peft (and so bitsandbytes) is loaded."""
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if not any(isinstance(f, _DropMessage) for f in logger.filters):
+        logger.addFilter(_DropMessage("kernels-community"))
 
 
 # Packages through which DeepSpeed finds a non-CUDA accelerator (XPU, NPU, HPU, MLU, ...).
