@@ -92,7 +92,7 @@ def test_outcomes(program, tests, status, detail):
     ],
 )
 def test_exiting_before_the_tests_is_not_a_pass(exit_code):
-    result = execute("def f():\n    return 1\n" + exit_code, "assert f() == 1\n", timeout=10)
+    result = execute("def f():\n    return 1\n" + exit_code, "assert f() == 1\n", timeout=10, _screen=False)
     assert result.status == "error", result
 
 
@@ -152,7 +152,7 @@ def test_bad_arguments():
     ],
 )
 def test_spawning_processes_fails(spawn):
-    result = execute("import time\n" + spawn, "assert True\n", timeout=10)
+    result = execute("import time\n" + spawn, "assert True\n", timeout=10, _screen=False)  # the runtime guards
     assert result.status == "error", result
 
 
@@ -172,7 +172,8 @@ def test_limits_and_isolation_cannot_be_undone(escape):
 
 
 def test_signalling_the_evaluator_fails():
-    result = execute("import os, signal\nos.kill(os.getppid(), signal.SIGTERM)\n", "assert True\n", timeout=10)
+    program = "import os, signal\nos.kill(os.getppid(), signal.SIGTERM)\n"
+    result = execute(program, "assert True\n", timeout=10, _screen=False)
     assert result.status == "error" and "disabled" in result.detail, result
 
 
@@ -315,7 +316,8 @@ def test_network_is_blocked(listener, connect):
 def test_network_namespace_blocks_even_without_python_guards(listener):
     """Where the kernel lets the child unshare its network namespace, that alone blocks it."""
     own_ns = os.readlink("/proc/self/ns/net")
-    probe = execute(f"import os\nassert os.readlink('/proc/self/ns/net') != {own_ns!r}\n", "", timeout=10, _guards=False)
+    probe = execute(f"import os\nassert os.readlink('/proc/self/ns/net') != {own_ns!r}\n", "", timeout=10,
+                    _guards=False, _screen=False)
     if probe.status != "passed":
         pytest.skip("this kernel/user cannot create a network namespace; Python guards only")
     port = listener.getsockname()[1]
