@@ -232,46 +232,49 @@ def _install_hook(job: dict, runner_frame) -> None:
                          BLOCK_EVENT}) | _HOOK_EVENTS | _GC_EVENTS | _PROCESS_EVENTS
 
     def realpath(path: str):
-        """``path`` made absolute with every symlink resolved: lstat/readlink only, nothing patchable."""
+        """(``path`` absolute with every symlink resolved, its lstat or None if it does not exist,
+        whether the walk passed through /proc), with lstat and readlink only: nothing patchable."""
         pending = (path if path.startswith("/") else root + "/" + path).split("/")[::-1]
-        done, hops, st = "", 0, None
+        done, hops, via_proc = "", 0, False
         while pending:
             name = pending.pop()
             if name in ("", "."):
                 continue
             if name == "..":
-                done, st = done.rpartition("/")[0], None
+                done = done.rpartition("/")[0]
                 continue
             candidate = done + "/" + name
+            via_proc = via_proc or candidate == "/proc"
             try:
                 st = _lstat(candidate)
             except _OSError:
-                return candidate + "/" + "/".join(pending[::-1]), None  # does not exist (yet)
+                return candidate + "/" + "/".join(pending[::-1]), None, via_proc  # does not exist (yet)
             if S_ISLNK(st.st_mode):
                 hops += 1
                 if hops > 40:
-                    return candidate, None
+                    return candidate, None, via_proc
                 target = _readlink(candidate)
                 if target.startswith("/"):
                     done = ""
                 pending.extend(target.split("/")[::-1])
             else:
                 done = candidate
-        return done or "/", st
+        done = done or "/"
+        return done, _lstat(done), via_proc
 
     def forbidden_path(path, opening_fd: bool, flags=0):
         if _type(path) is _bytes:
             path = path.decode("utf-8", "surrogateescape")
         elif _type(path) is not _str:
             return "an unusual path object"
-        real, st = realpath(path)
-        if real == "/proc" or real.startswith("/proc/") or (st is not None and st.st_dev == proc_dev):
+        real, st, via_proc = realpath(path)
+        if via_proc or real == "/proc" or real.startswith("/proc/") or (st is not None and st.st_dev == proc_dev):
             return "reading /proc (the process's memory and file descriptors)"
         if opening_fd and st is not None:  # os.open: the program gets the descriptor
             if S_ISDIR(st.st_mode) and (_type(flags) is not _int or flags & O_TMPFILE != O_TMPFILE):
                 return "opening a directory (dir_fd tricks)"
-            if (S_ISCHR(st.st_mode) or S_ISBLK(st.st_mode)) and real not in _DEVICES_OK:
-                return f"opening the device {real}"
+        if st is not None and (S_ISCHR(st.st_mode) or S_ISBLK(st.st_mode)) and real not in _DEVICES_OK:
+            return f"opening the device {real}"
         return None
 
     def inside(path) -> bool:
