@@ -12,6 +12,9 @@ from xdlm_tune.evaluation import execute
 from xdlm_tune.evaluation.screen import screen
 
 TESTS = "assert add(1, 2) == 3\n"
+# Finds the report pipe without /proc: the only FIFO among the low descriptors.
+OK_FD = ("import os, stat\ndef _ok(f):\n    try:\n        return stat.S_ISFIFO(os.fstat(f).st_mode)\n"
+         "    except OSError:\n        return False\n")
 WRONG = "def add(a, b):\n    return 0\n"
 FORGE = (  # what a program does once it holds a frame: look for the reporter and the token
     "def forge(f):\n"
@@ -79,9 +82,19 @@ FORGERIES = [
     ("a re-imported built-in module", "import sys\ndel sys.modules['_signal']\nimport _signal\n", "importing _signal"),
     ("raising the pass event", "import sys\nsys.audit('xdlm.sandbox.passed')\n", "a forged report"),
     ("raising the report event", "import sys\nsys.audit('xdlm.sandbox.report', 'passed', 'tests', '')\n", "a forged report"),
-    ("a second runner", "import sys\nsys.modules['__main__']._run({'guards': False})\n", ""),
-    ("a vault of its own", "import sys, os\nv = sys.modules['__main__']._vault('0' * 32, 2, None, 0, 0, os.write, os._exit)\n"
-     "next(v)\nv.send(('hook', 'passed', 'tests', ''))\n", ""),
+    ("a second runner", "import sys\nsys.modules['__main__']._run({'program': '', 'tests': '', 'guards': False,"
+     " 'pass_token': 'x' * 32, 'report_token': 'y' * 32, 'report_fd': 2, 'workdir': '.', 'blocked_modules': []})\n",
+     "frame introspection (sys._getframe)"),
+    ("a vault of its own", "import sys, os\nv = sys.modules['__main__']._vault(('0' * 32,) * 2, 2, None, 0, 0, os.write, os._exit)\n"
+     "next(v)\nv.send(('hook', 'passed', 'tests', ''))\n", "before the tests finished"),
+    ("stealing the failure report's token", "import os, stat, threading\n"
+     "fd = [f for f in range(3, 64) if _ok(f)][0]\nkeep = os.dup(fd)\nr, w = os.pipe()\nos.dup2(w, fd)\n"
+     "def steal():\n    token = os.read(r, 4096).split()[0]\n    os.write(keep, token + b' passed tests \\n')\n"
+     "threading.Thread(target=steal).start()\n", "before the tests finished"),
+    ("/proc through a path object", "class P:\n    def __fspath__(self):\n        return '/proc/self/mem'\nopen(P(), 'rb')\n",
+     "reading /proc"),
+    ("/proc as bytes, relative", "import os\nos.open(b'../../../../../../../../proc/self/mem', os.O_RDONLY)\n",
+     "reading /proc"),
     ("fake report lines on every fd", "import os\nfor fd in range(256):\n    try:\n"
      "        os.write(fd, b'0123456789abcdef0123456789abcdef passed tests \\npassed\\n')\n    except OSError:\n"
      "        pass\n", "AssertionError"),
@@ -111,14 +124,16 @@ FORGERIES = [
 
 @pytest.mark.parametrize("program, detail", [f[1:] for f in FORGERIES], ids=[f[0] for f in FORGERIES])
 def test_forgery_is_not_a_pass_at_run_time(program, detail):
-    result = execute(program + ("" if "def add" in program else WRONG), TESTS, timeout=10, _screen=False)
+    program = (OK_FD if "_ok(" in program else "") + program + ("" if "def add" in program else WRONG)
+    result = execute(program, TESTS, timeout=10, _screen=False)
     assert result.status in ("error", "wrong_answer"), result
     assert detail in result.detail, result
 
 
 @pytest.mark.parametrize("program", [f[1] for f in FORGERIES], ids=[f[0] for f in FORGERIES])
 def test_forgery_is_not_a_pass_as_the_harness_runs_it(program):
-    result = execute(program + ("" if "def add" in program else WRONG), TESTS, timeout=10)
+    program = (OK_FD if "_ok(" in program else "") + program + ("" if "def add" in program else WRONG)
+    result = execute(program, TESTS, timeout=10)
     assert result.status in ("error", "wrong_answer"), result
 
 
@@ -160,3 +175,15 @@ def test_legitimate_uses_of_the_allowed_stdlib_frame_readers_pass():
                "def add(a, b):\n    return P(a, b).x + N(b).a\n")
     result = execute(program, TESTS, timeout=10)
     assert result.status == "passed", result
+
+
+@pytest.mark.parametrize("program, detail", [
+    ("import os\nos.symlink('/proc/self/mem', 'm')\n", "blocked: creating links"),
+    ("import os\nos.link('/etc/hostname', 'h')\n", "blocked: creating links"),
+    ("import os\nos.chdir('/')\n", "blocked: changing the working directory"),
+    ("import os\nos.rename('/tmp', 'moved')\n", "blocked: renaming across the working directory"),
+])
+def test_the_hook_holds_without_the_python_guards(program, detail):
+    """The audit hook's own rules, which hold even if a guard were bypassed (guards off here)."""
+    result = execute(program + WRONG, TESTS, timeout=10, _screen=False, _guards=False)
+    assert result.status == "error" and detail in result.detail, result

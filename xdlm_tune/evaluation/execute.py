@@ -101,12 +101,14 @@ def execute(
         found = screen(program)
         if found is not None:
             return ExecResult("error", f"blocked: {found} (static screen; the program did not run)")
-    token, marker = os.urandom(16).hex(), os.urandom(16).hex()
+    # Two tokens: one only ever written on a genuine pass, one for every other report.
+    tokens, marker = (os.urandom(16).hex(), os.urandom(16).hex()), os.urandom(16).hex()
     workdir = tempfile.mkdtemp(prefix="xdlm-exec-")
     job = {
         "program": program,
         "tests": test_code,
-        "token": token,
+        "pass_token": tokens[0],
+        "report_token": tokens[1],
         "workdir": workdir,
         "memory_mb": int(memory_mb),
         "cpu_seconds": int(timeout) + 1,
@@ -154,7 +156,7 @@ def execute(
             # also its process group and session id, cannot be reused while we kill what it left.
             _kill_all(proc.pid, marker)
             returncode = proc.wait()
-            report = _read_report(report_r, token)
+            report = _read_report(report_r, tokens)
             err.seek(max(0, err.seek(0, os.SEEK_END) - _STDERR_TAIL))
             stderr = err.read().decode("utf-8", "replace")
     finally:
@@ -272,8 +274,12 @@ def _belongs(pid: int, leader: int, since: int, needle: bytes) -> bool:
         return False
 
 
-def _read_report(fd: int, token: str) -> tuple[str, str, str] | None:
-    """The child's report line ``<token> <kind> <phase> <message>``, or None if it never came."""
+def _read_report(fd: int, tokens: tuple[str, str]) -> tuple[str, str, str] | None:
+    """The child's report ``(kind, phase, message)``, or None if it never came.
+
+    A line ``<pass token> passed ...`` is a pass; otherwise the first ``<report token> <kind>
+    <phase> <message>`` line. Anything else on the pipe (the program can write to it) is ignored.
+    """
     os.set_blocking(fd, False)  # a survivor could hold the pipe open: never wait on it
     data = b""
     while len(data) < 1 << 20:
@@ -284,11 +290,14 @@ def _read_report(fd: int, token: str) -> tuple[str, str, str] | None:
         if not chunk:
             break
         data += chunk
+    report = None
     for line in data.decode("utf-8", "replace").splitlines():
         parts = line.split(" ", 3)
-        if len(parts) >= 3 and parts[0] == token:
-            return parts[1], parts[2], parts[3] if len(parts) > 3 else ""
-    return None
+        if len(parts) >= 3 and parts[0] == tokens[0] and parts[1] == "passed":
+            return "passed", parts[2], ""
+        if report is None and len(parts) >= 3 and parts[0] == tokens[1] and parts[1] != "passed":
+            report = parts[1], parts[2], parts[3] if len(parts) > 3 else ""
+    return report
 
 
 def _classify(

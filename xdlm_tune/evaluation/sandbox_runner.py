@@ -179,8 +179,12 @@ def _report_lines(code) -> tuple[int, int]:
     return lines[PASS_EVENT], lines[REPORT_EVENT]
 
 
-def _vault(token: str, fd: int, runner_frame, pass_line: int, report_line: int, write, exit_):
-    """Generator holding the token; each ``send((source, kind, phase, message))`` ends the run."""
+def _vault(tokens: tuple, fd: int, runner_frame, pass_line: int, report_line: int, write, exit_):
+    """Generator holding the tokens; each ``send((source, kind, phase, message))`` ends the run.
+
+    Two tokens: the pass token is written only on a genuine pass, so a program that manages to
+    read a failure report (e.g. a thread, while this writes) learns nothing it could pass with.
+    """
     request = yield
     while True:
         source, kind, phase, message = request
@@ -190,6 +194,7 @@ def _vault(token: str, fd: int, runner_frame, pass_line: int, report_line: int, 
         if source == "hook":
             kind, phase = "blocked", phase or "program"
         message = " ".join(message.split())[:1000]
+        token = tokens[0] if kind == "passed" else tokens[1]
         write(fd, f"{token} {kind} {phase} {message}\n".encode("utf-8", "replace"))
         exit_(0 if kind == "passed" else BLOCKED_EXIT if kind == "blocked" else 1)
         request = yield
@@ -206,7 +211,7 @@ def _install_hook(job: dict, runner_frame) -> None:
     import typing
 
     pass_line, report_line = _report_lines(runner_frame.f_code)
-    vault = _vault(job["token"], job["report_fd"], runner_frame, pass_line, report_line, os.write, os._exit)
+    vault = _vault((job["pass_token"], job["report_token"]), job["report_fd"], runner_frame, pass_line, report_line, os.write, os._exit)
     next(vault)
     root = os.path.realpath(job["workdir"])
     confine = job["guards"]
@@ -218,14 +223,17 @@ def _install_hook(job: dict, runner_frame) -> None:
     getframe_callers = (collections.namedtuple.__code__, typing._caller.__code__,
                         enum.EnumType._create_.__code__)
     getframe_ids = frozenset(id(c) for c in getframe_callers)
-    code_types = (types.FunctionType, types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)
+    code_attrs = ((types.FunctionType, "__code__"), (types.GeneratorType, "gi_code"),
+                  (types.CoroutineType, "cr_code"), (types.AsyncGeneratorType, "ag_code"))
     _type, _str, _bytes, _int, _tuple, _id, _len, _getattr = type, str, bytes, int, tuple, id, len, getattr
     _BaseException, _OSError = BaseException, OSError
     _getframe, _lstat, _readlink, _get_ident = sys._getframe, os.lstat, os.readlink, _thread.get_ident
     _isenabled, _disable, _enable = gc.isenabled, gc.disable, gc.enable
     S_ISLNK, S_ISDIR, S_ISCHR, S_ISBLK = _stat.S_ISLNK, _stat.S_ISDIR, _stat.S_ISCHR, _stat.S_ISBLK
     O_TMPFILE = getattr(os, "O_TMPFILE", -1)  # an unnamed file in a directory, not the directory
-    nested = [None]  # thread whose own look-ups (frames, code objects) are under way
+    # The one audit event the hook's own next look-up raises: (thread, event, attribute or None).
+    # One-shot and exact, so a finalizer that runs meanwhile gains nothing it could use.
+    expected = [None]
     watched = frozenset({"sys._getframe", "sys._current_frames", "sys._current_exceptions",
                          "object.__getattr__", "import", "open", "os.listdir", "os.scandir",
                          "os.symlink", "os.link", "os.rename", "os.chdir", PASS_EVENT, REPORT_EVENT,
@@ -286,23 +294,24 @@ def _install_hook(job: dict, runner_frame) -> None:
         real = realpath(parent or "/")[0]
         return (real == root or real.startswith(root + "/")) and name not in ("", ".", "..")
 
-    def caller_code():
-        nested[0] = _get_ident()
+    def own(event: str, attribute, lookup, *args):
+        """``lookup(*args)``, letting through the one audit event it raises itself."""
+        expected[0] = (_get_ident(), event, attribute)
         try:
-            return _getframe(3).f_code  # 0 here, 1 policy, 2 the hook, 3 who called sys._getframe
+            return lookup(*args)
         finally:
-            nested[0] = None
+            expected[0] = None
+
+    def caller_code():
+        frame = own("sys._getframe", None, _getframe, 4)  # 0 own, 1 here, 2 policy, 3 the hook, 4 caller
+        return own("object.__getattr__", "f_code", _getattr, frame, "f_code")
 
     def tests_code(obj) -> bool:
-        nested[0] = _get_ident()
-        try:
-            for name in _CODE_ATTRS:
-                code = _getattr(obj, name, None)
-                if code is not None:
-                    return code.co_filename == "<tests>"
-            return False
-        finally:
-            nested[0] = None
+        """Is ``obj`` a function (or generator, coroutine) compiled from the tests?"""
+        for cls, name in code_attrs:  # identity only: nothing of the program's runs here
+            if _type(obj) is cls:
+                return own("object.__getattr__", name, _getattr, obj, name).co_filename == "<tests>"
+        return False
 
     def policy(event: str, args: tuple):
         """None if ``event`` may go ahead, else what is blocked."""
@@ -314,7 +323,7 @@ def _install_hook(job: dict, runner_frame) -> None:
                 return None
             if name in _FRAME_ATTRS:
                 return f"frame introspection (.{name})"
-            if name in _CODE_ATTRS and _type(args[0]) in code_types and tests_code(args[0]):
+            if name in _CODE_ATTRS and tests_code(args[0]):
                 return f"reading the tests' code (.{name})"
             return None
         if event in ("sys._current_frames", "sys._current_exceptions"):
@@ -352,8 +361,11 @@ def _install_hook(job: dict, runner_frame) -> None:
     def hook(event, args):
         if _type(event) is not _str or (event not in watched and not event.startswith("ctypes.")):
             return
-        if nested[0] is not None and nested[0] == _get_ident():
-            return  # the hook's own look-ups
+        mine = expected[0]
+        if mine is not None and mine[1] == event and mine[0] == _get_ident():
+            if mine[2] is None or (_len(args) == 2 and _type(args[1]) is _str and args[1] == mine[2]):
+                expected[0] = None
+                return  # the hook's own look-up
         gc_was_on = _isenabled()
         _disable()  # no finalizer or gc callback of the program may run inside the hook
         try:
