@@ -98,11 +98,12 @@ FORGERIES = [
     ("fake report lines on every fd", "import os\nfor fd in range(256):\n    try:\n"
      "        os.write(fd, b'0123456789abcdef0123456789abcdef passed tests \\npassed\\n')\n    except OSError:\n"
      "        pass\n", "AssertionError"),
-    ("replacing AssertionError", "import builtins\nbuiltins.AssertionError = ZeroDivisionError\n", "replaced the builtin"),
-    ("replacing exec", "import builtins\nbuiltins.exec = lambda *a, **k: None\n", "replaced the builtin"),
-    ("shadowing a builtin the tests use", "import builtins\nbuiltins.len = lambda x: 3\n", "replaced the builtin"),
+    ("replacing AssertionError", "import builtins\nbuiltins.AssertionError = ZeroDivisionError\n", "changed the builtins module"),
+    ("replacing exec", "import builtins\nbuiltins.exec = lambda *a, **k: None\n", "changed the builtins module"),
+    ("shadowing a builtin the tests use", "import builtins\nbuiltins.len = lambda x: 3\n", "changed the builtins module"),
     ("replacing the exits and sys.audit", "import os, sys\nos._exit = lambda code: None\nsys.exit = lambda *a: None\n"
-     "sys.audit = lambda *a: None\n", "AssertionError"),
+     "sys.audit = lambda *a: None\n", "the program patched"),
+    ("its own __builtins__", "__builtins__ = {'AssertionError': ZeroDivisionError}\n", "its own __builtins__"),
     ("atexit", "import atexit, os\natexit.register(os._exit, 0)\n", "AssertionError"),
     ("SystemExit from __del__", "class D:\n    def __del__(self):\n        raise SystemExit(0)\n"
      "def add(a, b):\n    D()\n    return 0\n", "AssertionError"),
@@ -187,3 +188,25 @@ def test_the_hook_holds_without_the_python_guards(program, detail):
     """The audit hook's own rules, which hold even if a guard were bypassed (guards off here)."""
     result = execute(program + WRONG, TESTS, timeout=10, _screen=False, _guards=False)
     assert result.status == "error" and detail in result.detail, result
+
+
+@pytest.mark.parametrize("program, tests, detail", [
+    ("import math\nmath.isclose = lambda *a, **k: True\n", "import math\nassert math.isclose(add(1, 2), 3)\n",
+     "patched math.isclose"),
+    ("class T:\n    def __eq__(self, other):\n        return 1\nimport operator\noperator.eq = lambda a, b: T()\n",
+     "import operator\nassert operator.eq(add(1, 2), 3)\n", "patched operator.eq"),
+])
+def test_rigging_the_tests_names_is_caught(program, tests, detail):
+    """Wrong programs that would pass by changing what the tests' own names mean."""
+    result = execute(program + ("" if "def add" in program else WRONG), tests, timeout=10, _screen=False)
+    assert result.status == "error" and detail in result.detail, result
+
+
+@pytest.mark.parametrize("program, tests", [
+    ("def sorted(x):\n    return [3]\n", "assert sorted([add(1, 2)]) == [3]\n"),
+    ("def add(a, b):\n    globals()['len'] = lambda x: 1\n    return 0\n", "assert len([add(1, 2)]) == 1\n"),
+])
+def test_shadowing_a_builtin_the_tests_use_is_a_residual_risk(program, tests):
+    """Documented in the README: a global may legitimately carry a builtin's name (MBPP 126 defines
+    `sum`), so a wrong program that shadows one the tests use passes."""
+    assert execute(program + ("" if "def add" in program else WRONG), tests, timeout=10).status == "passed"

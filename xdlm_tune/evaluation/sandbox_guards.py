@@ -196,3 +196,49 @@ def _patch_os(posix, replacements: dict) -> None:
         for module in (os, posix):  # os re-exports posix: patch both names
             if hasattr(module, name):
                 setattr(module, name, replacement)
+
+
+def tamper_check(namespace: dict) -> "Callable[[], str]":
+    """Snapshot before the program runs; the returned check says how the program rigged the tests.
+
+    Caught (as ``blocked: ...``): changing the builtins module; giving its namespace its own
+    ``__builtins__``; putting its own functions, classes or objects into another module
+    (``math.isclose``). Called after the program and again after the tests; a change undone
+    before the check goes unseen. Not caught: a global that shadows a builtin the tests use
+    (``def sorted``), since a task's own function may have a builtin's name (MBPP 126: ``sum``).
+    """
+    import builtins
+    import types
+
+    real = builtins.__dict__
+    before = tuple(real.items())
+    _len, _type, _isinstance, _getattr = len, type, isinstance, getattr
+    function, method, module_type, _BaseException = types.FunctionType, types.MethodType, types.ModuleType, BaseException
+    modules = sys.modules
+
+    def made_by_program(value) -> bool:
+        if _type(value) is method:
+            value = value.__func__
+        if _type(value) is function:
+            return value.__code__.co_filename == "<program>"
+        cls = value if _isinstance(value, type) else _type(value)
+        return _getattr(cls, "__module__", None) == "__sandbox__"
+
+    def check() -> str:
+        try:
+            if _len(real) != _len(before) or any(real.get(k, real) is not v for k, v in before):
+                return "blocked: the program changed the builtins module"
+            if namespace.get("__builtins__", real) not in (real, builtins):
+                return "blocked: the program gave itself its own __builtins__"
+            for name, module in list(modules.items()):
+                if _type(module) is not module_type or module.__dict__ is namespace:
+                    continue
+                for attr, value in list(module.__dict__.items()):
+                    if made_by_program(value):
+                        return f"blocked: the program patched {name}.{attr}"
+        except _BaseException:  # a hostile object in a module
+            return "blocked: the program left objects in other modules that cannot be inspected"
+        return ""
+
+    return check
+

@@ -65,37 +65,40 @@ def main() -> None:
 
 def _run(job: dict) -> None:
     """Run the program, then the tests, in one module namespace; report through the vault."""
-    import builtins
     import types
 
     # Bound now: the program may replace any of these names in builtins, sys or os.
-    _exec, _compile, _audit, _exit, _str, _changed = exec, compile, sys.audit, os._exit, str, _changed_builtins
+    _exec, _compile, _audit, _exit, _str = exec, compile, sys.audit, os._exit, str
     _BaseException, _AssertionError, _SystemExit, _isinstance, _type = (
         BaseException, AssertionError, SystemExit, isinstance, type)
-    program_src, tests_src = job["program"], job["tests"]
-    if job["guards"]:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import sandbox_guards  # the Python-level guards (layer 5)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import sandbox_guards  # the Python-level guards (layer 5) and the tamper check
 
-        del sys.path[0]
+    del sys.path[0]
+    if job["guards"]:
         sandbox_guards.install(job["workdir"], job["blocked_modules"])
     # A real module, so that pickle, dataclasses and the like find it; not "__main__", so that
     # `if __name__ == "__main__":` blocks do not run (as in the reference HumanEval harness).
     module = types.ModuleType("__sandbox__")
     sys.modules["__sandbox__"] = module
-    builtins_before = tuple(builtins.__dict__.items())
+    phase, kind, message = "program", None, ""
+    try:  # compiled before any program code runs
+        program = _compile(job["program"], "<program>", "exec")
+        tests = _compile(job["tests"], "<tests>", "exec")
+    except _BaseException as exc:
+        program = tests = exc
+    tampered = sandbox_guards.tamper_check(module.__dict__)
     _install_hook(job, sys._getframe(0))
     job.clear()  # from here on the token is in the vault only
-    phase, kind, message = "program", None, ""
     try:
-        program = _compile(program_src, "<program>", "exec")
-        tests = _compile(tests_src, "<tests>", "exec")  # compiled before any program code runs
+        if _isinstance(program, _BaseException) or _isinstance(tests, _BaseException):
+            raise program if _isinstance(program, _BaseException) else tests
         _exec(program, module.__dict__)
-        message = _changed(builtins.__dict__, builtins_before)
+        message = tampered()
         if not message:
             phase = "tests"
             _exec(tests, module.__dict__)
-            message = _changed(builtins.__dict__, builtins_before)
+            message = tampered()
         if message:
             kind = "blocked"
     except _BaseException as exc:  # SystemExit and KeyboardInterrupt too: they end the tests early
@@ -112,16 +115,6 @@ def _run(job: dict) -> None:
         _audit("xdlm.sandbox.passed")  # the pass line: the vault checks that this frame is here
     _audit("xdlm.sandbox.report", kind, phase, message if _type(message) is _str else "?")  # failure line
     _exit(1)  # not reached (the vault exits), unless the program broke the vault: not a pass
-
-
-def _changed_builtins(now: dict, before: tuple, _len=len) -> str:
-    """'' or what the program changed in builtins (rebinding e.g. `sorted` would fool the tests)."""
-    if _len(now) != _len(before):
-        return "blocked: the program added or removed builtins"
-    for name, value in before:
-        if now.get(name, now) is not value:
-            return f"blocked: the program replaced the builtin {name!r}"
-    return ""
 
 
 def _read_all(fd: int) -> bytes:
