@@ -210,3 +210,21 @@ def test_shadowing_a_builtin_the_tests_use_is_a_residual_risk(program, tests):
     """Documented in the README: a global may legitimately carry a builtin's name (MBPP 126 defines
     `sum`), so a wrong program that shadows one the tests use passes."""
     assert execute(program + ("" if "def add" in program else WRONG), tests, timeout=10).status == "passed"
+
+
+@pytest.mark.parametrize("program, detail", [
+    ("import os\noriginal(os.remove)(SENTINEL)\n", "(os.remove)"),
+    ("original(open)(SENTINEL, 'w')\n", "writing outside the working directory (open)"),
+    ("import os\noriginal(os.rename)(SENTINEL, 'here')\n", "renaming across"),
+    ("import os\noriginal(os.open)(SENTINEL, os.O_WRONLY | os.O_TRUNC)\n", "writing outside"),
+])
+def test_files_stay_safe_when_a_python_guard_is_bypassed(tmp_path, program, detail):
+    """The Python guards hand out their originals through __closure__; the audit hook still refuses."""
+    sentinel = tmp_path / "sentinel.txt"
+    sentinel.write_text("original")
+    original = ("def original(guard):  # the C function a guard wraps, from its closure\n"
+                "    return [c.cell_contents for c in guard.__closure__ if type(c.cell_contents).__name__ ==\n"
+                "            'builtin_function_or_method'][0]\n")
+    result = execute(f"SENTINEL = {str(sentinel)!r}\n" + original + program + WRONG, TESTS, timeout=10, _screen=False)
+    assert result.status == "error" and detail in result.detail, result
+    assert sentinel.read_text() == "original" and sorted(p.name for p in tmp_path.iterdir()) == ["sentinel.txt"]

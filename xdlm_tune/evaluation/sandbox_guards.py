@@ -60,7 +60,9 @@ def _guard_verdict() -> None:
     for name in sys.builtin_module_names:  # all of them now, so none is left to (re-)create
         if name not in sys.modules:
             __import__(name)
+    original = _imp.create_builtin
     _imp.create_builtin = _block("re-creating a built-in module")
+    _only_reference("_imp.create_builtin", original)
     # No original is kept anywhere (a wrapper's closure would hand it out).
     dfl, ign, blocked_handler, _type = signal.SIG_DFL, signal.SIG_IGN, _block("installing a signal handler"), type
 
@@ -69,8 +71,12 @@ def _guard_verdict() -> None:
             raise PermissionError("changing signal dispositions is disabled in the sandbox")
         blocked_handler()
 
+    original = _signal.signal
     signal.signal = _signal.signal = guarded_signal
+    _only_reference("_signal.signal", original)
+    original = gc.set_debug
     gc.set_debug = _block("gc.set_debug")
+    _only_reference("gc.set_debug", original)
 
 
 def _guard_files(root: str) -> None:
@@ -168,8 +174,12 @@ def _guard_processes_and_network() -> None:
     # Root may raise its own hard limits, and prlimit reaches other processes.
     resource.setrlimit, resource.prlimit = deny("resource.setrlimit"), deny("resource.prlimit")
     signal.pidfd_send_signal = deny("signal.pidfd_send_signal")
-    # subprocess keeps its own reference to fork_exec: replace both, or it stays callable.
+    # fork_exec (fork + exec of any program, with no audit event) must be gone, not just renamed:
+    # subprocess keeps its own reference, and any other one left would hand it back.
+    original = _posixsubprocess.fork_exec
     _posixsubprocess.fork_exec = subprocess._fork_exec = deny("_posixsubprocess.fork_exec")
+    _only_reference("_posixsubprocess.fork_exec", original)
+    del original
 
     class NoPopen(subprocess.Popen):  # a class, so that subclasses elsewhere still import
         def __init__(self, *args, **kwargs):
@@ -189,6 +199,13 @@ def _guard_processes_and_network() -> None:
         for module in (socket, _socket):
             if hasattr(module, name):
                 setattr(module, name, deny(f"socket.{name}"))
+
+
+def _only_reference(name: str, original) -> None:
+    """Fail the setup (never the program) if anything but the caller still holds ``original``."""
+    held = sys.getrefcount(original) - 3  # this argument, the caller's variable, getrefcount's own
+    if held:
+        raise RuntimeError(f"sandbox setup: {held} other reference(s) to {name} remain")
 
 
 def _patch_os(posix, replacements: dict) -> None:

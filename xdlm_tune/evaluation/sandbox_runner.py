@@ -45,6 +45,11 @@ _CODE_ATTRS = frozenset({"__code__", "gi_code", "cr_code", "ag_code"})
 _HOOK_EVENTS = frozenset({"sys.settrace", "sys.setprofile", "sys.addaudithook",
                           "sys.monitoring.register_callback", "sys.monitoring.set_events"})
 _GC_EVENTS = frozenset({"gc.get_objects", "gc.get_referrers", "gc.get_referents"})
+# Changes to one path (args[0]), allowed inside the working directory only. Descriptors (ints)
+# are refused for those that work on read-only descriptors (chmod, chown, utime).
+_WRITE_EVENTS = frozenset({"os.remove", "os.rmdir", "os.mkdir", "os.truncate", "os.utime", "os.chmod",
+                           "os.chown", "os.chflags", "os.lchflags", "os.setxattr", "os.removexattr"})
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _PROCESS_EVENTS = frozenset({"os.exec", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn",
                              "os.system", "subprocess.Popen", "pty.spawn", "os.startfile"})
 # Readable device nodes; any other (e.g. /dev/mem, or one made with mknod) is blocked.
@@ -230,7 +235,7 @@ def _install_hook(job: dict, runner_frame) -> None:
     watched = frozenset({"sys._getframe", "sys._current_frames", "sys._current_exceptions",
                          "object.__getattr__", "import", "open", "os.listdir", "os.scandir",
                          "os.symlink", "os.link", "os.rename", "os.chdir", PASS_EVENT, REPORT_EVENT,
-                         BLOCK_EVENT}) | _HOOK_EVENTS | _GC_EVENTS | _PROCESS_EVENTS
+                         BLOCK_EVENT}) | _HOOK_EVENTS | _GC_EVENTS | _PROCESS_EVENTS | _WRITE_EVENTS
 
     def realpath(path: str):
         """(``path`` absolute with every symlink resolved, its lstat or None if it does not exist,
@@ -278,11 +283,15 @@ def _install_hook(job: dict, runner_frame) -> None:
             return f"opening the device {real}"
         return None
 
-    def inside(path) -> bool:
+    def inside(path, or_root: bool = False) -> bool:
+        """Is ``path`` an entry of the working directory tree (or, if ``or_root``, the directory
+        itself: open() of a directory with an opener, O_TMPFILE; the real open is audited too)?"""
         if _type(path) is _bytes:
             path = path.decode("utf-8", "surrogateescape")
         if _type(path) is not _str:
             return False
+        if or_root and realpath(path)[0] == root:
+            return True
         parent, _, name = (path if path.startswith("/") else root + "/" + path).rpartition("/")
         real = realpath(parent or "/")[0]
         return (real == root or real.startswith(root + "/")) and name not in ("", ".", "..")
@@ -335,8 +344,12 @@ def _install_hook(job: dict, runner_frame) -> None:
                 return None  # the import fails with ModuleNotFoundError, as guarded
             return f"importing {name} (a blocked module, or re-creating one the guards changed)"
         if event == "open":  # (path, mode, flags); mode is None for os.open
-            path = args[0] if _len(args) == 3 else None
-            return None if _type(path) is _int else forbidden_path(path, args[1] is None, args[2])
+            path, flags = (args[0], args[2]) if _len(args) == 3 else (None, 0)
+            if _type(path) is _int:
+                return None
+            if confine and (_type(flags) is not _int or flags & _WRITE_FLAGS) and not inside(path, True):
+                return "writing outside the working directory (open)"
+            return forbidden_path(path, args[1] is None, flags)
         if event in ("os.listdir", "os.scandir"):
             return None if args[0] is None or _type(args[0]) is _int else forbidden_path(args[0], False)
         if event in ("os.symlink", "os.link"):
@@ -347,6 +360,11 @@ def _install_hook(job: dict, runner_frame) -> None:
             return "changing the working directory"
         if event == BLOCK_EVENT:
             return args[0] if args and _type(args[0]) is _str else "?"
+        if confine and event in _WRITE_EVENTS:
+            path = args[0] if args else None
+            if _type(path) is _int and event == "os.truncate":
+                return None  # ftruncate needs a descriptor open for writing: opened inside
+            return None if inside(path) else f"changing files outside the working directory ({event})"
         if confine and event in _PROCESS_EVENTS:
             return f"process creation ({event})"
         return None
