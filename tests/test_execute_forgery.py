@@ -102,7 +102,7 @@ FORGERIES = [
     ("replacing exec", "import builtins\nbuiltins.exec = lambda *a, **k: None\n", "changed the builtins module"),
     ("shadowing a builtin the tests use", "import builtins\nbuiltins.len = lambda x: 3\n", "changed the builtins module"),
     ("replacing the exits and sys.audit", "import os, sys\nos._exit = lambda code: None\nsys.exit = lambda *a: None\n"
-     "sys.audit = lambda *a: None\n", "the program patched"),
+     "sys.audit = lambda *a: None\n", "AssertionError"),
     ("its own __builtins__", "__builtins__ = {'AssertionError': ZeroDivisionError}\n", "its own __builtins__"),
     ("atexit", "import atexit, os\natexit.register(os._exit, 0)\n", "AssertionError"),
     ("SystemExit from __del__", "class D:\n    def __del__(self):\n        raise SystemExit(0)\n"

@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import sys
+from typing import Callable
 
 BLOCK_EVENT = "xdlm.sandbox.blocked"  # same as sandbox_runner.BLOCK_EVENT
 
@@ -215,11 +216,11 @@ def _patch_os(posix, replacements: dict) -> None:
                 setattr(module, name, replacement)
 
 
-def tamper_check(namespace: dict) -> "Callable[[], str]":
+def tamper_check(namespace: dict, tests) -> Callable[[], str]:
     """Snapshot before the program runs; the returned check says how the program rigged the tests.
 
     Caught (as ``blocked: ...``): changing the builtins module; giving its namespace its own
-    ``__builtins__``; putting its own functions, classes or objects into another module
+    ``__builtins__``; putting its own functions, classes or objects into a module the tests name
     (``math.isclose``). Called after the program and again after the tests; a change undone
     before the check goes unseen. Not caught: a global that shadows a builtin the tests use
     (``def sorted``), since a task's own function may have a builtin's name (MBPP 126: ``sum``).
@@ -229,28 +230,33 @@ def tamper_check(namespace: dict) -> "Callable[[], str]":
 
     real = builtins.__dict__
     before = tuple(real.items())
-    _len, _type, _isinstance, _getattr = len, type, isinstance, getattr
+    # Bound now: the check must not use builtins the program may have replaced.
+    _len, _type, _isinstance, _getattr, _list, _any, _type_type = len, type, isinstance, getattr, list, any, type
     function, method, module_type, _BaseException = types.FunctionType, types.MethodType, types.ModuleType, BaseException
     modules = sys.modules
+    used = frozenset(_names(tests))  # modules the tests name, e.g. in `import math`
 
     def made_by_program(value) -> bool:
         if _type(value) is method:
             value = value.__func__
         if _type(value) is function:
             return value.__code__.co_filename == "<program>"
-        cls = value if _isinstance(value, type) else _type(value)
+        cls = value if _isinstance(value, _type_type) else _type(value)
         return _getattr(cls, "__module__", None) == "__sandbox__"
 
     def check() -> str:
         try:
-            if _len(real) != _len(before) or any(real.get(k, real) is not v for k, v in before):
+            if _len(real) != _len(before) or _any(real.get(k, real) is not v for k, v in before):
                 return "blocked: the program changed the builtins module"
-            if namespace.get("__builtins__", real) not in (real, builtins):
+            own_builtins = namespace.get("__builtins__", real)
+            if own_builtins is not real and own_builtins is not builtins:
                 return "blocked: the program gave itself its own __builtins__"
-            for name, module in list(modules.items()):
+            for name, module in _list(modules.items()):
                 if _type(module) is not module_type or module.__dict__ is namespace:
                     continue
-                for attr, value in list(module.__dict__.items()):
+                if name not in used and name.rpartition(".")[2] not in used:
+                    continue
+                for attr, value in _list(module.__dict__.items()):
                     if made_by_program(value):
                         return f"blocked: the program patched {name}.{attr}"
         except _BaseException:  # a hostile object in a module
@@ -259,3 +265,11 @@ def tamper_check(namespace: dict) -> "Callable[[], str]":
 
     return check
 
+
+def _names(code) -> list[str]:
+    """Every global or attribute name a code object and the code nested in it use."""
+    names = list(code.co_names)
+    for const in code.co_consts:
+        if type(const) is type(code):
+            names += _names(const)
+    return names

@@ -92,7 +92,7 @@ def _run(job: dict) -> None:
         tests = _compile(job["tests"], "<tests>", "exec")
     except _BaseException as exc:
         program = tests = exc
-    tampered = sandbox_guards.tamper_check(module.__dict__)
+    tampered = sandbox_guards.tamper_check(module.__dict__, tests) if _type(tests) is _type(_run.__code__) else None
     _install_hook(job, sys._getframe(0))
     job.clear()  # from here on the token is in the vault only
     try:
@@ -168,12 +168,13 @@ def _set_limits(job: dict) -> None:
 
 def _report_lines(code) -> tuple[int, int]:
     """Source lines of the runner's pass and failure reports (where PASS/REPORT_EVENT are loaded)."""
-    import dis
+    from opcode import opmap  # dis would do, at ten times the import time
 
     lines = {}
-    for ins in dis.get_instructions(code):
-        if ins.opname == "LOAD_CONST" and ins.argval in (PASS_EVENT, REPORT_EVENT):
-            lines[ins.argval] = ins.positions.lineno
+    positions = code.co_positions()  # one entry per 2-byte code unit
+    for op, arg, (line, *_) in zip(code.co_code[::2], code.co_code[1::2], positions):
+        if op == opmap["LOAD_CONST"] and code.co_consts[arg] in (PASS_EVENT, REPORT_EVENT):
+            lines[code.co_consts[arg]] = line
     return lines[PASS_EVENT], lines[REPORT_EVENT]
 
 
@@ -209,7 +210,9 @@ def _install_hook(job: dict, runner_frame) -> None:
     import typing
 
     pass_line, report_line = _report_lines(runner_frame.f_code)
-    vault = _vault((job["pass_token"], job["report_token"]), job["report_fd"], runner_frame, pass_line, report_line, os.write, os._exit)
+    tokens = (job["pass_token"], job["report_token"])
+    vault = _vault(tokens, job["report_fd"], runner_frame, pass_line, report_line, os.write, os._exit)
+    del tokens
     next(vault)
     root = os.path.realpath(job["workdir"])
     confine = job["guards"]
@@ -223,7 +226,7 @@ def _install_hook(job: dict, runner_frame) -> None:
     getframe_ids = frozenset(id(c) for c in getframe_callers)
     code_attrs = ((types.FunctionType, "__code__"), (types.GeneratorType, "gi_code"),
                   (types.CoroutineType, "cr_code"), (types.AsyncGeneratorType, "ag_code"))
-    _type, _str, _bytes, _int, _tuple, _id, _len, _getattr = type, str, bytes, int, tuple, id, len, getattr
+    _type, _str, _bytes, _int, _id, _len, _getattr = type, str, bytes, int, id, len, getattr
     _BaseException, _OSError = BaseException, OSError
     _getframe, _lstat, _readlink, _get_ident = sys._getframe, os.lstat, os.readlink, _thread.get_ident
     _isenabled, _disable, _enable = gc.isenabled, gc.disable, gc.enable
