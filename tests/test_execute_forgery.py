@@ -228,3 +228,14 @@ def test_files_stay_safe_when_a_python_guard_is_bypassed(tmp_path, program, deta
     result = execute(f"SENTINEL = {str(sentinel)!r}\n" + original + program + WRONG, TESTS, timeout=10, _screen=False)
     assert result.status == "error" and detail in result.detail, result
     assert sentinel.read_text() == "original" and sorted(p.name for p in tmp_path.iterdir()) == ["sentinel.txt"]
+
+
+@pytest.mark.parametrize("program, detail", [
+    ("import socket\nsocket.socket.__bases__[0].__bases__[0]().connect(('127.0.0.1', 9))\n", "network access (socket."),
+    ("import os\noriginal(os.rmdir)('/tmp')\n", "(os.rmdir)"),
+])
+def test_the_machine_stays_safe_when_a_python_guard_is_bypassed(program, detail):
+    original = ("def original(guard):\n    return [c.cell_contents for c in guard.__closure__ if\n"
+                "            type(c.cell_contents).__name__ == 'builtin_function_or_method'][0]\n")
+    result = execute(original + program + WRONG, TESTS, timeout=10, _screen=False)
+    assert result.status == "error" and detail in result.detail, result

@@ -51,7 +51,8 @@ _WRITE_EVENTS = frozenset({"os.remove", "os.rmdir", "os.mkdir", "os.truncate", "
                            "os.chown", "os.chflags", "os.lchflags", "os.setxattr", "os.removexattr"})
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _PROCESS_EVENTS = frozenset({"os.exec", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn",
-                             "os.system", "subprocess.Popen", "pty.spawn", "os.startfile"})
+                             "os.system", "subprocess.Popen", "pty.spawn", "os.startfile", "os.kill",
+                             "os.killpg", "resource.setrlimit", "resource.prlimit"})
 # Readable device nodes; any other (e.g. /dev/mem, or one made with mknod) is blocked.
 _DEVICES_OK = frozenset({"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"})
 
@@ -369,11 +370,13 @@ def _install_hook(job: dict, runner_frame) -> None:
                 return None  # ftruncate needs a descriptor open for writing: opened inside
             return None if inside(path) else f"changing files outside the working directory ({event})"
         if confine and event in _PROCESS_EVENTS:
-            return f"process creation ({event})"
+            return f"processes, signals or limits ({event})"
+        if confine and event.startswith("socket."):
+            return f"network access ({event})"
         return None
 
     def hook(event, args):
-        if _type(event) is not _str or (event not in watched and not event.startswith("ctypes.")):
+        if _type(event) is not _str or (event not in watched and not event.startswith(("ctypes.", "socket."))):
             return
         mine = expected[0]
         if mine is not None and mine[1] == event and mine[0] == _get_ident():
