@@ -1,9 +1,9 @@
 """Run untrusted generated code against its tests in a separate, limited process (parent side).
 
-This file and the two it starts the child with are the evaluator's security boundary; all
-three import only the standard library (never torch). ``execute`` screens the program
-(screen.py), starts sandbox_runner.py in a fresh ``python -I -B -S`` and decides the status
-from the child's authenticated report, its exit and the clock.
+This file, screen.py, sandbox_runner.py and sandbox_guards.py are the evaluator's security
+boundary; all four import only the standard library (never torch). ``execute`` screens the
+program (screen.py), starts sandbox_runner.py in a fresh ``python -I -B -S`` and decides the
+status from the child's authenticated report, its exit and the clock.
 
 Layers, outermost first:
 
@@ -17,16 +17,16 @@ Layers, outermost first:
 3. A fresh temporary working directory (also HOME and TMPDIR), removed afterwards.
 4. Network: a new, empty network namespace when the kernel allows it (root, or unprivileged user
    namespaces); sockets and DNS are also disabled in Python.
-5. Python-level guards (sandbox_guards.py): processes, signals, privileges, writes outside the
-   working directory. They stop careless damage, not a determined attacker.
+5. Python-level guards (sandbox_guards.py): processes, signals, privileges, sockets, writes
+   outside the working directory raise PermissionError. Their originals can be taken from
+   their closures, so the audit hook (6) refuses the same for everything CPython audits.
 6. The verdict (sandbox_runner.py): a static screen here, then an audit hook in the child that
    denies frame, gc, hook, ctypes and /proc introspection and guards the only holder of the
-   report token. A blocked program is an ``error`` with detail ``blocked: <what>``.
+   report tokens. A blocked program is an ``error`` with detail ``blocked: <what>``.
 
-A run counts as passed only if the child's report carries the run's random token and says
-"passed"; the runner can send that only from its pass line, reached after the program and
-every test ran to the end. Exiting early in any way (``sys.exit(0)``, ``os._exit(0)``, a
-signal) is an error.
+A run counts as passed only if the child's report carries the run's random pass token; the
+runner can send that only from its pass line, reached after the program and every test ran
+to the end. Exiting early in any way (``sys.exit(0)``, ``os._exit(0)``, a signal) is an error.
 """
 from __future__ import annotations
 

@@ -19,7 +19,9 @@ Why the program cannot forge "passed":
   ``sys._current_frames``, ``tb_frame``/``gi_frame``/``cr_frame``/``ag_frame``, gc object walks,
   trace/profile/audit hooks, every ctypes call, opening /proc (e.g. /proc/self/mem), device
   nodes or directories (the last closes ``dir_fd`` tricks), links, and leaving the working
-  directory. Reading the tests' code objects (``check.__code__``) is denied too.
+  directory. Reading the tests' code objects (``check.__code__``) is denied too. With the
+  guards on, so are writes outside the working directory, processes, signals, rlimits and
+  sockets: what sandbox_guards refuses in Python, for when a guard's original is reached.
 - While the hook runs, the garbage collector is paused, so no finalizer or gc callback of the
   program runs inside it; Python signal handlers (which receive a frame unaudited) cannot be
   installed (sandbox_guards). The hook touches an argument only after checking its exact type.
