@@ -17,7 +17,9 @@ import pytest
 
 from xdlm_tune.evaluation import STATUSES, ExecResult, execute, execute_many
 
-EXECUTE_PY = Path(__file__).resolve().parents[1] / "xdlm_tune" / "evaluation" / "execute.py"
+EVALUATION = Path(__file__).resolve().parents[1] / "xdlm_tune" / "evaluation"
+# The security boundary: the parent, the screen, and what the child runs.
+BOUNDARY = [EVALUATION / name for name in ("execute.py", "screen.py", "sandbox_runner.py", "sandbox_guards.py")]
 
 
 def _alive(pid: int) -> bool:
@@ -32,15 +34,18 @@ def _alive(pid: int) -> bool:
 # ------------------------------------------------------------------------ the module itself
 
 
-def test_execute_imports_only_the_standard_library():
-    tree = ast.parse(EXECUTE_PY.read_text())
+@pytest.mark.parametrize("path", BOUNDARY, ids=lambda p: p.name)
+def test_execute_imports_only_the_standard_library(path):
+    tree = ast.parse(path.read_text())
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             imported |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             imported.add(node.module.split(".")[0])
-    assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+    # sandbox_guards is the runner's sibling, imported by file location in the child.
+    assert imported - {"sandbox_guards"} <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+    assert len(path.read_text().splitlines()) <= 420, "keep each file of the boundary readable in one sitting"
     # And the public import path pulls in no torch (the test process has it already: ask a fresh one).
     code = "import sys; from xdlm_tune.evaluation import execute; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -92,7 +97,7 @@ def test_outcomes(program, tests, status, detail):
     ],
 )
 def test_exiting_before_the_tests_is_not_a_pass(exit_code):
-    result = execute("def f():\n    return 1\n" + exit_code, "assert f() == 1\n", timeout=10)
+    result = execute("def f():\n    return 1\n" + exit_code, "assert f() == 1\n", timeout=10, _screen=False)
     assert result.status == "error", result
 
 
@@ -152,7 +157,7 @@ def test_bad_arguments():
     ],
 )
 def test_spawning_processes_fails(spawn):
-    result = execute("import time\n" + spawn, "assert True\n", timeout=10)
+    result = execute("import time\n" + spawn, "assert True\n", timeout=10, _screen=False)  # the runtime guards
     assert result.status == "error", result
 
 
@@ -172,7 +177,8 @@ def test_limits_and_isolation_cannot_be_undone(escape):
 
 
 def test_signalling_the_evaluator_fails():
-    result = execute("import os, signal\nos.kill(os.getppid(), signal.SIGTERM)\n", "assert True\n", timeout=10)
+    program = "import os, signal\nos.kill(os.getppid(), signal.SIGTERM)\n"
+    result = execute(program, "assert True\n", timeout=10, _screen=False)
     assert result.status == "error" and "disabled" in result.detail, result
 
 
@@ -315,7 +321,8 @@ def test_network_is_blocked(listener, connect):
 def test_network_namespace_blocks_even_without_python_guards(listener):
     """Where the kernel lets the child unshare its network namespace, that alone blocks it."""
     own_ns = os.readlink("/proc/self/ns/net")
-    probe = execute(f"import os\nassert os.readlink('/proc/self/ns/net') != {own_ns!r}\n", "", timeout=10, _guards=False)
+    probe = execute(f"import os\nassert os.readlink('/proc/self/ns/net') != {own_ns!r}\n", "", timeout=10,
+                    _guards=False, _screen=False)
     if probe.status != "passed":
         pytest.skip("this kernel/user cannot create a network namespace; Python guards only")
     port = listener.getsockname()[1]
