@@ -74,7 +74,7 @@ def _xdlm_block(path: str) -> dict | None:
 
 def checkpoint_model(path: str | Path, device: torch.device, label: str | None = None) -> EvalModel:
     """A training run's newest checkpoint (or a given checkpoint folder) as the model to evaluate."""
-    from ..export.run import load_checkpoint
+    from ..runs import load_checkpoint
 
     model, tok, mask_id, shift, recipe = load_checkpoint(path)
     d = recipe.diffusion

@@ -26,10 +26,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import (
-    RECIPE_FILE, CheckpointError, TrainState, check_resume_compatible, list_checkpoints, read_state, recover,
-    resolve_resume,
-)
+from ..checkpoint import RECIPE_FILE, CheckpointError, list_checkpoints, recover, resolve_resume
 from ..config import Recipe, save_recipe
 from ..data import build_data
 from ..diffusion import make_schedule
@@ -42,7 +39,7 @@ from .runtime import (
     build_accelerator, deepspeed_config, fill_hidden_size_autos, reset_accelerate_state, single_process_group_env,
     whole_model_loading, zero_stage,
 )
-from .state import load_run_checkpoint, save_run_checkpoint
+from .run_checkpoint import TrainState, check_resume_compatible, load_run_checkpoint, read_state, save_run_checkpoint
 
 logger = logging.getLogger(__name__)
 
