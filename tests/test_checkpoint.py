@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from checkpoint_writer import load_torch_state, save_checkpoint
 
 from xdlm_tune import checkpoint as ck

@@ -23,11 +23,24 @@ import xdlm_tune.export.hub as hub
 import xdlm_tune.export.modeling as modeling
 from xdlm_tune.config import load_recipe
 from xdlm_tune.export import (
-    MODELING_FILE, ExportError, PushError, export_main, export_model, load_export, push_to_hub, read_settings,
+    MODELING_FILE,
+    ExportError,
+    PushError,
+    export_main,
+    export_model,
+    load_export,
+    push_to_hub,
+    read_settings,
 )
 from xdlm_tune.export.modeling import base_class_name, modeling_source
 from xdlm_tune.model import (
-    attach_lora, denoiser_hidden, make_bidirectional, output_projection, prepare_model, setup_mask_token, unwrap,
+    attach_lora,
+    denoiser_hidden,
+    make_bidirectional,
+    output_projection,
+    prepare_model,
+    setup_mask_token,
+    unwrap,
 )
 from xdlm_tune.sampling import generate
 from xdlm_tune.train.run_checkpoint import TrainState

@@ -99,7 +99,7 @@ def run_pipeline(recipe_path: str, overrides: list[str] = ()) -> dict:
     print(prompt + sample, flush=True)
     _say(f"done in {time.time() - t0:.0f} s. Where everything went:")
     print(f"  recipe + checkpoints: {run_dir}/ (metrics.jsonl, TensorBoard events, checkpoint-*)")
-    for task, res in results.items():
+    for task in results:
         print(f"  {task} evaluation:     {run_dir}/eval/{task}/ (summary.md, pass_at_1.png, samples.jsonl)")
     print(f"  export:               {export_dir}/ (load with AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True))")
     print(f"  export sample:        {run_dir}/export_sample.txt")

@@ -35,11 +35,16 @@ from .heldout import EVAL_SEED, heldout_elbo
 from .metrics import MetricsWriter, Progress
 from .objective import DenoiserObjective, NoiseSampler, drop_mask_tokens, keyed_generator, step_inputs
 from .optim import build_optimizer, build_scheduler
-from .runtime import (
-    build_accelerator, deepspeed_config, fill_hidden_size_autos, reset_accelerate_state, single_process_group_env,
-    whole_model_loading, zero_stage,
-)
 from .run_checkpoint import TrainState, check_resume_compatible, load_run_checkpoint, read_state, save_run_checkpoint
+from .runtime import (
+    build_accelerator,
+    deepspeed_config,
+    fill_hidden_size_autos,
+    reset_accelerate_state,
+    single_process_group_env,
+    whole_model_loading,
+    zero_stage,
+)
 
 logger = logging.getLogger(__name__)
 
