@@ -75,6 +75,25 @@ def sample_export(export_dir: Path, prompt: str, *, steps: int = 16, new_tokens:
     return proc.stdout.strip()
 
 
+def run_main(argv: list[str] | None = None) -> int:
+    """`xdlm-tune run RECIPE [overrides]` (the CLI's registry calls this with the arguments after `run`)."""
+    import argparse
+
+    from .checkpoint import CheckpointError
+    from .config import RecipeError
+
+    ap = argparse.ArgumentParser(prog="xdlm-tune run", description="train -> eval -> export -> sample the export")
+    ap.add_argument("recipe", help="a YAML recipe, e.g. recipes/smollm2-135m-xdlm-lora.yaml (or a shipped recipe's name)")
+    ap.add_argument("overrides", nargs="*", metavar="section.key=value")
+    args = ap.parse_args(argv)
+    try:
+        run_pipeline(args.recipe, args.overrides)
+    except (RecipeError, CheckpointError) as e:
+        print(f"xdlm-tune run: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def run_pipeline(recipe_path: str, overrides: list[str] = ()) -> dict:
     from .export.run import export_run
     from .train.loop import train

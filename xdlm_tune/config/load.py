@@ -16,6 +16,8 @@ from typing import Any, Literal, Union
 import yaml
 
 from .schema import Recipe, RecipeError, _enum_msg
+from .shipped import find_file
+from .shipped import names as shipped_names
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -32,12 +34,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read a YAML recipe (None: all defaults), apply `key.sub=value` overrides, validate."""
+    """Read a YAML recipe (None: all defaults; a shipped recipe's name, see shipped.py), apply
+    `key.sub=value` overrides, validate."""
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"recipe file not found: {path}")
+        found = find_file(path, "recipes")
+        if found is None:
+            raise RecipeError(f"recipe file not found: {path} (shipped recipes: {shipped_names('recipes')})")
+        path = found
         try:
             raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as e:

@@ -9,7 +9,6 @@ import dataclasses
 import difflib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 SCHEDULES = ("linear", "cosine", "loglinear")  # = xdlm_tune.diffusion.SCHEDULES (no torch import here)
@@ -299,16 +298,20 @@ class DeepSpeedConfig:
 
     def resolve(self) -> dict[str, Any] | None:
         """The dict for accelerate's DeepSpeedPlugin(hf_ds_config=...): the JSON (relative
-        paths from the working directory) with zero_stage applied; None without DeepSpeed."""
+        paths from the working directory, else a shipped config: `deepspeed_configs/zero2.json`
+        works from any folder) with zero_stage applied; None without DeepSpeed."""
         if not self.enabled:
             return None
         if self.config is None:
             ds: dict[str, Any] = {key: "auto" for key in _DS_AUTO}
             ds.update(bf16={"enabled": "auto"}, fp16={"enabled": "auto"})
         else:
-            path = Path(self.config)
-            if not path.is_file():
-                raise RecipeError(f"deepspeed.config: {path} not found (relative paths start at the working directory)")
+            from .shipped import find_file, names
+
+            path = find_file(self.config, "deepspeed_configs")
+            if path is None:
+                raise RecipeError(f"deepspeed.config: {self.config} not found (relative paths start at the working "
+                                  f"directory; shipped configs: {names('deepspeed_configs')})")
             ds = json.loads(path.read_text())
         if self.zero_stage is not None:
             ds.setdefault("zero_optimization", {})["stage"] = self.zero_stage

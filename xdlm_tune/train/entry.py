@@ -56,10 +56,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xdlm_tune.train",
-                                     description="Train an XDLM denoiser from a recipe.")
+def main(argv: list[str] | None = None, *, prog: str = "python -m xdlm_tune.train") -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Train an XDLM denoiser from a recipe. Several processes / GPUs / nodes: "
+        "accelerate launch --config_file deepspeed_configs/... -m xdlm_tune.train RECIPE [overrides]")
     return run(add_arguments(parser).parse_intermixed_args(argv))
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """`xdlm-tune train` (the CLI's registry calls this with the arguments after `train`)."""
+    return main(argv, prog="xdlm-tune train")
 
 
 def _setup_logging() -> None:
