@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # DeepSpeed compiles small C++ ops once (~2 min on CPU) and caches them here, across checkouts.
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
 
-.PHONY: install demo lint fmt test test-fast test-all bench clean
+.PHONY: install demo lint fmt golden test test-fast test-all bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ lint: $(STAMP)
 fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# Rewrite the golden values of the fixed tiny run (tests/golden.py) after a change meant to move them.
+golden: $(STAMP)
+	$(PY) tests/golden.py --write
 
 # The README's test command: everything but GPU tests (which skip cleanly without CUDA anyway).
 test: lint
