@@ -47,3 +47,12 @@ def test_the_math_imports_no_transformers_and_the_executor_no_torch():
 
 def test_relative_imports_are_resolved():  # the checker above must see `from ..runs import x` as xdlm_tune.runs
     assert "xdlm_tune.runs.load_checkpoint" in imported_modules(PACKAGE / "evaluation" / "run.py")
+
+
+@pytest.mark.parametrize("module", ["checkpoint.py", "runs.py", "config"])
+def test_the_floors_below_train_evaluation_and_export_import_none_of_them(module):
+    paths = files_of(module) if (PACKAGE / module).is_dir() else [PACKAGE / module]
+    above = [f"xdlm_tune.{o}" for o in (*SIDE_BY_SIDE, "pipeline", "cli", "demo")]
+    bad = {f"{p.name}: {name}" for p in paths for name in imported_modules(p)
+           if any(name == o or name.startswith(o + ".") for o in above)}
+    assert not bad, sorted(bad)
