@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # DeepSpeed compiles small C++ ops once (~2 min on CPU) and caches them here, across checkouts.
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
 
-.PHONY: install demo test test-fast test-all bench clean
+.PHONY: install demo lint fmt golden test test-fast test-all bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,12 +35,25 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m xdlm_tune.cli demo
 
+# The linter (pyproject.toml [tool.ruff]) runs first: a few seconds, before any test.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# Sort imports, apply the safe lint fixes, then format.
+fmt: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# Rewrite the golden values of the fixed tiny run (tests/golden.py) after a change meant to move them.
+golden: $(STAMP)
+	$(PY) tests/golden.py --write
+
 # The README's test command: everything but GPU tests (which skip cleanly without CUDA anyway).
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
 
 # Inner loop: skips the slow end-to-end tests (real SmolLM2, several processes).
-test-fast: $(STAMP)
+test-fast: lint
 	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
 
 test-all: $(STAMP)

@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from checkpoint_writer import load_torch_state, save_checkpoint
 
 from xdlm_tune import checkpoint as ck
-from xdlm_tune.checkpoint import (
-    CheckpointError, TrainState, check_resume_compatible, latest_checkpoint, list_checkpoints, load_torch_state,
-    read_state, recover, resolve_resume, save_checkpoint,
-)
+from xdlm_tune.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, recover, resolve_resume
 from xdlm_tune.config import load_recipe
 from xdlm_tune.data import Collator, ResumableLoader
+from xdlm_tune.train.run_checkpoint import TrainState, check_resume_compatible, read_state, write_state
 
 
 def weights_writer(payload: str):
@@ -134,7 +133,7 @@ def test_resolve_resume(tmp_path):
 def test_world_size_and_rank_files(tmp_path):
     tmp = ck.begin_save(tmp_path, 7)
     for rank in (0, 1):  # what two processes write
-        ck.write_state(tmp, TrainState(step=7, world_size=2, data={"rank": rank}), rank=rank, is_main=rank == 0)
+        write_state(tmp, TrainState(step=7, world_size=2, data={"rank": rank}), rank=rank, is_main=rank == 0)
     path = ck.commit_save(tmp, tmp_path, 7, keep_last=1)
     assert read_state(path, rank=1, world_size=2).data == {"rank": 1}
     with pytest.raises(CheckpointError, match="written by 2 processes and this run has 1"):
@@ -207,7 +206,7 @@ class Run:
 
 def test_rng_state_round_trip(tmp_path):
     tmp = ck.begin_save(tmp_path, 1)
-    ck.write_state(tmp, TrainState(step=1))
+    write_state(tmp, TrainState(step=1))
     path = ck.commit_save(tmp, tmp_path, 1, keep_last=1)
     expected = (torch.rand(3), random.random(), np.random.rand())
     torch.manual_seed(99), random.seed(99), np.random.seed(99)

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx2
 import pytest
 from huggingface_hub.errors import GatedRepoError
+from tiny_models import save_tiny_model
 
-from tests.tiny_models import save_tiny_model
 from xdlm_tune.cli import main
 from xdlm_tune.errors import cli_main, explain
 
@@ -130,7 +130,7 @@ def test_a_bug_keeps_its_traceback():
                "example:\n  xdlm-tune train recipes/"]),
     ("run", ["The whole pipeline for one recipe", "a YAML recipe", "section.key=value", "value",
              "example:\n  xdlm-tune run recipes/"]),
-    ("demo", ["recipes/smollm2-135m-xdlm-lora.yaml", "runs/demo/demo.log", "--core", "example:\n  xdlm-tune demo"]),
+    ("demo", ["recipes/smollm2-135m-xdlm-lora.yaml", "runs/demo/demo.log", "--core", "examples:\n  xdlm-tune demo"]),
     ("eval", ["Score a model on MBPP or HumanEval", "--data", "--steps", "examples:\n  xdlm-tune eval --data"]),
     ("export", ["Merge a run's adapters", "--push-to-hub", "examples:\n  xdlm-tune export runs/"]),
 ])
@@ -145,7 +145,7 @@ def test_top_level_help_lists_commands_and_examples(capsys):
     rc, out, _ = run_cli(capsys, "--help")
     assert rc == 0
     for command in ("train", "eval", "export", "run", "demo"):
-        assert f"\n    {command} " in out
+        assert f"\n  {command} " in out
     assert "examples:\n  xdlm-tune demo" in out and "--debug" in out
 
 

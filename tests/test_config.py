@@ -240,7 +240,7 @@ def test_value_check_names_the_override():
 def test_bad_values_in_a_file_name_file_and_line(tmp_path):
     path = write(tmp_path, "diffusion:\n  kk: 0.5\ntraining:\n  lr: 0.1\n  max_steps: x\n")
     msg = error_of(path)
-    assert f"diffusion.kk: unknown key; did you mean 'diffusion.k'?" in msg and f"set in {path}, line 2" in msg
+    assert "diffusion.kk: unknown key; did you mean 'diffusion.k'?" in msg and f"set in {path}, line 2" in msg
     assert f"training.max_steps: expected an integer, got 'x' (set in {path}, line 5)" in msg
     msg = error_of(write(tmp_path, "diffusion:\n  eps: 0.7\n"))
     assert "diffusion.eps: must be in (0, 0.5)" in msg and "line 2)" in msg

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_models import save_tiny_model
 
-from tests.tiny_models import save_tiny_model
 from xdlm_tune import console
 from xdlm_tune.train.metrics import Progress
 

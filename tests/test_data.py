@@ -13,8 +13,16 @@ from transformers import PreTrainedTokenizerFast
 
 from xdlm_tune.config import load_recipe
 from xdlm_tune.data import (
-    Collator, DataError, ResumableLoader, build_data, encode_pair, load_records, mbpp_records, pack,
-    python_stdlib_records, stdlib_files,
+    Collator,
+    DataError,
+    ResumableLoader,
+    build_data,
+    encode_pair,
+    load_records,
+    mbpp_records,
+    pack,
+    python_stdlib_records,
+    stdlib_files,
 )
 
 datasets.disable_progress_bars()

@@ -10,16 +10,15 @@ import math
 
 import pytest
 import torch
-
 from oracle import (
+    forward_probs,
+    model_posterior_row,
     model_probs,
     oracle_h,
     oracle_h_mp,
     oracle_reverse_posterior,
-    true_posterior_row,
-    model_posterior_row,
-    forward_probs,
     transition_matrix,
+    true_posterior_row,
 )
 
 V = 7

@@ -7,11 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from tiny_models import save_tiny_model
 
 from xdlm_tune.launch import free_port
-
-from tests.tiny_models import save_tiny_model
-
 
 
 @pytest.mark.slow

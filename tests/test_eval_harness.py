@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
+from tiny_models import tiny_model, tiny_tokenizer
 
-from tests.tiny_models import tiny_model, tiny_tokenizer
 from xdlm_tune.evaluation import harness, load_mbpp
 from xdlm_tune.evaluation.harness import EvalModel, GenerationConfig, run_evaluation, summarize_run
 from xdlm_tune.sampling import SamplerSettings

@@ -15,21 +15,35 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoint_writer import save_checkpoint
 from safetensors.torch import load_file, save_file
 from tiny_models import random_ids, tiny_model, tiny_tokenizer
 
 import xdlm_tune.export.hub as hub
 import xdlm_tune.export.modeling as modeling
-from xdlm_tune.checkpoint import TrainState, save_checkpoint
 from xdlm_tune.config import load_recipe
 from xdlm_tune.export import (
-    MODELING_FILE, ExportError, PushError, export_main, export_model, load_export, push_to_hub, read_settings,
+    MODELING_FILE,
+    ExportError,
+    PushError,
+    export_main,
+    export_model,
+    load_export,
+    push_to_hub,
+    read_settings,
 )
 from xdlm_tune.export.modeling import base_class_name, modeling_source
 from xdlm_tune.model import (
-    attach_lora, denoiser_hidden, make_bidirectional, output_projection, prepare_model, setup_mask_token, unwrap,
+    attach_lora,
+    denoiser_hidden,
+    make_bidirectional,
+    output_projection,
+    prepare_model,
+    setup_mask_token,
+    unwrap,
 )
 from xdlm_tune.sampling import generate
+from xdlm_tune.train.run_checkpoint import TrainState
 
 K = 0.3
 STEPS, GEN, BLOCK = 4, 8, 4
@@ -389,7 +403,7 @@ def test_qlora_export_merges_into_the_unquantised_base(tmp_path):
 
 @pytest.mark.parametrize("saved_as", ["adapter", "model", "state_dict"])
 def test_export_main_from_a_training_run(tmp_path, saved_as, monkeypatch, capsys):
-    """The checkpoint layouts of xdlm_tune/train/state.py: adapter/ (LoRA), model/ (full fine-tune),
+    """The checkpoint layouts of xdlm_tune/train/run_checkpoint.py: adapter/ (LoRA), model/ (full fine-tune),
     and a bare state dict."""
     base = tmp_path / "base"
     tiny_model("llama").save_pretrained(base)

@@ -6,12 +6,9 @@
 """
 from __future__ import annotations
 
-import math
-
 import mpmath
 import pytest
 import torch
-
 from oracle import forward_probs
 
 V = 7

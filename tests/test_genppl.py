@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
+from tiny_models import save_tiny_model, tiny_model, tiny_tokenizer
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from tiny_models import save_tiny_model, tiny_model, tiny_tokenizer
 from xdlm_tune.config import load_recipe, save_recipe
 from xdlm_tune.evaluation.genppl import Sample, judge_nll, score, unigram_entropy
 from xdlm_tune.evaluation.harness import EvalModel

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tiny_models import tiny_model
+
 from xdlm_tune.data import Collator, encode_pair
 from xdlm_tune.diffusion import make_schedule
 from xdlm_tune.model import make_bidirectional

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from xdlm_tune.evaluation.tasks import MBPP_FORMATS, check_generations, load_benchmark, load_mbpp
 from xdlm_tune.evaluation.extract import extract_mbpp_opencompass
+from xdlm_tune.evaluation.tasks import MBPP_FORMATS, check_generations, load_benchmark, load_mbpp
 
 UPSTREAM = json.loads((Path(__file__).parent / "data" / "mbpp_upstream.json").read_text())
 

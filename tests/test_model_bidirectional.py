@@ -76,7 +76,7 @@ def test_padded_batch_equals_each_sequence_alone(family, shift):
             span = slice(max(lengths) - len(s), None) if side == "left" else slice(0, len(s))
             ids[row, span], mask[row, span] = s, 1
         hidden = denoiser_hidden(model, ids, mask, shift=shift)
-        for row, s in enumerate(seqs):
+        for row in range(len(seqs)):
             torch.testing.assert_close(hidden[row][mask[row].bool()], alone[row], atol=2e-5, rtol=1e-4)
 
 

@@ -88,7 +88,7 @@ def test_output_projection_matches_the_model_logits_through_peft(family):
     model, _, mask_id = _converted(family)
     model = attach_lora(model, r=4, mask_id=mask_id)
     # Make the adapters and the mask row non-trivial.
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if p.requires_grad:
             p.add_(0.1 * torch.randn_like(p))
     ids = random_ids(2, 8)

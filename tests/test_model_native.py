@@ -11,7 +11,11 @@ from native_bases import BOS, EOS, MASK_ID, N_BPE, copy_fixture, dream_base, fix
 
 from xdlm_tune.model import denoiser_hidden, output_projection, position_ids_from_mask, prepare_model
 from xdlm_tune.model.native import (
-    NativeConfigError, load_native, load_tokenizer, native_config, read_config_dict,
+    NativeConfigError,
+    load_native,
+    load_tokenizer,
+    native_config,
+    read_config_dict,
 )
 
 FAMILIES = {"llada-a": ("LlamaForCausalLM", False), "dream-a": ("Qwen2ForCausalLM", True)}

@@ -15,8 +15,8 @@ from transformers import AutoModelForCausalLM
 from xdlm_tune.config import load_recipe
 from xdlm_tune.export import export_run, load_export, read_settings
 from xdlm_tune.export.modeling import MODELING_FILE, modeling_source
-from xdlm_tune.export.run import load_checkpoint
 from xdlm_tune.model import position_ids_from_mask
+from xdlm_tune.runs import load_checkpoint
 from xdlm_tune.sampling import generate
 from xdlm_tune.train.dry_run import stand_in_recipe
 from xdlm_tune.train.loop import train

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny_models import save_tiny_model
 
-from tests.tiny_models import save_tiny_model
 from xdlm_tune.pipeline import run_pipeline
 
 

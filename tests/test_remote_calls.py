@@ -13,10 +13,9 @@ from safetensors.torch import save_file
 
 from xdlm_tune.evaluation.harness import EvalModel, GenerationConfig, diffusion_generations
 from xdlm_tune.evaluation.tasks import Problem
-from xdlm_tune.sampling import SamplerSettings
 from xdlm_tune.model import attach_lora, denoiser_hidden, output_projection, prepare_model
 from xdlm_tune.model.forward_args import accepted_kwargs, accepts
-from xdlm_tune.sampling import generate
+from xdlm_tune.sampling import SamplerSettings, generate
 from xdlm_tune.train import entry
 from xdlm_tune.train.dry_run import _diffusion_stand_in
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
-from tests.tiny_models import tiny_model
 from xdlm_tune.diffusion import make_schedule, reverse_posterior
 from xdlm_tune.sampling import SAMPLERS, generate, top_p_filter
 

@@ -10,12 +10,14 @@
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Iterator
 
 from tqdm.auto import tqdm
@@ -134,7 +136,6 @@ class _Tee:
 @contextlib.contextmanager
 def tee(path: str | os.PathLike) -> Iterator[Path]:
     """Copy everything printed to stdout and stderr (this process) into the file at `path`."""
-    from pathlib import Path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -213,3 +214,20 @@ def peft_wrapping() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         yield
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Descriptions wrapped to the terminal; lines of examples (indented by two spaces) kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out, para = [], []
+        for line in text.splitlines() + [""]:
+            if line.strip() and not line.startswith("  "):
+                para.append(line.strip())
+                continue
+            if para:  # a paragraph ends: wrap it
+                out.append(super()._fill_text(" ".join(para), width, indent))
+                para = []
+            if line.strip() or out:
+                out.append(indent + line)
+        return "\n".join(out).rstrip()

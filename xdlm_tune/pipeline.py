@@ -83,7 +83,7 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, stamps: Stamps | None = None)
     from .evaluation import load_benchmark
     from .evaluation.harness import GenerationConfig, run_evaluation, settings_from_recipe, summarize_run
     from .evaluation.run import ar_baseline_model, checkpoint_model
-    from .export.run import find_checkpoint
+    from .runs import find_checkpoint
 
     ev, m = recipe.eval, recipe.model
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -139,7 +139,8 @@ def _why(stage: str, key: dict[str, str], stamps: Stamps) -> str:
 def _finished_checkpoint(recipe: Recipe, run_dir: Path) -> Path | None:
     """The newest checkpoint when training.resume is set and it is already at training.max_steps
     (checked compatible with the recipe): nothing is left to train."""
-    from .checkpoint import check_resume_compatible, read_state, resolve_resume
+    from .checkpoint import resolve_resume
+    from .train.run_checkpoint import check_resume_compatible, read_state
 
     ckpt = resolve_resume(run_dir, recipe.training.resume)
     if ckpt is None or read_state(ckpt, restore_rng=False).step < recipe.training.max_steps:
@@ -148,10 +149,36 @@ def _finished_checkpoint(recipe: Recipe, run_dir: Path) -> Path | None:
     return ckpt
 
 
+def run_main(argv: list[str] | None = None) -> int:
+    """`xdlm-tune run RECIPE [overrides]` (the CLI's registry calls this with the arguments after `run`)."""
+    import argparse
+
+    from .console import HelpFormatter, setup_logging
+
+    ap = argparse.ArgumentParser(
+        prog="xdlm-tune run", formatter_class=HelpFormatter,
+        description="The whole pipeline for one recipe: train (training.resume=true continues an earlier run), "
+                    "evaluate the AR baseline and the trained model on the recipe's eval section, export a merged "
+                    "Hub folder, and sample that export with plain transformers in a separate process. Steps whose "
+                    "inputs did not change since the last run (same recipe and code) are reused.",
+        epilog="example:\n  xdlm-tune run recipes/smollm2-135m-xdlm-lora.yaml training.max_steps=50 eval.limit=10 "
+               "'eval.steps=[16,32]'")
+    ap.add_argument("recipe", help="a YAML recipe (see recipes/ or `xdlm-tune recipes`), e.g. "
+                                   "recipes/smollm2-135m-xdlm-lora.yaml, or a shipped recipe's name")
+    ap.add_argument("overrides", nargs="*", metavar="section.key=value",
+                    help="change any recipe field: section.key=value, the value read as YAML (numbers, true/false, "
+                         "null, lists like [q_proj, v_proj]), e.g. diffusion.k=0.5 training.output_dir=runs/try")
+    args = ap.parse_args(argv)
+    setup_logging()
+    run_pipeline(args.recipe, args.overrides)  # expected failures: one paragraph (xdlm_tune.errors)
+    return 0
+
+
 def run_pipeline(recipe_path: str, overrides: list[str] = ()) -> dict:
     recipe = load_recipe(recipe_path, list(overrides))  # a bad recipe fails before anything heavy loads
     from .export.hub import push_to_hub
-    from .export.run import export_run, find_checkpoint
+    from .export.run import export_run
+    from .runs import find_checkpoint
     from .train.loop import train
 
     run_dir = Path(recipe.training.output_dir)

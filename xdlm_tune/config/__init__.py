@@ -5,8 +5,20 @@
 """
 from .load import apply_override, diff_recipes, flatten, load_recipe, recipe_to_yaml, save_recipe
 from .schema import (
-    BUILTIN_SOURCES, SCHEDULES, AdaptationConfig, ColumnsConfig, DataConfig, DeepSpeedConfig, DiffusionConfig,
-    EvalConfig, ExportConfig, LoraConfig, ModelConfig, Recipe, RecipeError, TrainingConfig,
+    BUILTIN_SOURCES,
+    SCHEDULES,
+    AdaptationConfig,
+    ColumnsConfig,
+    DataConfig,
+    DeepSpeedConfig,
+    DiffusionConfig,
+    EvalConfig,
+    ExportConfig,
+    LoraConfig,
+    ModelConfig,
+    Recipe,
+    RecipeError,
+    TrainingConfig,
 )
 
 __all__ = [

@@ -16,6 +16,8 @@ from typing import Any, Literal, Union
 import yaml
 
 from .schema import Recipe, RecipeError, _enum_msg
+from .shipped import find_file
+from .shipped import names as shipped_names
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -32,16 +34,18 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read a YAML recipe (None: all defaults), apply `key.sub=value` overrides, validate.
+    """Read a YAML recipe (None: all defaults; a shipped recipe's name, see shipped.py), apply
+    `key.sub=value` overrides, validate.
 
     Every error line names where its value came from: the file and line, the command-line
     override, or the default."""
     raw: dict[str, Any] = {}
     sources: dict[str, str] = {}  # key path -> where its value was set
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"recipe file not found: {path}")
+        found = find_file(path, "recipes")
+        if found is None:
+            raise RecipeError(f"recipe file not found: {path} (shipped recipes: {shipped_names('recipes')})")
+        path = found
         text = path.read_text()
         try:
             raw = yaml.load(text, Loader=_UniqueKeyLoader) or {}

@@ -9,7 +9,6 @@ import dataclasses
 import difflib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 SCHEDULES = ("linear", "cosine", "loglinear")  # = xdlm_tune.diffusion.SCHEDULES (no torch import here)
@@ -28,13 +27,21 @@ class RecipeError(ValueError):
 class ModelConfig:
     """The base model and how to load it."""
 
-    name_or_path: str = "smollm2-135m"  # the embedded default, a Hub id, a local folder or a .gguf file
-    kind: Literal["causal", "diffusion"] = "causal"  # causal: made bidirectional; diffusion: LLaDA/Dream
+    name_or_path: str = "smollm2-135m"
+    """`smollm2-135m` (the embedded default), a Hub id, a local folder or a `.gguf` file."""
+    kind: Literal["causal", "diffusion"] = "causal"
+    """`causal`: made bidirectional and given a mask token; `diffusion`: LLaDA, Dream or an xdlm-tune export, loaded as
+    it is."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    attn_implementation: str | None = "sdpa"  # None lets transformers (or remote code) choose
-    gguf_file: str | None = None  # a .gguf file inside name_or_path, dequantized on load
-    quantization: Literal["nf4"] | None = None  # 4-bit bitsandbytes base (QLoRA); needs LoRA
+    """The dtype the base loads in (float32 on CPU)."""
+    attn_implementation: str | None = "sdpa"
+    """`sdpa`, `eager` or `flash_attention_2` (GPU); null lets transformers (or remote code) choose."""
+    gguf_file: str | None = None
+    """A `.gguf` file inside `name_or_path`, dequantized on load."""
+    quantization: Literal["nf4"] | None = None
+    """`nf4`: a 4-bit bitsandbytes base (QLoRA); needs LoRA."""
     trust_remote_code: bool = False
+    """Allow the model repo's own modeling code (bases that need it)."""
 
     def _errors(self, recipe: Recipe) -> list[tuple[str, str]]:
         errs = []
@@ -49,11 +56,16 @@ class ModelConfig:
 class AdaptationConfig:
     """Turning the base into a denoiser: mask token, shift, attention annealing."""
 
-    mask_token: str | None = None  # token string to use as [MASK]; None: a reserved token, else a new one
-    mask_id: int | None = None  # explicit id (e.g. 126336 for LLaDA); wins over mask_token
-    shift: bool | None = None  # predict token i at position i-1 (Dream/DiffuLLaMA); None: true for causal
-    #                            bases, read from an exported model's config for diffusion ones
-    attention_annealing_steps: int = 0  # causal -> full attention over this many steps; 0: full at once
+    mask_token: str | None = None
+    """The token string to use as [MASK]; null: the tokenizer's mask token, else an unused reserved token, else a new
+    `<|mask|>`."""
+    mask_id: int | None = None
+    """An explicit mask id (LLaDA: 126336); wins over `mask_token`."""
+    shift: bool | None = None
+    """Predict token i from the hidden state at i-1 (Dream, DiffuLLaMA); null: true for causal bases, read from an
+    exported model's config for diffusion ones."""
+    attention_annealing_steps: int = 0
+    """Causal -> full attention over this many steps (DiffuLLaMA); 0: full at once."""
 
     def _errors(self, recipe: Recipe) -> list[tuple[str, str]]:
         errs = []
@@ -71,13 +83,22 @@ class LoraConfig:
     """LoRA adapters (PEFT). enabled: false means a full fine-tune."""
 
     enabled: bool = True
+    """false: a full fine-tune (every weight trains)."""
     r: int = 16
+    """The LoRA rank."""
     alpha: int = 32
+    """LoRA scaling: alpha / r (alpha / sqrt(r) with `use_rslora`)."""
     dropout: float = 0.0
+    """Dropout on the LoRA branch, in [0, 1)."""
     target_modules: str | list[str] = "all-linear"
+    """`all-linear` (every linear layer except the output head) or a list such as `[q_proj, v_proj]`."""
     use_rslora: bool = False
+    """Rank-stabilised scaling alpha / sqrt(r)."""
     use_dora: bool = False
-    train_mask_row: bool = True  # train the [MASK] embedding row (needed when the token is new)
+    """Weight-decomposed LoRA (DoRA)."""
+    train_mask_row: bool = True
+    """Train the [MASK] embedding row (and its output row for untied heads) as PEFT trainable tokens; needed when the
+    token is new."""
 
     def to_dict(self) -> dict[str, Any] | None:
         """The `lora` argument of model.prepare_model: None for a full fine-tune."""
@@ -102,12 +123,18 @@ class LoraConfig:
 class DiffusionConfig:
     """The XDLM objective: mixing ratio k, noise schedule, loss weighting."""
 
-    k: float = 0.1  # 0: MDLM (absorbing), 1: UDLM (uniform), in between: XDLM
+    k: float = 0.1
+    """The mixing ratio: 0 = MDLM (absorbing), 1 = UDLM (uniform), in between XDLM."""
     schedule: str = "linear"
-    eps: float = 1e-3  # t ~ U[eps, 1]; keeps alpha_t inside (0, 1)
-    loss_weighting: Literal["elbo", "unit"] = "elbo"  # elbo: -dalpha/dt (1 - eps if linear); unit: 1 (the 8B run)
-    antithetic: bool = True  # stratified t across the batch: lower-variance loss
-    chunk_size: int | None = None  # tokens per chunk in the fused loss; None: the core's default
+    """The noise schedule alpha_t: `linear`, `cosine` or `loglinear`."""
+    eps: float = 1e-3
+    """t ~ U[eps, 1]; keeps alpha_t inside (0, 1)."""
+    loss_weighting: Literal["elbo", "unit"] = "elbo"
+    """`elbo`: -dalpha/dt (1 - eps if linear); `unit`: 1 (the paper's 8B run)."""
+    antithetic: bool = True
+    """Stratified t across the global batch: a lower-variance loss."""
+    chunk_size: int | None = None
+    """Tokens per chunk in the fused loss; null: the core's default."""
 
     def _errors(self, recipe: Recipe) -> list[tuple[str, str]]:
         errs = []
@@ -126,10 +153,14 @@ class DiffusionConfig:
 class ColumnsConfig:
     """Column names in the source dataset."""
 
-    text: str = "text"  # pretrain
-    prompt: str = "prompt"  # sft, prompt/answer pairs
+    text: str = "text"
+    """pretrain: the text column."""
+    prompt: str = "prompt"
+    """sft: the prompt column."""
     answer: str = "answer"
-    messages: str | None = None  # sft with chat messages: the column holding [{role, content}, ...]
+    """sft: the answer column."""
+    messages: str | None = None
+    """sft with chat messages: the column of `[{role, content}, ...]`, rendered with the tokenizer's chat template."""
 
 
 @dataclass
@@ -137,20 +168,33 @@ class DataConfig:
     """Where the training text comes from and how it becomes token blocks."""
 
     mode: Literal["pretrain", "sft"] = "pretrain"
-    source: str = "python-stdlib"  # Hub id, local file/dir, or builtin: python-stdlib, mbpp-train
-    subset: str | None = None  # Hub config name (e.g. fineweb-edu "sample-10BT")
-    data_files: str | list[str] | None = None  # passed to datasets.load_dataset; mbpp-train: path to mbpp.jsonl
+    """`pretrain`: packed blocks; `sft`: prompt -> answer, the prompt never noised, no loss on prompt or padding."""
+    source: str = "python-stdlib"
+    """A Hub id, a local file or folder, or a builtin: `python-stdlib` (this Python's standard-library source),
+    `mbpp-train` (MBPP task ids 601-974 from a local mbpp.jsonl)."""
+    subset: str | None = None
+    """The Hub config name (e.g. fineweb-edu's `sample-10BT`)."""
+    data_files: str | list[str] | None = None
+    """Passed to datasets.load_dataset; mbpp-train: the path of mbpp.jsonl."""
     split: str = "train"
+    """The dataset split to train on."""
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
-    streaming: bool = False  # iterate without downloading everything (large corpora)
-    seq_len: int = 256  # packed block length (pretrain) or max prompt+answer length (sft)
-    max_prompt_len: int | None = None  # sft: left-truncate longer prompts to this many tokens
-    pad_answer_with_eos: bool = True  # sft: pad each answer with EOS up to seq_len and train on those EOS
-    #                                   (LLaDA's SFT: the model learns where an answer ends), loss averaged
-    #                                   per answer; false: the padding carries no loss. Ignored in pretrain.
-    eval_holdout: int = 32  # source records held out for the held-out ELBO
-    max_records: int | None = None  # cap on training records (files, rows); None: all
-    num_proc: int | None = None  # processes for tokenization (non-streaming)
+    """Column names in the source dataset."""
+    streaming: bool = False
+    """Iterate without downloading everything (large corpora)."""
+    seq_len: int = 256
+    """The packed block length (pretrain) or the longest prompt + answer (sft)."""
+    max_prompt_len: int | None = None
+    """sft: left-truncate longer prompts to this many tokens."""
+    pad_answer_with_eos: bool = True
+    """sft: pad each answer with EOS up to seq_len and train on those EOS (LLaDA's SFT: the model learns
+    where an answer ends), the loss averaged per answer; false: the padding carries no loss. Ignored in pretrain."""
+    eval_holdout: int = 32
+    """Source records held out for the held-out ELBO."""
+    max_records: int | None = None
+    """A cap on training records (files, rows); null: all."""
+    num_proc: int | None = None
+    """Processes for tokenization (not streaming)."""
 
     def _errors(self, recipe: Recipe) -> list[tuple[str, str]]:
         errs = []
@@ -183,23 +227,41 @@ class TrainingConfig:
     """The optimisation loop, logging and checkpoints."""
 
     output_dir: str = "runs/xdlm"
-    max_steps: int = 300  # optimizer steps
+    """Checkpoints, metrics.jsonl, TensorBoard events and the resolved recipe."""
+    max_steps: int = 300
+    """Optimizer steps."""
     per_device_batch_size: int = 4
+    """Sequences per process per micro-step."""
     grad_accum: int = 1
+    """Micro-steps per optimizer step (global batch = per_device_batch_size x grad_accum x processes)."""
     lr: float = 5e-4
+    """The peak learning rate (AdamW)."""
     warmup_steps: int = 20
-    lr_scheduler: Literal["cosine", "constant"] = "cosine"  # applied after linear warmup
+    """Linear warmup from 0 to `lr` over this many steps."""
+    lr_scheduler: Literal["cosine", "constant"] = "cosine"
+    """After the warmup: `cosine` to 0 at `max_steps`, or `constant`."""
     weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0  # null or 0: no clipping
+    """AdamW weight decay on matrices (not on biases or norm scales)."""
+    max_grad_norm: float | None = 1.0
+    """Gradient clipping; null or 0: no clipping."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """`no`, `bf16` or `fp16` (accelerate's autocast or DeepSpeed's engine)."""
     gradient_checkpointing: bool = False
+    """Non-reentrant activation checkpointing."""
     seed: int = 0
+    """Seeds the data order, the noise and the initialisation."""
     log_every: int = 10
-    eval_every: int = 100  # held-out ELBO every N steps; 0: never
-    eval_batches: int = 8  # batches of the held-out set per evaluation
-    save_every: int = 100  # checkpoint every N steps (and at the end); 0: only at the end
-    keep_last: int = 2  # checkpoints kept on disk
-    resume: bool | str = False  # true / "latest": newest checkpoint in output_dir; or a checkpoint path
+    """train/* metrics every N steps."""
+    eval_every: int = 100
+    """The held-out ELBO every N steps (also at step 0 and at the end); 0: never."""
+    eval_batches: int = 8
+    """Global batches of the held-out set per evaluation."""
+    save_every: int = 100
+    """A checkpoint every N steps (and at the end); 0: only at the end."""
+    keep_last: int = 2
+    """Checkpoints kept on disk."""
+    resume: bool | str = False
+    """false; true / `latest`: the newest checkpoint in `output_dir`; or a checkpoint path."""
 
     def _errors(self, recipe: Recipe) -> list[tuple[str, str]]:
         errs = []
@@ -226,8 +288,12 @@ class TrainingConfig:
 class DeepSpeedConfig:
     """DeepSpeed ZeRO through accelerate. config and zero_stage both null: no DeepSpeed."""
 
-    config: str | None = None  # a JSON from deepspeed_configs/ ("auto" fields filled by accelerate)
-    zero_stage: int | None = None  # replaces the JSON's zero_optimization.stage when set
+    config: str | None = None
+    """A DeepSpeed JSON (`deepspeed_configs/zero2.json`, `zero3.json`, `zero3_offload.json`; "auto" fields are filled
+    by accelerate), or null."""
+    zero_stage: int | None = None
+    """Replaces the JSON's zero_optimization.stage when set (with `config` null: accelerate's defaults at this stage).
+    Replaces the JSON's zero_optimization.stage when set (with `config` null: accelerate's defaults at this stage)."""
 
     @property
     def enabled(self) -> bool:
@@ -235,16 +301,20 @@ class DeepSpeedConfig:
 
     def resolve(self) -> dict[str, Any] | None:
         """The dict for accelerate's DeepSpeedPlugin(hf_ds_config=...): the JSON (relative
-        paths from the working directory) with zero_stage applied; None without DeepSpeed."""
+        paths from the working directory, else a shipped config: `deepspeed_configs/zero2.json`
+        works from any folder) with zero_stage applied; None without DeepSpeed."""
         if not self.enabled:
             return None
         if self.config is None:
             ds: dict[str, Any] = {key: "auto" for key in _DS_AUTO}
             ds.update(bf16={"enabled": "auto"}, fp16={"enabled": "auto"})
         else:
-            path = Path(self.config)
-            if not path.is_file():
-                raise RecipeError(f"deepspeed.config: {path} not found (relative paths start at the working directory)")
+            from .shipped import find_file, names
+
+            path = find_file(self.config, "deepspeed_configs")
+            if path is None:
+                raise RecipeError(f"deepspeed.config: {self.config} not found (relative paths start at the working "
+                                  f"directory; shipped configs: {names('deepspeed_configs')})")
             ds = json.loads(path.read_text())
         if self.zero_stage is not None:
             ds.setdefault("zero_optimization", {})["stage"] = self.zero_stage
@@ -264,19 +334,34 @@ class EvalConfig:
     """Benchmark evaluation of checkpoints (generation with the XDLM sampler)."""
 
     tasks: list[str] = field(default_factory=lambda: ["mbpp"])
-    steps: list[int] = field(default_factory=lambda: [32])  # sampler step budgets to evaluate
+    """Benchmarks: `mbpp`, `humaneval`."""
+    steps: list[int] = field(default_factory=lambda: [32])
+    """Sampler step budgets to evaluate (forward passes per answer)."""
     gen_length: int = 256
+    """Answer tokens generated."""
     block_length: int = 256
-    sampler: Literal["confidence", "xdlm", "ancestral"] | None = None  # None: xdlm for k > 0, confidence for k = 0
+    """Semi-autoregressive block length; divides `gen_length` (equal: one block)."""
+    sampler: Literal["confidence", "xdlm", "ancestral"] | None = None
+    """`confidence`, `xdlm` or `ancestral`; null: xdlm for k > 0, confidence for k = 0."""
     temperature: float = 0.0
+    """0: greedy."""
     top_p: float = 1.0
-    revise_prompt: bool = False  # xdlm also rewrites prompt tokens, as the authors' code does
-    final_step: Literal["none", "ancestral"] = "none"  # ancestral: the authors' extra step to alpha_s = 1
-    prompt_format: Literal["original", "opencompass", "lm-eval"] = "original"  # MBPP prompt, extraction, scoring
-    batch_size: int = 4  # prompts per sampler call
-    ar_baseline: bool = True  # also score the original causal model with greedy AR decoding
-    limit: int | None = None  # first N problems only; None: all
-    data_dir: str | None = None  # local benchmark files (e.g. ../shared/data); None: the Hub
+    """Nucleus sampling mass (with temperature > 0)."""
+    revise_prompt: bool = False
+    """xdlm: also rewrite prompt tokens, as the authors' code does."""
+    final_step: Literal["none", "ancestral"] = "none"
+    """`ancestral`: the authors' extra step to alpha_s = 1 (sampler ancestral only); `none`: no extra step."""
+    prompt_format: Literal["original", "opencompass", "lm-eval"] = "original"
+    """MBPP prompt, answer extraction and scoring: `original`, `opencompass` (the paper's mbpp_gen_830460), `lm-eval`
+    (lm-evaluation-harness's mbpp)."""
+    batch_size: int = 4
+    """Prompts per sampler call."""
+    ar_baseline: bool = True
+    """Also score the original causal model with greedy AR decoding."""
+    limit: int | None = None
+    """The first N problems only; null: all."""
+    data_dir: str | None = None
+    """A folder with the benchmark files (mbpp.jsonl, HumanEval.jsonl.gz; e.g. ../shared/data); null: the Hub."""
 
     def _errors(self, recipe: Recipe) -> list[tuple[str, str]]:
         errs = []
@@ -306,8 +391,10 @@ class EvalConfig:
 class ExportConfig:
     """Writing a self-contained Hub folder (merged weights + sampler code)."""
 
-    out_dir: str | None = None  # None: <training.output_dir>/export (LoRA is always merged)
-    push_to_hub: str | None = None  # a Hub repo id to upload to; None: local only
+    out_dir: str | None = None
+    """The export folder; null: `<training.output_dir>/export`. LoRA is always merged."""
+    push_to_hub: str | None = None
+    """A Hub repo id to upload the export to; null: local only."""
 
     def _errors(self, recipe: Recipe) -> list[tuple[str, str]]:
         return []

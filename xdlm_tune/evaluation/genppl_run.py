@@ -19,8 +19,16 @@ from typing import Sequence
 import torch
 
 from ..sampling import FINAL_STEPS, SAMPLERS, SamplerSettings
-from .genppl import GenRow, diffusion_samples, heldout_prefixes, reference_rows, save_samples, score, start_token
-from .genppl import write_outputs
+from .genppl import (
+    GenRow,
+    diffusion_samples,
+    heldout_prefixes,
+    reference_rows,
+    save_samples,
+    score,
+    start_token,
+    write_outputs,
+)
 from .harness import EvalModel, GenerationConfig
 
 CODE_SOURCES = ("python-stdlib", "mbpp-train")
@@ -134,7 +142,7 @@ def genppl_main(argv: list[str] | None = None) -> int:
     if args.recipe:
         recipe = load_recipe(args.recipe, [])
     elif args.checkpoint:
-        from ..export.run import _recipe, find_checkpoint
+        from ..runs import _recipe, find_checkpoint
 
         recipe = _recipe(find_checkpoint(args.checkpoint))
     judge_name = args.judge

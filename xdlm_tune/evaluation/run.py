@@ -23,7 +23,7 @@ from .tasks import BENCHMARKS, MBPP_FORMATS, load_benchmark
 
 
 def build_parser(benchmark: str | None = None) -> argparse.ArgumentParser:
-    from ..cli import HelpFormatter
+    from ..console import HelpFormatter
 
     ap = argparse.ArgumentParser(prog="xdlm-tune eval", description=_DESCRIPTION, epilog=_EXAMPLES,
                                  formatter_class=HelpFormatter)
@@ -105,7 +105,7 @@ def _xdlm_block(path: str) -> dict | None:
 
 def checkpoint_model(path: str | Path, device: torch.device, label: str | None = None) -> EvalModel:
     """A training run's newest checkpoint (or a given checkpoint folder) as the model to evaluate."""
-    from ..export.run import load_checkpoint
+    from ..runs import load_checkpoint
 
     model, tok, mask_id, shift, recipe = load_checkpoint(path)
     d = recipe.diffusion

@@ -14,7 +14,12 @@ from typing import Callable, Iterable, Sequence
 
 from .execute import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, ExecResult, execute_many
 from .extract import (
-    HUMANEVAL_STOP, MBPP_STOP, extract_humaneval, extract_mbpp, extract_mbpp_lm_eval, extract_mbpp_opencompass,
+    HUMANEVAL_STOP,
+    MBPP_STOP,
+    extract_humaneval,
+    extract_mbpp,
+    extract_mbpp_lm_eval,
+    extract_mbpp_opencompass,
     syntax_valid,
 )
 

@@ -8,9 +8,9 @@
 from xdlm_tune.export.export import ExportError, export_model, load_export, read_settings
 from xdlm_tune.export.hub import PushError, push_to_hub
 from xdlm_tune.export.modeling import MODEL_CLASS, MODELING_FILE, modeling_source
-from xdlm_tune.export.run import export_main, export_run, load_checkpoint
+from xdlm_tune.export.run import export_main, export_run
 
 __all__ = [
     "MODELING_FILE", "MODEL_CLASS", "ExportError", "PushError", "export_main", "export_model", "export_run",
-    "load_checkpoint", "load_export", "modeling_source", "push_to_hub", "read_settings",
+    "load_export", "modeling_source", "push_to_hub", "read_settings",
 ]

@@ -27,7 +27,12 @@ from transformers import (
 )
 
 from xdlm_tune.model.native import (
-    NATIVE_FAMILIES, NativeConfigError, load_native, load_tokenizer, native_family, read_config_dict,
+    NATIVE_FAMILIES,
+    NativeConfigError,
+    load_native,
+    load_tokenizer,
+    native_family,
+    read_config_dict,
 )
 
 logger = logging.getLogger(__name__)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import logging
 
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from torch import nn
 
 from xdlm_tune.model.common import embeddings_tied, enable_checkpointing, module_name, unwrap

@@ -37,6 +37,7 @@ import torch
 from ..diffusion import make_schedule, reverse_posterior
 from ..model.forward_args import accepted_kwargs, forward_owner
 from .settings import SamplerSettings, with_overrides
+
 ANCESTRAL_T_MIN = 1e-5
 
 

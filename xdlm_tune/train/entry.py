@@ -57,10 +57,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xdlm_tune.train",
-                                     description="Train an XDLM denoiser from a recipe.")
+def main(argv: list[str] | None = None, *, prog: str = "python -m xdlm_tune.train") -> int:
+    from ..console import HelpFormatter
+
+    parser = argparse.ArgumentParser(
+        prog=prog, formatter_class=HelpFormatter,
+        description="Train an XDLM denoiser from a recipe: LoRA (or full) fine-tuning with the XDLM loss, "
+                    "held-out ELBO, checkpoints in training.output_dir. Several processes / GPUs / nodes: "
+                    "accelerate launch --config_file deepspeed_configs/... -m xdlm_tune.train RECIPE [overrides]",
+        epilog="example:\n  xdlm-tune train recipes/smollm2-135m-xdlm-lora.yaml diffusion.k=0.5 training.max_steps=2 "
+               "training.output_dir=runs/try")
     return run(add_arguments(parser).parse_intermixed_args(argv))
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """`xdlm-tune train` (the CLI's registry calls this with the arguments after `train`)."""
+    return main(argv, prog="xdlm-tune train")
 
 
 def _setup_logging() -> None:

@@ -28,10 +28,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import (
-    RECIPE_FILE, CheckpointError, TrainState, check_resume_compatible, list_checkpoints, read_state, recover,
-    resolve_resume,
-)
+from ..checkpoint import RECIPE_FILE, CheckpointError, list_checkpoints, recover, resolve_resume
 from ..config import Recipe, save_recipe
 from ..data import build_data
 from ..diffusion import make_schedule
@@ -39,14 +36,24 @@ from ..model import anneal_progress, annealed_attention_mask, output_projection,
 from .heldout import EVAL_SEED, heldout_elbo
 from .metrics import MetricsWriter, Progress
 from .objective import (
-    DenoiserObjective, NoiseSampler, drop_mask_tokens, keyed_generator, per_answer_weights, step_inputs,
+    DenoiserObjective,
+    NoiseSampler,
+    drop_mask_tokens,
+    keyed_generator,
+    per_answer_weights,
+    step_inputs,
 )
 from .optim import build_optimizer, build_scheduler
+from .run_checkpoint import TrainState, check_resume_compatible, load_run_checkpoint, read_state, save_run_checkpoint
 from .runtime import (
-    build_accelerator, deepspeed_config, fill_hidden_size_autos, reset_accelerate_state, single_process_group_env,
-    whole_model_loading, zero_stage,
+    build_accelerator,
+    deepspeed_config,
+    fill_hidden_size_autos,
+    reset_accelerate_state,
+    single_process_group_env,
+    whole_model_loading,
+    zero_stage,
 )
-from .state import load_run_checkpoint, save_run_checkpoint
 
 logger = logging.getLogger(__name__)
 
