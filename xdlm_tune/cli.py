@@ -1,4 +1,4 @@
-"""The `xdlm-tune` command line: train, eval, export, run (all three), demo."""
+"""The `xdlm-tune` command line: train, eval, export, run (all three), lm-eval, demo."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ import sys
 _DELEGATED = {
     "eval": ("xdlm_tune.evaluation.run", "eval_main", "MBPP / HumanEval pass@1 at fixed step budgets"),
     "export": ("xdlm_tune.export.run", "export_main", "merge a run into a self-contained Hub folder (and push it)"),
+    "lm-eval": ("xdlm_tune.lm_eval", "main", "any lm-evaluation-harness task (likelihood bound, generation) with --model xdlm"),
 }
 
 
