@@ -43,8 +43,8 @@ def test_generate_until_is_our_sampler_cut_at_until(tiny_dir, caplog):
         cut = min([alone.find(s) for s in until if s in alone] or [len(alone)])
         assert text == alone[:cut]
         assert not any(s in text for s in until)
-    with pytest.raises(ModelArgError, match="steps=6"):  # 3 blocks of 4: 6 steps do not split evenly
-        lm._gen_length(9)
+    with pytest.raises(ModelArgError, match="steps=6"):  # 13 -> 16 = 4 blocks of 4: 6 steps do not split evenly
+        lm._gen_length(13)
 
 
 def test_bad_model_args_name_the_field(tiny_dir):
@@ -60,6 +60,8 @@ def test_loglikelihood_ranks_the_true_continuation_after_training(tiny_dir):
     lm = XDLMLM(pretrained=str(tiny_dir), mc_num=64, mc_batch_size=64, device="cpu")
     tok, model = lm.em.tokenizer, lm.em.model
     context, true, shuffled = "w10 w11 w12 w13", " w20 w21 w22 w23 w24 w25", " w23 w25 w20 w24 w22 w21"
+    pair = [_req("loglikelihood", (context, true)), _req("loglikelihood", (context, shuffled), 1)]
+    (before_true, _), (before_shuffled, _) = lm.loglikelihood(pair)
     ctx_ids = tok(context, add_special_tokens=False)["input_ids"]
     x0 = torch.tensor([tok(true, add_special_tokens=False)["input_ids"]]).expand(16, -1)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -76,9 +78,9 @@ def test_loglikelihood_ranks_the_true_continuation_after_training(tiny_dir):
         loss.backward()
         opt.step()
     model.eval()
-    (ll_true, greedy), (ll_shuffled, _) = lm.loglikelihood(
-        [_req("loglikelihood", (context, true)), _req("loglikelihood", (context, shuffled), 1)])
+    (ll_true, greedy), (ll_shuffled, _) = lm.loglikelihood(pair)
     assert ll_true > ll_shuffled + 5.0 and greedy is False
+    assert ll_true - ll_shuffled > before_true - before_shuffled + 5.0 and ll_true > before_true + 5.0
     assert lm.loglikelihood([_req("loglikelihood", (context, true))])[0][0] == ll_true  # fixed seed
     (rolled,) = lm.loglikelihood_rolling([_req("loglikelihood_rolling", (context + true,))])
     assert rolled < 0 and torch.isfinite(torch.tensor(rolled))
@@ -90,6 +92,7 @@ def test_build_argv_adds_model_and_tasks_unless_given():
     assert build_argv(["ls", "tasks"]) == ["ls", "tasks", "--include_path", str(TASKS_DIR)]
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_line(tiny_dir, capsys):
     assert main(["--model_args", f"pretrained={tiny_dir},bogus=1", "--tasks", "pydocs_mc", "--limit", "1"]) == 2
     err = capsys.readouterr().err
