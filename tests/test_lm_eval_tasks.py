@@ -1,4 +1,4 @@
-"""MBPP through lm-eval (the shipped `mbpp_local` task) vs our harness, on the same generations.
+"""The shipped lm-eval tasks. MBPP through lm-eval (`mbpp_local`) vs our harness, on the same generations.
 
 A stand-in lm-eval model answers each request with a program made from the request's doc: the
 dataset's reference (all must pass in both) or a broken one (none may pass in either). lm-eval
@@ -7,6 +7,7 @@ metric (our sandboxed executor) and aggregates; our harness extracts, executes a
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -71,6 +72,16 @@ def _harness_scores(make, mbpp_file: Path):
     return {int(r["task_id"].split("/")[1]): float(r["status"] == "passed") for r in records}, problems
 
 
+def _utils():
+    """The tasks' utils.py, imported by path as lm-eval does."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lm_eval_tasks_utils", TASKS_DIR / "utils.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _records(path: Path):
     import json
 
@@ -102,11 +113,7 @@ def test_stock_lm_eval_mbpp_form_and_its_setup_code_gap(shared_data):
     for key in ("doc_to_text", "output_type", "test_split", "target_delimiter", "generation_kwargs", "num_fewshot"):
         assert ours[key] == stock[key], key
 
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("mbpp_local_utils", TASKS_DIR / "utils.py")
-    utils = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(utils)
+    utils = _utils()
     doc = next(r for r in _records(shared_data / "mbpp.jsonl") if r["task_id"] == 367)
     stock_target = "\n".join(doc["test_list"][:3])
     assert utils.pass_at_1([stock_target], [doc["code"]]) == 0.0
@@ -116,3 +123,38 @@ def test_stock_lm_eval_mbpp_form_and_its_setup_code_gap(shared_data):
     assert ds["prompt"]["task_id"] == [2, 3, 4]
     with pytest.raises(ValueError, match="mbpp_path=/path/to/mbpp.jsonl"):
         utils.mbpp_dataset(mbpp_path="/nonexistent/mbpp.jsonl")
+
+
+class FixedLikelihood(LM):
+    """An lm-eval model that scores every text -1 nat per byte (and refuses generation)."""
+
+    def loglikelihood(self, requests):
+        return [(-float(len(req.args[1].encode())), False) for req in requests]
+
+    def loglikelihood_rolling(self, requests):
+        return [-float(len(req.args[0].encode())) for req in requests]
+
+    def generate_until(self, requests):
+        raise NotImplementedError("likelihood tasks only")
+
+
+@pytest.mark.slow
+def test_any_task_reads_a_local_file_as_the_readme_says(tmp_path, monkeypatch):
+    """The README's recipe: dataset_path json + dataset_kwargs.data_files, run from --include_path."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    (tmp_path / "my_ppl.yaml").write_text(
+        "task: my_ppl\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {TASKS_DIR / 'pydocs.jsonl'}\n"
+        "output_type: loglikelihood_rolling\ntest_split: test\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
+        "metric_list:\n  - metric: bits_per_byte\n    aggregation: bits_per_byte\n    higher_is_better: false\n")
+    manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
+    res = lm_eval.simple_evaluate(model=FixedLikelihood(), tasks=["my_ppl"], task_manager=manager, limit=5)
+    assert res["results"]["my_ppl"]["bits_per_byte,none"] == pytest.approx(1 / math.log(2))  # 1 nat per byte
+    mc = lm_eval.simple_evaluate(model=FixedLikelihood(), tasks=["pydocs_mc"], limit=40,
+                                 task_manager=TaskManager(include_path=str(TASKS_DIR), include_defaults=False))
+    # Under this scorer the shortest choice wins (the first of equals), and every choice ties per byte
+    # (acc_norm takes the first); the continuations are " " + module name.
+    docs = _utils().pydocs_mc_dataset()["test"]
+    shortest = [min(range(4), key=lambda i: len(d["choices"][i])) == d["label"] for d in docs]
+    assert mc["results"]["pydocs_mc"]["acc,none"] == pytest.approx(sum(shortest) / 40)
+    assert mc["results"]["pydocs_mc"]["acc_norm,none"] == pytest.approx(sum(d["label"] == 0 for d in docs) / 40)
