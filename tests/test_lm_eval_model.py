@@ -114,3 +114,33 @@ def test_cli_runs_offline_tasks_and_writes_results(tiny_dir, tmp_path, shared_da
     assert res["mbpp_local"]["pass_at_1,none"] == 0.0  # an untrained tiny model
     assert 0.0 <= res["pydocs_mc"]["acc,none"] <= 1.0 and res["pydocs_ppl"]["bits_per_byte,none"] > 0
     assert len(list(out.rglob("samples_mbpp_local_*.jsonl"))) == 1
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_one_process_results(tiny_dir, tmp_path):
+    """accelerate launch -m xdlm_tune.lm_eval on 2 CPU processes: lm-eval splits the requests, our
+    gather brings them back, and since each estimate has its own fixed seed the results are the same."""
+    import os
+    import subprocess
+    import sys
+
+    from xdlm_tune.launch import free_port
+
+    args = ["--model_args", f"pretrained={tiny_dir},mc_num=4,max_length=64", "--tasks", "pydocs_mc,pydocs_ppl",
+            "--limit", "4"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1"}
+    results = []
+    for n, out in ((1, tmp_path / "one"), (2, tmp_path / "two")):
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                  "--num_machines", "1", "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
+        cmd = (launch if n == 2 else [sys.executable]) + ["-m", "xdlm_tune.lm_eval", *args, "--output_path", str(out)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert ("on rank 1" in proc.stderr + proc.stdout) == (n == 2)  # one group of two, not two lone runs
+        (path,) = out.rglob("results_*.json")
+        results.append(json.loads(path.read_text()))
+    one, two = results
+    for task in ("pydocs_mc", "pydocs_ppl"):
+        for metric, value in one["results"][task].items():
+            if not metric.endswith("stderr,none") and isinstance(value, float):
+                assert two["results"][task][metric] == pytest.approx(value, rel=1e-6), (task, metric)
