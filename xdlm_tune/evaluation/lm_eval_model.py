@@ -27,6 +27,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
+from ..diffusion import SCHEDULES
 from ..sampling import SAMPLERS, generate
 from .extract import truncate
 from .harness import EvalModel
@@ -151,7 +152,10 @@ class XDLMLM(LM):
         self.k = _typed("k", k if k is not None else self.em.extra.get("k", 0.1), float, lo=0.0, hi=1.0)
         self.bound = BoundSettings(k=self.k, mc_num=_typed("mc_num", mc_num, int, lo=1),
                                    batch_size=_typed("mc_batch_size", mc_batch_size, int, lo=1),
-                                   schedule=schedule, eps=_typed("eps", eps, float), seed=self.seed)
+                                   schedule=schedule, eps=_typed("eps", eps, float, lo=1e-9, hi=0.49),
+                                   seed=self.seed)
+        if schedule not in SCHEDULES:
+            raise ModelArgError(f"model_args schedule={schedule!r}: choose one of {', '.join(SCHEDULES)}")
         config = getattr(self.em.model, "config", None)
         self.max_length = _typed("max_length", max_length if max_length is not None else
                                  getattr(config, "max_position_embeddings", 2048), int, lo=2)
