@@ -144,3 +144,10 @@ def test_two_processes_give_the_one_process_results(tiny_dir, tmp_path):
         for metric, value in one["results"][task].items():
             if not metric.endswith("stderr,none") and isinstance(value, float):
                 assert two["results"][task][metric] == pytest.approx(value, rel=1e-6), (task, metric)
+
+
+def test_lm_eval_builtin_models_stay_registered():
+    """Registering `xdlm` must not hide lm-eval's own models (its registry is filled only while empty)."""
+    from lm_eval.api.registry import get_model
+
+    assert get_model("xdlm") is XDLMLM and get_model("hf").__name__ == "HFLM"

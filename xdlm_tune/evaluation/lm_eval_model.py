@@ -21,6 +21,7 @@ import logging
 import math
 from pathlib import Path
 
+import lm_eval.models  # noqa: F401  lm-eval fills its model registry only while it is empty: keep hf & co.
 import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
