@@ -1,0 +1,153 @@
+"""The lm-eval model `xdlm`: generate_until through our sampler, loglikelihood from the bound, the CLI."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("lm_eval")
+from lm_eval.api.instance import Instance  # noqa: E402
+from tiny_models import save_tiny_model  # noqa: E402
+
+from xdlm_tune.diffusion import forward_noise, make_schedule, xdlm_loss  # noqa: E402
+from xdlm_tune.evaluation.lm_eval_model import XDLMLM, ModelArgError  # noqa: E402
+from xdlm_tune.lm_eval import TASKS_DIR, build_argv, main  # noqa: E402
+from xdlm_tune.sampling import generate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+def _req(kind, args, i=0):
+    return Instance(request_type=kind, doc={}, arguments=args, idx=i, metadata=("t", i, 1))
+
+
+def test_generate_until_is_our_sampler_cut_at_until(tiny_dir, caplog):
+    lm = XDLMLM(pretrained=str(tiny_dir), steps=6, block_length=4, sampler="xdlm", batch_size=2, device="cpu")
+    tok = lm.em.tokenizer
+    prompts = ["w5 w6 w7 w8 w9", "w10 w11", "w30 w31 w32"]
+    until = ["w40", "w41"]
+    reqs = [_req("generate_until", (p, {"until": until, "max_gen_toks": 10}), i) for i, p in enumerate(prompts)]
+    with caplog.at_level("WARNING"):
+        out = lm.generate_until(reqs)
+    assert "rounded up to 12" in caplog.text  # 10 -> a multiple of block_length 4
+    for p, text in zip(prompts, out):  # each prompt alone, exactly as generate() does it
+        ids = torch.tensor([tok(p, add_special_tokens=False)["input_ids"]])
+        seq = generate(lm.em.model, ids, steps=6, gen_length=12, block_length=4, sampler="xdlm", k=lm.k,
+                       mask_id=lm.em.mask_id, shift=lm.em.shift, eos_id=tok.eos_token_id,
+                       stop_sequences=[tok(s, add_special_tokens=False)["input_ids"] for s in until])
+        alone = tok.decode(seq[0, ids.shape[1]:], skip_special_tokens=True)
+        cut = min([alone.find(s) for s in until if s in alone] or [len(alone)])
+        assert text == alone[:cut]
+        assert not any(s in text for s in until)
+    with pytest.raises(ModelArgError, match="steps=6"):  # 13 -> 16 = 4 blocks of 4: 6 steps do not split evenly
+        lm._gen_length(13)
+
+
+def test_bad_model_args_name_the_field(tiny_dir):
+    with pytest.raises(ModelArgError, match="stepz"):
+        XDLMLM(pretrained=str(tiny_dir), stepz=3)
+    with pytest.raises(ModelArgError, match="sampler='greedy'"):
+        XDLMLM(pretrained=str(tiny_dir), sampler="greedy")
+    with pytest.raises(ModelArgError, match="mc_num='many'"):
+        XDLMLM(pretrained=str(tiny_dir), mc_num="many")
+
+
+def test_loglikelihood_ranks_the_true_continuation_after_training(tiny_dir):
+    lm = XDLMLM(pretrained=str(tiny_dir), mc_num=64, mc_batch_size=64, device="cpu")
+    tok, model = lm.em.tokenizer, lm.em.model
+    context, true, shuffled = "w10 w11 w12 w13", " w20 w21 w22 w23 w24 w25", " w23 w25 w20 w24 w22 w21"
+    pair = [_req("loglikelihood", (context, true)), _req("loglikelihood", (context, shuffled), 1)]
+    (before_true, _), (before_shuffled, _) = lm.loglikelihood(pair)
+    ctx_ids = tok(context, add_special_tokens=False)["input_ids"]
+    x0 = torch.tensor([tok(true, add_special_tokens=False)["input_ids"]]).expand(16, -1)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    sched, gen = make_schedule(), torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(30):  # the XDLM objective on the target tokens, context clean (as the bound)
+        t = sched.sample_t(16, antithetic=True, generator=gen)
+        z = forward_noise(x0, sched.alpha(t), k=lm.k, mask_id=lm.em.mask_id, vocab_size=lm.vocab_size, generator=gen)
+        ids = torch.cat([torch.tensor(ctx_ids).expand(16, -1), z], 1)
+        logits = model(input_ids=ids).logits[:, len(ctx_ids) - 1:-1]  # shift: token i from position i - 1
+        loss = (sched.neg_dalpha_dt(t)[:, None] * xdlm_loss(logits, z, x0, sched.alpha(t), k=lm.k,
+                                                             mask_id=lm.em.mask_id)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    (ll_true, greedy), (ll_shuffled, _) = lm.loglikelihood(pair)
+    assert ll_true > ll_shuffled + 5.0 and greedy is False
+    assert ll_true - ll_shuffled > before_true - before_shuffled + 5.0 and ll_true > before_true + 5.0
+    assert lm.loglikelihood([_req("loglikelihood", (context, true))])[0][0] == ll_true  # fixed seed
+    (rolled,) = lm.loglikelihood_rolling([_req("loglikelihood_rolling", (context + true,))])
+    assert rolled < 0 and torch.isfinite(torch.tensor(rolled))
+
+
+def test_build_argv_adds_model_and_tasks_unless_given():
+    assert build_argv(["--tasks", "x"]) == ["run", "--model", "xdlm", "--tasks", "x", "--include_path", str(TASKS_DIR)]
+    assert build_argv(["run", "--model=hf", "--include_path", "d"]) == ["run", "--model=hf", "--include_path", "d"]
+    assert build_argv(["ls", "tasks"]) == ["ls", "tasks", "--include_path", str(TASKS_DIR)]
+
+
+@pytest.mark.slow
+def test_cli_error_is_one_line(tiny_dir, capsys):
+    assert main(["--model_args", f"pretrained={tiny_dir},bogus=1", "--tasks", "pydocs_mc", "--limit", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "xdlm-tune lm-eval: model_args bogus: unknown" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_cli_runs_offline_tasks_and_writes_results(tiny_dir, tmp_path, shared_data, monkeypatch):
+    """`xdlm-tune lm-eval` on the shipped tasks (generation and likelihood), results where lm-eval writes them."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    out = tmp_path / "results"
+    rc = main(["--model_args", f"pretrained={tiny_dir},steps=4,gen_length=8,mc_num=4,max_length=64",
+               "--tasks", "mbpp_local,pydocs_mc,pydocs_ppl", "--limit", "2", "--confirm_run_unsafe_code",
+               "--metadata", json.dumps({"mbpp_path": str(shared_data / "mbpp.jsonl")}),
+               "--output_path", str(out), "--log_samples"])
+    assert rc == 0
+    (result,) = out.rglob("results_*.json")
+    res = json.loads(result.read_text())["results"]
+    assert res["mbpp_local"]["pass_at_1,none"] == 0.0  # an untrained tiny model
+    assert 0.0 <= res["pydocs_mc"]["acc,none"] <= 1.0 and res["pydocs_ppl"]["bits_per_byte,none"] > 0
+    assert len(list(out.rglob("samples_mbpp_local_*.jsonl"))) == 1
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_one_process_results(tiny_dir, tmp_path):
+    """accelerate launch -m xdlm_tune.lm_eval on 2 CPU processes: lm-eval splits the requests, our
+    gather brings them back, and since each estimate has its own fixed seed the results are the same."""
+    import os
+    import subprocess
+    import sys
+
+    from xdlm_tune.launch import free_port
+
+    args = ["--model_args", f"pretrained={tiny_dir},mc_num=4,max_length=64", "--tasks", "pydocs_mc,pydocs_ppl",
+            "--limit", "4"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1"}
+    results = []
+    for n, out in ((1, tmp_path / "one"), (2, tmp_path / "two")):
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                  "--num_machines", "1", "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
+        cmd = (launch if n == 2 else [sys.executable]) + ["-m", "xdlm_tune.lm_eval", *args, "--output_path", str(out)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert ("on rank 1" in proc.stderr + proc.stdout) == (n == 2)  # one group of two, not two lone runs
+        (path,) = out.rglob("results_*.json")
+        results.append(json.loads(path.read_text()))
+    one, two = results
+    for task in ("pydocs_mc", "pydocs_ppl"):
+        for metric, value in one["results"][task].items():
+            if not metric.endswith("stderr,none") and isinstance(value, float):
+                assert two["results"][task][metric] == pytest.approx(value, rel=1e-6), (task, metric)
+
+
+def test_lm_eval_builtin_models_stay_registered():
+    """Registering `xdlm` must not hide lm-eval's own models (its registry is filled only while empty)."""
+    from lm_eval.api.registry import get_model
+
+    assert get_model("xdlm") is XDLMLM and get_model("hf").__name__ == "HFLM"
