@@ -27,6 +27,7 @@ SOURCES = (
     "diffusion/schedule.py",
     "diffusion/posterior.py",
     "sampling/settings.py",
+    "sampling/cache.py",
     "sampling/generate.py",
     "export/hub_model.py",
 )
