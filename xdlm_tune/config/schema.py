@@ -269,6 +269,10 @@ class EvalConfig:
     top_p: float = 1.0
     revise_prompt: bool = False  # xdlm also rewrites prompt tokens, as the authors' code does
     final_step: Literal["none", "ancestral"] = "none"  # ancestral: the authors' extra step to alpha_s = 1
+    cache: Literal["none", "prefix", "dual"] = "none"  # KV cache inside a block (README: Sampling)
+    refresh: Literal["step", "block"] = "step"  # after a revision of a cached position: refresh next step / block
+    refresh_every: int | None = None  # also a full pass every N steps of a block (1: exactly uncached)
+    threshold: float | None = None  # confidence / xdlm: reveal every position at least this confident
     prompt_format: Literal["original", "opencompass", "lm-eval"] = "original"  # MBPP prompt, extraction, scoring
     batch_size: int = 4  # prompts per sampler call
     ar_baseline: bool = True  # also score the original causal model with greedy AR decoding
@@ -296,6 +300,14 @@ class EvalConfig:
             errs.append(("final_step", f"'ancestral' applies to sampler: ancestral only (sampler is {sampler!r}); use 'none'"))
         if self.revise_prompt and sampler != "xdlm":
             errs.append(("revise_prompt", f"applies to sampler: xdlm only (sampler is {sampler!r}); set it to false"))
+        if self.refresh_every is not None and self.refresh_every < 1:
+            errs.append(("refresh_every", f"must be a positive integer or null, got {self.refresh_every}"))
+        if self.cache == "none" and (self.refresh != "step" or self.refresh_every is not None):
+            errs.append(("refresh", "refresh / refresh_every apply to a KV cache only: set cache: prefix or dual"))
+        if self.threshold is not None and not 0 < self.threshold <= 1:
+            errs.append(("threshold", f"must be in (0, 1] or null, got {self.threshold}"))
+        if self.threshold is not None and sampler == "ancestral":
+            errs.append(("threshold", "applies to sampler: confidence or xdlm only (sampler is 'ancestral'); set it to null"))
         return errs
 
 
