@@ -20,6 +20,22 @@ The answer region (``gen_length`` positions after the prompt) starts noisy and i
   same block only. Candidates are answer positions; ``revise_prompt=True`` adds the prompt's real
   tokens, as the authors' code does. No re-masking.
 
+Speed options (``SamplerSettings``): ``threshold=tau`` (confidence / xdlm) reveals every masked
+block position whose confidence reaches tau, at least one and at least the schedule's share so far
+(so ``steps`` still bounds the passes); a sample whose block is all revealed is finished with it
+(no more revisions there), and the block ends when every sample is. NFE per sample is reported
+(``return_stats``). ``cache="prefix" | "dual"`` (cache.py): a block's first step is a full pass
+that also records keys/values; later steps run only the block. Exactly when it equals the
+uncached sampler: with ``refresh_every=1`` (every step a full pass; also whenever a block has one
+step) the tokens are identical; on the tokens of the last full pass the cached logits equal the
+full pass's (to float rounding; dual anywhere, prefix on the last block). Otherwise a cached step
+differs in three ways: the held keys/values are those of the last full pass (bidirectional
+attention: later reveals in the block would change them); ``prefix`` does not attend to the
+masked positions after the block; ``xdlm`` judges positions outside the block by the last full
+pass's choices. A revision of a held position (earlier blocks, or the prompt with
+``revise_prompt``) marks the cache stale: ``refresh="step"`` makes the next step a full pass
+(for the whole batch), ``refresh="block"`` waits for the next block start.
+
 Differences from the authors' code, on purpose: the mask id is never predicted (its logit is
 -inf, p(mask) = 0 as in XDLM.md; theirs keeps it in the softmax), padding is never revised, and
 the batch is padding-exact. Temperature 0 means no noise anywhere (argmax decisions;
@@ -116,6 +132,14 @@ class SamplerStats:
     full_passes: int = 0
     cached_passes: int = 0
 
+    def count(self, cached: bool, tokens: int, active: torch.Tensor | None) -> None:
+        """One forward pass of ``tokens`` positions per sample; ``active`` [B]: the samples that
+        still needed it (None: all)."""
+        self.cached_passes += int(cached)
+        self.full_passes += int(not cached)
+        self.tokens += tokens
+        self.nfe += 1 if active is None else active.long()
+
 
 @torch.no_grad()
 def generate(
@@ -200,30 +224,26 @@ def generate(
             todo = ((region == mask_id) & in_block).any(-1)  # [B] rows with masked block positions
             if cfg.threshold is not None and not bool(todo.any()):
                 break  # every block token is revealed: the block ends early
-            if kv is None or j == 0 or _refresh_due(j, cfg) or (stale and cfg.refresh == "step"):
+            cached = kv is not None and j > 0 and not _refresh_due(j, cfg) and not (stale and cfg.refresh == "step")
+            if cached:
+                raw = kv.block_logits(x, lo, hi).float()  # [B, block, V]: the block only
+            else:  # a full pass; it fills the cache when the next step can use it
                 fill = kv is not None and j + 1 < passes and not _refresh_due(j + 1, cfg)
                 raw = fn(x, full_mask, L - r_lo, **(kv.fill_kwargs() if fill else {}))[:, : hi - r_lo].float()
                 if fill:
                     kv.keep(lo, hi)
                     stale = False
-                stats.full_passes += 1
-                stats.tokens += L
-                cached = False
-            else:
-                raw = kv.block_logits(x, lo, hi).float()  # [B, block, V]: the block only
-                stats.cached_passes += 1
-                stats.tokens += kv.tokens_per_pass(lo, hi)
-                cached = True
-            stats.nfe += todo.long() if cfg.threshold is not None else 1
+            stats.count(cached, kv.tokens_per_pass(lo, hi) if cached else L,
+                        todo if cfg.threshold is not None else None)
             raw[..., mask_id] = -math.inf
             logits = top_p_filter(raw / temperature, cfg.top_p) if temperature > 0 else raw
             if sampler == "ancestral":
                 s = ts[j + 1] if j < steps_per_block else None  # None: the extra step at alpha_s = 1
                 cleanup = j == steps_per_block - 1 and cfg.final_step == "none"
-                x[:, lo:hi] = _ancestral_step(logits, region[:, lo - r_lo:], ts[min(j, steps_per_block)], s, cleanup,
+                x[:, lo:hi] = _ancestral_step(logits, region, ts[min(j, steps_per_block)], s, cleanup,
                                               temperature, k, mask_id, sched, generator)
                 continue
-            pred, conf, current = _choices(logits, raw, region[:, region.shape[1] - raw.shape[1]:], temperature, generator)
+            pred, conf, current = _choices(logits, raw, x[:, hi - raw.shape[1]:hi], temperature, generator)
             if cached and lo > r_lo:  # xdlm outside the block: the choices of the last full pass
                 pred, conf, current = (torch.cat([h, c], 1) for h, c in zip(held, (pred, conf, current)))
             elif kv is not None and lo > r_lo:

@@ -126,9 +126,9 @@ class SamplerSettings:
             raise ValueError(f"cache={self.cache!r} is unknown: choose one of {', '.join(CACHES)}")
         if self.refresh not in REFRESHES:
             raise ValueError(f"refresh={self.refresh!r} is unknown: choose one of {', '.join(REFRESHES)}")
-        if self.refresh_every is not None and (isinstance(self.refresh_every, bool) or not isinstance(self.refresh_every, int)
-                                               or self.refresh_every < 1):
-            raise ValueError(f"refresh_every={self.refresh_every!r} must be a positive integer (1: a full pass every step) or None")
+        every = self.refresh_every
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise ValueError(f"refresh_every={every!r} must be a positive integer (1: a full pass every step) or None")
         if self.cache == "none" and (self.refresh != "step" or self.refresh_every is not None):
             raise ValueError(f"refresh / refresh_every apply to a KV cache only (cache is 'none'); "
                              "set cache='prefix' or 'dual', or drop them")
