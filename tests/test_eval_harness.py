@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from tests.tiny_models import tiny_model, tiny_tokenizer
 from xdlm_tune.evaluation import harness, load_mbpp

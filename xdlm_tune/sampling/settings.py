@@ -130,7 +130,7 @@ class SamplerSettings:
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
             raise ValueError(f"refresh_every={every!r} must be a positive integer (1: a full pass every step) or None")
         if self.cache == "none" and (self.refresh != "step" or self.refresh_every is not None):
-            raise ValueError(f"refresh / refresh_every apply to a KV cache only (cache is 'none'); "
+            raise ValueError("refresh / refresh_every apply to a KV cache only (cache is 'none'); "
                              "set cache='prefix' or 'dual', or drop them")
         if self.threshold is not None:
             if not 0 < self.threshold <= 1:
