@@ -5,9 +5,9 @@ One command (the issue's grid; every ratio is to `none` measured in the same run
     python benchmarks/sampling_speed.py --save
 
 prints, per prompt (a short one and the 3-shot MBPP prompt, ~600 tokens) and batch size (1 and 8):
-wall time, answer tokens/s, NFE (forward passes per sample), tokens run through the model per
-sample, the speed-up over `none` and the agreement of the answer tokens with `none` at the same
-threshold (temperature 0). The model is the embedded `smollm2-135m` converted into a denoiser
+wall time, answer tokens/s, NFE (forward passes per sample), full passes (block starts and
+refreshes, `refresh` step / block), tokens run through the model per sample, the speed-up over
+`none` and the agreement of the answer tokens with `none` at the same threshold (temperature 0). The model is the embedded `smollm2-135m` converted into a denoiser
 (bidirectional + mask token, untrained: an untrained denoiser is rarely confident, so the
 threshold rows say little here; `--model` takes a trained export). Smaller grids for a slow CPU:
 `--gen 64 --block 32 --steps 8`, `--max-tokens` skips batches whose full pass is longer.
@@ -77,31 +77,34 @@ def cache_grid(args) -> str:
             if batch * (ids.shape[1] + args.gen) > args.max_tokens:
                 lines += [head, "", f"skipped: a full pass is {batch * (ids.shape[1] + args.gen)} tokens > --max-tokens", ""]
                 continue
-            lines += [head, "", "| cache | threshold | time (s) | tokens/s | NFE | tokens processed | speed-up vs none | agreement with none |",
-                      "|---|---|---|---|---|---|---|---|"]
+            lines += [head, "", "| cache | threshold | time (s) | tokens/s | NFE | full passes | tokens processed | "
+                      "speed-up vs none | agreement with none |", "|---|---|---|---|---|---|---|---|---|"]
+            variants = [(c, r) for c in args.caches for r in (["step"] if c == "none" else args.refresh)]
             for tau in args.thresholds:
                 ref, t_ref = None, None
-                for cache in args.caches:
+                for cache, refresh in variants:
                     (out, stats), t = timed(lambda: generate(model, ids, attention_mask=mask, cache=cache,
-                                                              threshold=tau, **base))
+                                                              refresh=refresh, threshold=tau, **base))
                     answer = out[:, ids.shape[1]:]
                     if cache == "none":
                         ref, t_ref = answer, t
                     agree = "-" if ref is None else f"{(answer == ref).float().mean().item():.3f}"
                     speed = "-" if t_ref is None else f"{t_ref / t:.2f}x"
-                    row = (f"| {cache} | {tau if tau is not None else 'off'} | {t:.1f} | {batch * args.gen / t:.1f} | "
-                           f"{stats.nfe.float().mean().item():.1f} | {stats.tokens.float().mean().item():.0f} | {speed} | {agree} |")
+                    label = cache if cache == "none" else f"{cache}, refresh={refresh}"
+                    row = (f"| {label} | {tau if tau is not None else 'off'} | {t:.1f} | {batch * args.gen / t:.1f} | "
+                           f"{stats.nfe.float().mean().item():.1f} | {stats.full_passes} | "
+                           f"{stats.tokens.float().mean().item():.0f} | {speed} | {agree} |")
                     lines.append(row)
                     print(f"[{name} b{batch}] {row}", flush=True)
                     if name == "mbpp" and batch == 1 and tau is None and cache != "none":
-                        summary.append((cache, t_ref / t))
+                        summary.append((label, cache, t_ref / t))
             lines.append("")
     hw = torch.cuda.get_device_name() if device == "cuda" else f"{platform.processor() or platform.machine()} CPU"
     head = (f"Model `{args.model}` ({type(model).__name__}, {dtype}, shift {prep.shift}); sampler {args.sampler} "
             f"(k {args.k}), temperature 0, gen {args.gen}, blocks of {args.block}, {args.steps} steps; device: {hw}, "
             f"{torch.get_num_threads()} thread(s); torch {torch.__version__}\n\n")
-    targets = "".join(f"- `{c}` on the MBPP prompt at batch 1: {r:.2f}x `none` (target {'3' if c == 'prefix' else '4'}x: "
-                      f"{'met' if r >= (3 if c == 'prefix' else 4) else 'NOT met'})\n" for c, r in summary)
+    targets = "".join(f"- `{label}` on the MBPP prompt at batch 1: {r:.2f}x `none` (target {'3' if c == 'prefix' else '4'}x: "
+                      f"{'met' if r >= (3 if c == 'prefix' else 4) else 'NOT met'})\n" for label, c, r in summary)
     return head + "\n".join(lines) + ("\n" + targets if targets else "")
 
 
@@ -139,6 +142,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--prompts", nargs="+", choices=("short", "mbpp"), default=["short", "mbpp"])
     ap.add_argument("--caches", nargs="+", default=["none", "prefix", "dual"])
+    ap.add_argument("--refresh", nargs="+", choices=("step", "block"), default=["step", "block"])
     ap.add_argument("--thresholds", type=lambda s: None if s == "off" else float(s), nargs="+", default=[None, 0.9])
     ap.add_argument("--sampler", default="xdlm")
     ap.add_argument("--k", type=float, default=0.1)

@@ -123,7 +123,8 @@ def test_pretrain_blocks_from_stdlib(tok):
 
 def test_sft_on_mbpp_masks_prompt_and_padding(tok, shared_data):
     cfg = recipe("data.source=mbpp-train", "data.mode=sft", f"data.data_files={shared_data / 'mbpp.jsonl'}",
-                 "data.seq_len=512", "data.max_prompt_len=384", "data.eval_holdout=4", "data.max_records=12").data
+                 "data.seq_len=512", "data.max_prompt_len=384", "data.eval_holdout=4", "data.max_records=12",
+                 "data.pad_answer_with_eos=false").data
     bundle = build_data(cfg, tok, batch_size=4, seed=3)
     batch = next(iter(bundle.train))
     loss, prompt, attn = batch["loss_mask"], batch["prompt_mask"], batch["attention_mask"].bool()
@@ -137,6 +138,29 @@ def test_sft_on_mbpp_masks_prompt_and_padding(tok, shared_data):
         if attn[i].sum() < cfg.seq_len:  # not cut at seq_len: the answer ends with EOS
             assert answer.endswith(tok.eos_token)
         assert "def " in answer or "import" in answer or "class" in answer or "=" in answer
+
+
+def test_sft_pads_answers_with_eos_and_trains_on_them(tok, tmp_path):
+    """data.pad_answer_with_eos (the default): every example is seq_len tokens, the answer is
+    text + EOS repeated to the end, and all of it (EOS padding included) carries loss."""
+    assert recipe().data.pad_answer_with_eos
+    rows = [{"prompt": f"q{i} ", "answer": "a" * (i + 1)} for i in range(6)]
+    cfg = recipe(f"data.source={jsonl(tmp_path / 'p.jsonl', rows)}", "data.mode=sft", "data.eval_holdout=1",
+                 "data.seq_len=24").data
+    bundle = build_data(cfg, tok, batch_size=5)
+    batch = next(iter(bundle.train))
+    eos = tok.eos_token_id
+    assert batch["input_ids"].shape == (5, 24) and bool(batch["attention_mask"].bool().all())
+    assert torch.equal(batch["loss_mask"], ~batch["prompt_mask"])
+    for ids, loss in zip(batch["input_ids"], batch["loss_mask"]):
+        answer = ids[loss].tolist()
+        text = answer[: answer.index(eos)]
+        assert set(answer[len(text):]) == {eos} and len(answer) - len(text) >= 1
+        assert set(tok.decode(text)) == {"a"}
+    assert bundle.eval[0]["input_ids"][-1] == eos and len(bundle.eval[0]["input_ids"]) == 24
+    # a cut answer gets no EOS; pretraining ignores the option
+    assert encode_pair([1], [5, 6, 7], seq_len=3, max_prompt_len=None, where="r", eos_pad=2)["input_ids"] == [1, 5, 6]
+    assert encode_pair([1], [5, 2], seq_len=5, max_prompt_len=None, where="r", eos_pad=2)["input_ids"] == [1, 5, 2, 2, 2]
 
 
 def test_sft_chat_messages(tok, tmp_path):
@@ -260,9 +284,14 @@ def test_stream_loader_resumes_exactly_across_epochs(tok, tmp_path):
 def test_stream_sft(tok, tmp_path):
     rows = [{"prompt": f"q{i} ", "answer": f"a{i}"} for i in range(7)]
     cfg = recipe(f"data.source={jsonl(tmp_path / 's.jsonl', rows)}", "data.streaming=true", "data.mode=sft",
-                 "data.eval_holdout=1").data
+                 "data.eval_holdout=1", "data.pad_answer_with_eos=false").data
     batch = next(iter(build_data(cfg, tok, batch_size=2).train))
     assert tok.decode(batch["input_ids"][0][batch["loss_mask"][0]]) == "a1" + tok.eos_token
+    padded = build_data(recipe(*(f"data.{k}={v}" for k, v in [("source", cfg.source), ("streaming", "true"),
+                                                                ("mode", "sft"), ("eval_holdout", 1), ("seq_len", 16)])).data,
+                        tok, batch_size=2)
+    ids = next(iter(padded.train))["input_ids"][0].tolist()
+    assert len(ids) == 16 and ids[-1] == tok.eos_token_id
 
 
 def cached_smollm2_tokenizer():

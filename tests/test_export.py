@@ -286,7 +286,7 @@ def test_generated_file_needs_only_torch_and_transformers(tmp_path):
 
     path = tmp_path / MODELING_FILE
     path.write_text(modeling_source("Qwen3ForCausalLM"))
-    assert set(get_imports(path)) <= {"__future__", "math", "typing", "dataclasses", "inspect", "torch", "transformers"}
+    assert set(get_imports(path)) <= {"__future__", "inspect", "math", "typing", "dataclasses", "torch", "transformers"}
     assert get_relative_imports(path) == []
 
 

@@ -17,7 +17,7 @@ def test_run_pipeline_end_to_end(shared_data, tmp_path):
         f"model.name_or_path={model_dir}", f"training.output_dir={run_dir}", "training.max_steps=2",
         "training.eval_every=1", "training.save_every=2", "training.eval_batches=1", "data.seq_len=32",
         "data.max_records=8", "data.eval_holdout=2", "eval.limit=2", "eval.steps=[2]", "eval.gen_length=4",
-        "eval.block_length=4", "eval.batch_size=2", f"eval.data_dir={shared_data}",
+        "eval.block_length=4", "eval.batch_size=2", f"eval.data_dir={shared_data}", "diffusion.schedule=cosine",
     ])
     # Train: checkpoints and a held-out ELBO at steps 0, 1, 2.
     metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -27,6 +27,10 @@ def test_run_pipeline_end_to_end(shared_data, tmp_path):
     assert sorted((r["label"], r["steps"]) for r in rows) == sorted(
         [("base (AR)", None)] * 2 + [("xdlm k=0.1", 2)] * 2)
     assert (run_dir / "eval" / "mbpp" / "pass_at_1.png").is_file()
+    # The run's schedule reaches the sampler (evaluation) and the export's config (diffusion_generate).
+    used = {json.dumps(r["sampler"], sort_keys=True) for r in rows if r["steps"] is not None}
+    assert [json.loads(u)["schedule"] for u in used] == ["cosine"] and json.loads(used.pop())["sampler"] == "xdlm"
+    assert json.loads((res["export_dir"] / "config.json").read_text())["xdlm"]["schedule"] == "cosine"
     # Export: self-contained folder whose card carries the evaluation table; sampled in a subprocess.
     export = res["export_dir"]
     assert (export / "modeling_xdlm.py").is_file()

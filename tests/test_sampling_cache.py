@@ -218,3 +218,28 @@ def test_unsupported_models_and_bad_settings_are_named(model):
                        (dict(threshold=0.9, sampler="ancestral"), "confidence and xdlm")]:
         with pytest.raises(ValueError, match=match):
             generate(model, prompt, **kw, **bad)
+
+
+@pytest.mark.parametrize("name, shift", [("llada-a", False), ("dream-a", True)])
+def test_native_llada_and_dream_take_the_cache(name, shift):
+    """LLaDA / Dream loaded natively (Llama / Qwen2 classes): the same cache path, exact at refresh_every=1."""
+    from native_bases import MASK_ID, fixture
+
+    from xdlm_tune.model.native import load_native, read_config_dict
+
+    path = fixture(name)
+    m = load_native(path, read_config_dict(path), dtype=torch.float32).eval()
+    ids, mask = padded([6, 3], seed=6)
+    kw = dict(steps=6, gen_length=8, block_length=4, sampler="xdlm", k=0.3, temperature=0.0, mask_id=MASK_ID,
+              attention_mask=mask, shift=shift)
+    want = generate(m, ids, **kw)
+    assert torch.equal(generate(m, ids, cache="dual", refresh_every=1, **kw), want)
+    _, stats = generate(m, ids, cache="dual", return_stats=True, **kw)
+    assert stats.cached_passes > 0
+    P = ids.shape[1]
+    full_mask = torch.cat([mask, torch.ones(2, 8, dtype=torch.long)], 1)
+    x = torch.cat([ids, torch.full((2, 8), MASK_ID)], 1)
+    kv = BlockCache(m, "dual", shift=shift, attention_mask=full_mask, length=P + 8)
+    full = model_logits_fn(m, shift=shift)(x, full_mask, 8, **kv.fill_kwargs())[:, :4]
+    kv.keep(P, P + 4)
+    torch.testing.assert_close(kv.block_logits(x, P, P + 4), full, atol=2e-5, rtol=1e-5)

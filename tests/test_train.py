@@ -138,7 +138,34 @@ def test_gradient_accumulation_takes_the_same_step_as_a_bigger_batch(tiny, tmp_p
     for s in big.losses:
         assert acc.losses[s] == pytest.approx(big.losses[s], rel=1e-5)
     wa, wb = trainable(big.checkpoint), trainable(acc.checkpoint)
+    # Adam divides by sqrt(v): where a gradient is ~0 its rounding differences become O(lr) steps
+    # (seen here: 5e-5 with lr 1e-2 after 3 steps); 1% of lr still catches a wrong accumulation.
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+
+
+def test_sft_per_answer_loss_is_the_same_for_any_batch_geometry(tmp_path):
+    """data.pad_answer_with_eos: the loss is a mean over the global batch's answers of each
+    answer's mean; 4 x 1 x 1 and 2 x 1 x 2 take the same step, and the loss is not the token mean."""
+    tiny = make_tiny(tmp_path / "w", base="recipes/smollm2-135m-xdlm-lora-mbpp-sft.yaml")
+    rows = [{"prompt": "q" * (1 + 5 * i), "answer": "a" * (3 + i)} for i in range(10)]  # prompts of many lengths
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = ("training.max_steps=2", "training.eval_every=0", "training.lr=1e-2", "training.warmup_steps=1",
+              f"data.source={tmp_path / 'pairs.jsonl'}", "data.data_files=null", "data.seq_len=48",
+              "data.max_prompt_len=null", "data.eval_holdout=2")
+    big = run(tiny, tmp_path / "big", *common, "training.per_device_batch_size=4", "training.grad_accum=1")
+    acc = run(tiny, tmp_path / "acc", *common, "training.per_device_batch_size=2", "training.grad_accum=2")
+    assert acc.losses[2] == pytest.approx(big.losses[2], rel=1e-5)
+    wa, wb = trainable(big.checkpoint), trainable(acc.checkpoint)
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+    tokmean = run(tiny, tmp_path / "tok", *common, "training.per_device_batch_size=4", "data.pad_answer_with_eos=false")
+    assert tokmean.losses[1] != pytest.approx(big.losses[1], rel=1e-3)
+
+
+def test_per_answer_weights():
+    from xdlm_tune.train.objective import per_answer_weights
+
+    m = torch.tensor([[0, 1, 1, 1, 1], [0, 0, 0, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    assert per_answer_weights(m).tolist() == [0.25, 0.5, 0.0]
 
 
 def test_heldout_elbo_improves_and_is_reproducible(tiny, tmp_path):

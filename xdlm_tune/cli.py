@@ -1,4 +1,4 @@
-"""The `xdlm-tune` command line: train, eval, export, run (all three), demo."""
+"""The `xdlm-tune` command line: train, eval, export, run (all three), sweep, demo."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ import sys
 _DELEGATED = {
     "eval": ("xdlm_tune.evaluation.run", "eval_main", "MBPP / HumanEval pass@1 at fixed step budgets"),
     "export": ("xdlm_tune.export.run", "export_main", "merge a run into a self-contained Hub folder (and push it)"),
+    "sweep": ("xdlm_tune.sweep", "sweep_main", "one run per k: held-out NELBO vs gen-PPL per step budget (pareto.png)"),
 }
 
 

@@ -145,6 +145,9 @@ class DataConfig:
     streaming: bool = False  # iterate without downloading everything (large corpora)
     seq_len: int = 256  # packed block length (pretrain) or max prompt+answer length (sft)
     max_prompt_len: int | None = None  # sft: left-truncate longer prompts to this many tokens
+    pad_answer_with_eos: bool = True  # sft: pad each answer with EOS up to seq_len and train on those EOS
+    #                                   (LLaDA's SFT: the model learns where an answer ends), loss averaged
+    #                                   per answer; false: the padding carries no loss. Ignored in pretrain.
     eval_holdout: int = 32  # source records held out for the held-out ELBO
     max_records: int | None = None  # cap on training records (files, rows); None: all
     num_proc: int | None = None  # processes for tokenization (non-streaming)

@@ -37,8 +37,12 @@ def pack(docs: Iterable[list[int]], block_len: int) -> Iterator[list[int]]:
 
 
 def encode_pair(prompt_ids: list[int], answer_ids: list[int], *, seq_len: int,
-                max_prompt_len: int | None, where: str) -> dict[str, Any]:
-    """Prompt + answer as one example of at most seq_len tokens; the answer is cut to fit."""
+                max_prompt_len: int | None, where: str, eos_pad: int | None = None) -> dict[str, Any]:
+    """Prompt + answer as one example of at most seq_len tokens; the answer is cut to fit.
+
+    ``eos_pad``: the EOS id to pad the answer with up to exactly seq_len tokens (LLaDA's SFT):
+    those EOS are answer tokens, noised and scored like the others.
+    """
     if max_prompt_len is not None and len(prompt_ids) > max_prompt_len:
         prompt_ids = prompt_ids[-max_prompt_len:]  # keep the end: the question is usually last
     if len(prompt_ids) >= seq_len:
@@ -48,6 +52,8 @@ def encode_pair(prompt_ids: list[int], answer_ids: list[int], *, seq_len: int,
     if not answer_ids:
         raise DataError(f"{where}: the answer is empty")
     ids = prompt_ids + answer_ids[: seq_len - len(prompt_ids)]
+    if eos_pad is not None:
+        ids = ids + [eos_pad] * (seq_len - len(ids))
     return {"input_ids": ids, "prompt_len": len(prompt_ids)}
 
 
@@ -77,9 +83,11 @@ def example_encoder(cfg: DataConfig, tokenizer) -> Callable[[list[dict[str, Any]
 
     pretrain: one unpacked example per record (tokens + EOS); the caller packs them.
     sft: one example per record: prompt (with the tokenizer's usual special tokens, e.g.
-    BOS) + answer + EOS, or a chat rendered with the template.
+    BOS) + answer + EOS, or a chat rendered with the template; with data.pad_answer_with_eos
+    the answer is padded with EOS up to data.seq_len.
     """
     eos = _eos_id(tokenizer)
+    eos_pad = eos if cfg.mode == "sft" and cfg.pad_answer_with_eos else None
     cols = cfg.columns
 
     def where(i: int) -> str:
@@ -96,7 +104,8 @@ def example_encoder(cfg: DataConfig, tokenizer) -> Callable[[list[dict[str, Any]
         else:
             prompts = _ids(tokenizer, [r[cols.prompt] for r in records], special=True)
             answers = [a + [eos] for a in _ids(tokenizer, [r[cols.answer] for r in records], special=False)]
-        return [encode_pair(p, a, seq_len=cfg.seq_len, max_prompt_len=cfg.max_prompt_len, where=where(i))
+        return [encode_pair(p, a, seq_len=cfg.seq_len, max_prompt_len=cfg.max_prompt_len, where=where(i),
+                            eos_pad=eos_pad)
                 for p, a, i in zip(prompts, answers, indices)]
 
     return encode

@@ -9,6 +9,7 @@ world_size-th problem and writes its own file; rank 0 merges and summarises.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..model.forward_args import accepts
 from ..sampling import SamplerSettings, generate
 from .extract import truncate
 from .metrics import markdown_table, plot_summary, summarize
@@ -84,19 +86,34 @@ def _decode(tokenizer, ids: torch.Tensor, stops: Sequence[str]) -> list[str]:
 def diffusion_generations(em: EvalModel, problems: Sequence[Problem], steps: int,
                           cfg: GenerationConfig) -> tuple[list[str], list[int]]:
     """One answer per problem from the diffusion sampler with ``steps`` forward passes, and the
-    forward passes (NFE) each answer needed (fewer than ``steps`` under a threshold)."""
+    forward passes (NFE) each answer needed (fewer than ``steps`` under a threshold).
+
+    A model whose forward takes no ``position_ids`` (remote code such as LLaDA's original)
+    would see a left-padded row's positions shifted, so its prompts run in groups of equal
+    token length (no padding at all) instead of ``cfg.batch_size`` at a time in order."""
     device = next(em.model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     settings = cfg.sampling.replace(steps=steps)
     eos = em.tokenizer.eos_token_id
-    out, nfe = [], []
-    for chunk in _batches(problems, cfg.batch_size):
-        ids, mask = _encode(em.tokenizer, [p.prompt for p in chunk], device, chunk[0].special_tokens)
+    out: dict[int, tuple[str, int]] = {}
+    for chunk in _prompt_batches(em, problems, cfg.batch_size):
+        first = problems[chunk[0]]
+        ids, mask = _encode(em.tokenizer, [problems[i].prompt for i in chunk], device, first.special_tokens)
         seq, stats = generate(em.model, ids, settings, attention_mask=mask, mask_id=em.mask_id, shift=em.shift,
                               eos_id=eos, generator=gen, return_stats=True)
-        out += _decode(em.tokenizer, seq[:, ids.shape[1]:], chunk[0].stop)
-        nfe += stats.nfe.tolist()
-    return out, nfe
+        out.update(zip(chunk, zip(_decode(em.tokenizer, seq[:, ids.shape[1]:], first.stop), stats.nfe.tolist())))
+    return [out[i][0] for i in range(len(problems))], [out[i][1] for i in range(len(problems))]
+
+
+def _prompt_batches(em: EvalModel, problems: Sequence[Problem], size: int) -> list[list[int]]:
+    """Batches of problem indices: in order, or grouped by prompt length when the model takes no position_ids."""
+    order = list(range(len(problems)))
+    if accepts(em.model, "position_ids"):
+        return [list(b) for b in _batches(order, size)]
+    groups: dict[int, list[int]] = {}
+    for i in order:
+        groups.setdefault(len(em.tokenizer(problems[i].prompt, add_special_tokens=False)["input_ids"]), []).append(i)
+    return [list(b) for g in groups.values() for b in _batches(g, size)]
 
 
 @torch.no_grad()
@@ -114,6 +131,11 @@ def autoregressive_generations(em: EvalModel, problems: Sequence[Problem], cfg: 
             seq = em.model.generate(**kw)
         out += _decode(em.tokenizer, seq[:, ids.shape[1]:], chunk[0].stop)
     return out
+
+
+def _settings_record(settings: SamplerSettings) -> dict:
+    """What a sample row records of how it was sampled (the resolved sampler included)."""
+    return {**dataclasses.asdict(settings), "sampler": settings.resolved_sampler}
 
 
 def _done_keys(path: Path) -> set[tuple]:
@@ -180,7 +202,8 @@ def run_evaluation(
             texts, nfe = ((autoregressive_generations(em, chunk, cfg), [None] * len(chunk)) if s is None
                           else diffusion_generations(em, chunk, s, cfg))
             records = check_generations(chunk, texts, workers=workers, **exec_kw)
-            rows = [{"label": label, "steps": s, "nfe": n, "generation": t, **r}
+            used = None if s is None else _settings_record(cfg.sampling.replace(steps=s))
+            rows = [{"label": label, "steps": s, "nfe": n, "sampler": used, "generation": t, **r}
                     for t, n, r in zip(texts, nfe, records)]
             _append(path, rows)
             bar.update(len(chunk))

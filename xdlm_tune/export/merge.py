@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from xdlm_tune.model import SUPPORTED_FAMILIES, unwrap
 from xdlm_tune.model.load import DTYPES
+from xdlm_tune.model.native import load_native, native_family, read_config_dict
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ def merged_model(
         model = model.to(dtype)
     family = model.config.model_type
     if family not in SUPPORTED_FAMILIES:
-        raise ValueError(f"model_type {family!r} cannot be exported; supported: {', '.join(SUPPORTED_FAMILIES)}")
+        raise ValueError(f"model_type {family!r} cannot be exported; supported: {', '.join(SUPPORTED_FAMILIES)} "
+                         "(LLaDA and Dream load natively as llama / qwen2; other remote-code bases cannot be exported)")
     return model.eval()
 
 
@@ -85,9 +87,12 @@ def _dequantized_copy(model: nn.Module, *, dtype: torch.dtype | None, source) ->
         compute = getattr(torch, compute)
     dtype = dtype or compute or torch.float32
     logger.info("QLoRA export: reloading the unquantised base %s in %s", source, dtype)
-    fresh = AutoModelForCausalLM.from_pretrained(
-        source, dtype=dtype, attn_implementation=hf.config._attn_implementation
-    )
+    raw = read_config_dict(source)
+    kwargs = dict(dtype=dtype, attn_implementation=hf.config._attn_implementation)
+    if native_family(raw) is not None:  # LLaDA / Dream: the same native class and renaming as training
+        fresh = load_native(source, raw, **kwargs)
+    else:
+        fresh = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     with torch.no_grad():
         rows = _base_weight(hf.get_input_embeddings()).shape[0]
         if fresh.get_input_embeddings().weight.shape[0] != rows:
@@ -96,7 +101,7 @@ def _dequantized_copy(model: nn.Module, *, dtype: torch.dtype | None, source) ->
         head, fresh_head = hf.get_output_embeddings(), fresh.get_output_embeddings()
         if head is not None and fresh_head is not None and fresh_head.weight is not fresh.get_input_embeddings().weight:
             fresh_head.weight.copy_(_base_weight(head))
-    for key in ("mask_token_id", "xdlm_shift", "is_causal"):
+    for key in ("mask_token_id", "xdlm_shift", "is_causal", "xdlm_source_model_type"):
         if hasattr(hf.config, key):
             setattr(fresh.config, key, getattr(hf.config, key))
     name = model.active_adapter

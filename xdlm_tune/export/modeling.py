@@ -1,8 +1,8 @@
 """Generate an export's `modeling_xdlm.py` from the project's own source, so the two cannot drift.
 
 The file is the verbatim text of the sampler (`sampling/generate.py`) and the diffusion code it
-uses (`diffusion/_checks.py`, `schedule.py`, `posterior.py`) with its settings (`settings.py`) and
-KV cache (`cache.py`), then `hub_model.py` (the model
+uses (`diffusion/_checks.py`, `schedule.py`, `posterior.py`, `model/forward_args.py`) with its
+settings (`settings.py`) and KV cache (`cache.py`), then `hub_model.py` (the model
 class with `diffusion_generate`), concatenated in dependency order. Only two things change:
 module docstrings and top-level imports are removed, the non-project imports are gathered once
 at the top, and the import of `_XDLMBase` names the base family's class. A relative or
@@ -27,6 +27,7 @@ SOURCES = (
     "diffusion/_checks.py",
     "diffusion/schedule.py",
     "diffusion/posterior.py",
+    "model/forward_args.py",
     "sampling/settings.py",
     "sampling/cache.py",
     "sampling/generate.py",
@@ -42,9 +43,9 @@ def base_class_name(model_or_class) -> str:
         if klass.__module__.startswith("transformers.models.") and getattr(transformers, klass.__name__, None) is klass:
             return klass.__name__
     raise ValueError(
-        f"{cls.__name__} has no transformers model class among its bases; exports support the causal "
-        "families llama, qwen2, qwen3, mistral, gemma2 and gemma3_text (remote-code bases such as LLaDA "
-        "and Dream bring their own modeling code and are not supported yet)"
+        f"{cls.__name__} has no transformers model class among its bases; exports support the families "
+        "llama, qwen2, qwen3, mistral, gemma2 and gemma3_text (LLaDA and Dream load natively as llama / "
+        "qwen2; other remote-code bases bring their own modeling code and cannot be exported)"
     )
 
 

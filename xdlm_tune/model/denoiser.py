@@ -6,8 +6,6 @@ computes the logits chunk by chunk.
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,6 +13,7 @@ from transformers import PreTrainedModel
 
 from xdlm_tune.model.bidirectional import attention_mask_for_model
 from xdlm_tune.model.common import unwrap
+from xdlm_tune.model.forward_args import accepted_kwargs
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -103,9 +102,7 @@ class _HeadReached(Exception):
 def _hidden_via_head_hook(model: PreTrainedModel, **inputs) -> torch.Tensor:
     """Hidden states as the output head receives them, for remote-code models (LLaDA,
     Dream) whose outputs do not expose them uniformly; the logits are never computed."""
-    accepted = inspect.signature(model.forward).parameters
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-    kwargs = {k: v for k, v in inputs.items() if v is not None and (takes_any or k in accepted)}
+    kwargs = accepted_kwargs(model, **{k: v for k, v in inputs.items() if v is not None})
     captured: list[torch.Tensor] = []
 
     def grab(module, args):

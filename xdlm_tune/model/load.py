@@ -26,6 +26,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from xdlm_tune.model.native import (
+    NATIVE_FAMILIES, NativeConfigError, load_native, load_tokenizer, native_family, read_config_dict,
+)
+
 logger = logging.getLogger(__name__)
 
 KINDS = ("causal", "diffusion")
@@ -150,15 +154,40 @@ def _model_class(source: str, kind: str, gguf_file: str | None, trust_remote_cod
     """(auto class, whether the model's code is remote) for `source`.
 
     AutoModelForCausalLM, except for remote-code diffusion bases registered only under
-    AutoModel (Dream).
+    AutoModel (Dream's original code).
     """
     if kind == "causal":
         return AutoModelForCausalLM, False
-    config = AutoConfig.from_pretrained(source, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(source, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+    except _REMOTE_FAILURES as err:
+        if not trust_remote_code:
+            raise
+        raise _remote_load_error(source, err) from err
     auto_map = getattr(config, "auto_map", None) or {}
     if "AutoModel" in auto_map and "AutoModelForCausalLM" not in auto_map:
         return AutoModel, True
     return AutoModelForCausalLM, bool(auto_map)
+
+
+# What remote modeling code written for another transformers version raises while loading
+# (LLaDA: AttributeError 'all_tied_weights_keys'; Dream: KeyError 'default' in its rotary embedding).
+_REMOTE_FAILURES = (AttributeError, KeyError, TypeError, ImportError, NotImplementedError, AssertionError)
+
+
+def _remote_load_error(source: str, err: Exception) -> RuntimeError:
+    """A clear error for a remote-code base that fails under the installed transformers."""
+    import transformers
+
+    model_type = (read_config_dict(source) or {}).get("model_type", "unknown")
+    return RuntimeError(
+        f"{source} (model_type {model_type!r}) could not be loaded through its own modeling code "
+        f"(trust_remote_code) under transformers {transformers.__version__}: {type(err).__name__}: {err}. "
+        f"Remote code is usually written for one transformers version; model_types "
+        f"{', '.join(NATIVE_FAMILIES)} load natively without it (kind: diffusion, trust_remote_code "
+        "not needed). For other bases, install the transformers version the model's code was written for, "
+        "or convert the checkpoint to a transformers architecture."
+    )
 
 
 def load_base(
@@ -174,8 +203,10 @@ def load_base(
     """Load a pretrained base model and its tokenizer, unchanged (see `prepare_model` for the adaptation).
 
     `name_or_path` is "smollm2-135m" (embedded default), a Hub id, a local folder, or a `.gguf`
-    file. `kind` is "causal" (a causal LM to convert) or "diffusion" (already a denoiser,
-    usually `trust_remote_code=True`). `quantization="nf4"` loads 4-bit weights for QLoRA.
+    file. `kind` is "causal" (a causal LM to convert) or "diffusion" (already a denoiser).
+    LLaDA and Dream (config.json model_type `llada` / `Dream`) load natively as bidirectional
+    Llama / Qwen2 models without running their remote code (model/native.py); other diffusion
+    bases need `trust_remote_code=True`. `quantization="nf4"` loads 4-bit weights for QLoRA.
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}; choose one of {KINDS}")
@@ -190,32 +221,63 @@ def load_base(
             "checkpoint (Hub id or safetensors folder) instead, or drop quantization"
         )
 
+    raw = read_config_dict(source) if gguf_file is None else None
+    family = native_family(raw)
+    if family is not None and kind == "causal":
+        raise ValueError(
+            f"{name_or_path} is model_type {family!r}, already a diffusion model (bidirectional, with a mask "
+            "token): load it with kind='diffusion' (model.kind: diffusion in a recipe)"
+        )
+    kwargs = dict(dtype=torch_dtype)
+    if family is not None:
+        if trust_remote_code:
+            logger.info("%s (model_type %s) loads natively; its remote code is not used", name_or_path, family)
+        kwargs["attn_implementation"] = attn_implementation
+        model = _from_pretrained(lambda **kw: load_native(source, raw, **kw), kwargs, quant_config)
+        tokenizer = load_tokenizer(source, family)
+        return model, _with_pad(tokenizer)
+
     model_cls, remote = _model_class(source, kind, gguf_file, trust_remote_code)
-    kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    kwargs["trust_remote_code"] = trust_remote_code
     if remote:
-        # Remote modeling code (LLaDA, Dream) runs its own attention and may refuse the
-        # transformers setting, so it keeps its default.
+        # Remote modeling code runs its own attention and may refuse the transformers
+        # setting, so it keeps its default.
         logger.info("%s brings its own modeling code; attn_implementation is left to it", name_or_path)
     else:
         kwargs["attn_implementation"] = attn_implementation
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
-    if quant_config is None:
-        model = model_cls.from_pretrained(source, **kwargs)
-    else:
-        try:
-            model = model_cls.from_pretrained(source, quantization_config=quant_config, **kwargs)
-        except (ImportError, RuntimeError, ValueError) as err:
-            raise RuntimeError(
-                f"4-bit (nf4) loading failed: {err}\nQLoRA needs a bitsandbytes build that supports "
-                "this device (CUDA, or CPU with a recent release; 0.50 is tested): upgrade it with "
-                "`pip install -U 'xdlm-tune[qlora]'`, or set quantization to null to train LoRA on "
-                "the full-precision model."
-            ) from err
+    try:
+        model = _from_pretrained(lambda **kw: model_cls.from_pretrained(source, **kw), kwargs, quant_config)
+    except _REMOTE_FAILURES as err:
+        if not remote:
+            raise
+        raise _remote_load_error(source, err) from err
 
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+    return model, _with_pad(tokenizer)
+
+
+def _from_pretrained(load, kwargs: dict, quant_config: BitsAndBytesConfig | None) -> PreTrainedModel:
+    """`load(**kwargs)`, in 4-bit when `quant_config` is set (with a clear error when that fails)."""
+    if quant_config is None:
+        return load(**kwargs)
+    try:
+        return load(quantization_config=quant_config, **kwargs)
+    except NativeConfigError:
+        raise
+    except (ImportError, RuntimeError, ValueError) as err:
+        raise RuntimeError(
+            f"4-bit (nf4) loading failed: {err}\nQLoRA needs a bitsandbytes build that supports "
+            "this device (CUDA, or CPU with a recent release; 0.50 is tested): upgrade it with "
+            "`pip install -U 'xdlm-tune[qlora]'`, or set quantization to null to train LoRA on "
+            "the full-precision model."
+        ) from err
+
+
+def _with_pad(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         # Batches need a pad id; eos is the usual choice and the mask checks refuse it as a mask.
         tokenizer.pad_token = tokenizer.eos_token
         logger.info("tokenizer has no pad token; using eos (%r)", tokenizer.eos_token)
-    return model, tokenizer
+    return tokenizer

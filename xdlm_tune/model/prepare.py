@@ -14,6 +14,7 @@ from xdlm_tune.model.common import enable_checkpointing
 from xdlm_tune.model.load import load_base
 from xdlm_tune.model.lora import attach_lora, log_parameter_counts
 from xdlm_tune.model.mask_token import setup_mask_token
+from xdlm_tune.model.native import NATIVE_FAMILIES, default_shift
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,10 @@ def prepare_model(
     causal bases: bidirectional attention, mask token chosen or added, `shift` defaults to
         True (keeps the pretrained next-token head meaningful).
     diffusion bases: left as they are; the mask id comes from `mask_id`/`mask_token`, the
-        tokenizer or config.mask_token_id, and `shift` must be given (LLaDA: False, Dream:
-        True) unless config.xdlm_shift records it (models this toolkit exported).
+        tokenizer or config.mask_token_id (LLaDA 126336, Dream 151666). LLaDA and Dream load
+        natively (model/native.py) and `shift` defaults to their convention (LLaDA False,
+        Dream True); config.xdlm_shift (models this toolkit exported) comes before that; other
+        diffusion bases need `shift` given.
     lora: keyword arguments of `attach_lora` (r, alpha, dropout, target_modules, use_rslora,
         use_dora, train_mask_row); None trains all weights (not possible on a 4-bit base).
     """
@@ -69,6 +72,8 @@ def prepare_model(
         mask_id = setup_mask_token(model, tokenizer, mask_token, mask_id, add_if_missing=False)
         if shift is None:
             shift = getattr(model.config, "xdlm_shift", None)
+        if shift is None and getattr(model.config, "xdlm_source_model_type", None) in NATIVE_FAMILIES:
+            shift = default_shift(model.config.xdlm_source_model_type)
         if shift is None:
             raise ValueError(
                 "diffusion bases need `shift` set: false for LLaDA (token i predicted at i), "

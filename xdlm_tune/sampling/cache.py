@@ -28,13 +28,15 @@ import inspect
 import torch
 from transformers import DynamicCache
 
+from ..model.forward_args import forward_owner
+
 CACHE_BACKENDS = ("sdpa", "eager", "flash_attention_2")
 
 
 def native_model(model):
-    """The transformers-native model inside ``model`` (a PEFT wrapper is looked through), or a
-    ValueError saying why the KV cache cannot run on it."""
-    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    """The transformers-native model inside ``model`` (PEFT / DDP wrappers are looked through), or
+    a ValueError saying why the KV cache cannot run on it."""
+    hf = forward_owner(model)
     if not any(k.__module__.startswith("transformers.models.") for k in type(hf).__mro__):
         raise ValueError(
             f"cache needs a transformers-native model; {type(hf).__name__} ({type(hf).__module__}) brings its own "

@@ -52,6 +52,7 @@ from typing import Callable
 import torch
 
 from ..diffusion import make_schedule, reverse_posterior
+from ..model.forward_args import accepted_kwargs, forward_owner
 from .cache import BlockCache
 from .settings import SamplerSettings, with_overrides
 ANCESTRAL_T_MIN = 1e-5
@@ -95,6 +96,9 @@ def model_logits_fn(model, *, shift: bool) -> Callable:
     Only the last ``keep`` positions' logits are computed (``logits_to_keep``). With ``shift`` the
     logits for token i come from position i - 1, so one more position is kept and the last dropped;
     a row's first real token (nothing before it) uses its own position, as in training.
+    Only the keyword arguments the model's forward accepts are passed (remote code, e.g. LLaDA's
+    original, takes neither ``logits_to_keep`` nor ``position_ids``); a padded batch for a model
+    without ``position_ids`` is refused, since its padded rows' positions would shift.
     """
 
     def fn(ids, attention_mask, keep, **model_kwargs):
@@ -103,7 +107,13 @@ def model_logits_fn(model, *, shift: bool) -> Callable:
             kwargs["attention_mask"] = attention_mask
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         n = min(keep + int(shift), ids.shape[1])
-        out = model(input_ids=ids, logits_to_keep=n, **kwargs)
+        kwargs = accepted_kwargs(model, logits_to_keep=n, **kwargs)
+        if attention_mask is not None and "position_ids" not in kwargs:
+            raise ValueError(
+                f"{type(forward_owner(model)).__name__}.forward takes no position_ids, so a padded batch would "
+                "shift the padded rows' positions: give prompts of equal length (or one at a time)"
+            )
+        out = model(input_ids=ids, **kwargs)
         logits = out.logits if hasattr(out, "logits") else out
         logits = logits[:, -n:]
         if not shift:

@@ -14,13 +14,16 @@ The recipe is resolved as for a real run; then, in a temporary directory,
 
 Family: read from the model's config when it is available offline (a local folder, the
 Hub cache, the embedded default once converted), else guessed from the name (llama, qwen,
-mistral, gemma, smollm); unknown names use a Llama. Diffusion bases (kind: diffusion, e.g.
-LLaDA-8B-Base, Dream) get a tiny already-bidirectional denoiser with its own modeling file
-(trust_remote_code, registered under AutoModel and AutoModelForCausalLM, as LLaDA is), so
-the run takes the remote-code path the real model takes (hidden states read at the output
-head). LLaDA's mask id 126336 would need a 126k-row vocabulary; the stand-in keeps the same
-mask semantics (an explicit id naming a dedicated vocabulary entry, `<|mdm_mask|>`, no new
-token, shift as in the recipe) with that entry as the last id of its small vocabulary.
+mistral, gemma, smollm); unknown names use a Llama. Diffusion bases (kind: diffusion) of
+the natively loaded families (LLaDA, Dream: from the config, else from the name) get a tiny
+checkpoint in that family's own layout (LLaDA's config.json fields and parameter names, or
+Dream's model_type with Qwen2 names; no modeling code), so the run takes the native path the
+real model takes. Other diffusion bases get a tiny denoiser with its own modeling file
+(trust_remote_code, registered under AutoModel and AutoModelForCausalLM) whose forward has
+LLaDA's original strict signature: no **kwargs, no position_ids, no logits_to_keep.
+LLaDA's mask id 126336 would need a 126k-row vocabulary; the stand-ins keep the same mask
+semantics (an explicit id naming a dedicated vocabulary entry, `<|mdm_mask|>`, no new token,
+shift as in the recipe) with that entry as the last id of their small vocabulary.
 What a dry run cannot check: downloads (model, gated licences, Hub datasets), memory, speed.
 """
 from __future__ import annotations
@@ -90,13 +93,21 @@ def stand_in_recipe(recipe: Recipe, workdir: Path) -> tuple[Recipe, list[str]]:
 
     # The model.
     if m.kind == "diffusion":
-        m.name_or_path, mask_id = _diffusion_stand_in(workdir / "model", mask_token=a.mask_token)
+        native = _native_family(m.name_or_path)
+        if native is not None:
+            m.name_or_path, mask_id = _native_stand_in(workdir / "model", native, mask_token=a.mask_token)
+            m.trust_remote_code = False
+            notes.append(f"model: a 2-layer {native}-format checkpoint (its config.json and weight names, "
+                         "no modeling code) through the native path")
+        else:
+            m.name_or_path, mask_id = _diffusion_stand_in(workdir / "model", mask_token=a.mask_token)
+            m.trust_remote_code = True
+            notes.append("model: a 2-layer bidirectional denoiser with its own modeling file (remote-code path, "
+                         "LLaDA's strict forward signature)")
         if a.mask_id is not None:
             entry = a.mask_token or DIFFUSION_MASK
             notes.append(f"adaptation.mask_id {a.mask_id} -> {mask_id} ({entry}, the stand-in's last id)")
             a.mask_id = mask_id
-        m.trust_remote_code = True
-        notes.append("model: a 2-layer bidirectional denoiser with its own modeling file (remote-code path)")
     else:
         family, source, real = _family(m.name_or_path)
         m.name_or_path = _causal_stand_in(workdir / "model", family, real, mask_token=a.mask_token)
@@ -208,9 +219,49 @@ def _causal_stand_in(path: Path, family: str, real: dict[str, Any], *, mask_toke
     return str(path)
 
 
+def _native_family(name_or_path: str) -> str | None:
+    """"llada" / "Dream" when the diffusion base loads natively (its config offline, else its name)."""
+    from ..model.native import NATIVE_FAMILIES
+
+    config = _local_config(name_or_path)
+    if config is not None:
+        return config.get("model_type") if config.get("model_type") in NATIVE_FAMILIES else None
+    lowered = str(name_or_path).lower()
+    return "llada" if "llada" in lowered else "Dream" if "dream" in lowered else None
+
+
+def _native_stand_in(path: Path, family: str, *, mask_token: str | None) -> tuple[str, int]:
+    """A tiny random LLaDA- or Dream-format checkpoint (as the Hub models lay theirs out); returns (path, mask id)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..model.native import save_llada_format
+
+    tok = byte_tokenizer(mask_token=mask_token or DIFFUSION_MASK)
+    arch = "llama" if family == "llada" else "qwen2"
+    config = AutoConfig.for_model(arch, **STANDIN_DIMS, **_FAMILY_EXTRAS[arch], vocab_size=len(tok),
+                                  max_position_embeddings=4 * MAX_SEQ_LEN, pad_token_id=0, bos_token_id=1,
+                                  eos_token_id=2)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config)
+    if family == "llada":
+        save_llada_format(model, path, mask_token_id=tok.mask_token_id)
+    else:  # Dream's checkpoints are Qwen2's, under their own model_type and remote classes
+        model.save_pretrained(path)
+        raw = json.loads((path / "config.json").read_text())
+        raw.update(model_type="Dream", architectures=["DreamModel"], mask_token_id=tok.mask_token_id,
+                   auto_map={"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"})
+        (path / "config.json").write_text(json.dumps(raw, indent=2))
+    tok.save_pretrained(path)
+    return str(path), tok.mask_token_id
+
+
 _MODELING = '''
-"""A tiny bidirectional denoiser with its own modeling code: the dry-run stand-in for
-diffusion bases such as LLaDA (which also brings its own code and exposes no hidden states)."""
+"""A tiny bidirectional denoiser with its own modeling code: the dry-run stand-in for remote-code
+diffusion bases. Its forward has the signature of LLaDA's original one (no **kwargs, no
+position_ids, no logits_to_keep) and exposes no hidden states, so a call that passes anything
+else fails here as it would there."""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -269,7 +320,11 @@ class XdlmStandInModel(PreTrainedModel):
     def get_output_embeddings(self):
         return self.ff_out
 
-    def forward(self, input_ids, attention_mask=None, **kwargs):
+    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, attention_bias=None,
+                past_key_values=None, labels=None, use_cache=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None):
+        if inputs_embeds is not None or attention_bias is not None or past_key_values is not None:
+            raise NotImplementedError("the stand-in takes input_ids and attention_mask only")
         pos = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = self.wte(input_ids) + self.wpe(pos)[None]
         for block in self.blocks:

@@ -14,6 +14,8 @@ processes, all accumulated micro-batches) of w(t) * h, with w = -dalpha/dt ("elb
 whatever the padding, and the noise of an example depends only on its place in the step's
 global batch: runs with the same per-device batch x processes x accumulation (say 4 x 1 x 1,
 2 x 2 x 1 and 1 x 2 x 2) see the same examples and noise and take the same step.
+With data.pad_answer_with_eos (SFT) the loss is instead the mean over the global batch's answers
+of each answer's mean w(t) * h (LLaDA's SFT normalisation).
 """
 from __future__ import annotations
 
@@ -36,7 +38,9 @@ from ..diffusion import make_schedule
 from ..model import anneal_progress, annealed_attention_mask, output_projection, prepare_model
 from .heldout import EVAL_SEED, heldout_elbo
 from .metrics import MetricsWriter, Progress
-from .objective import DenoiserObjective, NoiseSampler, drop_mask_tokens, keyed_generator, step_inputs
+from .objective import (
+    DenoiserObjective, NoiseSampler, drop_mask_tokens, keyed_generator, per_answer_weights, step_inputs,
+)
 from .optim import build_optimizer, build_scheduler
 from .runtime import (
     build_accelerator, deepspeed_config, fill_hidden_size_autos, reset_accelerate_state, single_process_group_env,
@@ -225,12 +229,15 @@ def train_step(step: int, micro_batches: list[dict[str, torch.Tensor]], *, model
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     batch_size, accum = cfg.per_device_batch_size, len(micro_batches)
     counts = torch.tensor([sum(float(b["loss_mask"].sum()) for b in micro_batches),
-                           sum(float(b["attention_mask"].sum()) for b in micro_batches)], dtype=torch.float64,
+                           sum(float(b["attention_mask"].sum()) for b in micro_batches),
+                           sum(float(b["loss_mask"].any(-1).sum()) for b in micro_batches)], dtype=torch.float64,
                           device=device)
-    loss_tokens, real_tokens = accelerator.reduce(counts, "sum").tolist()
+    loss_tokens, real_tokens, answers = accelerator.reduce(counts, "sum").tolist()
+    per_answer = recipe.data.mode == "sft" and recipe.data.pad_answer_with_eos
+    denominator = answers if per_answer else loss_tokens
     # DDP / DeepSpeed average gradients over processes and accelerate / DeepSpeed divide by
-    # the accumulation steps: undo both, and divide by the global number of loss tokens.
-    scale = world * accum / max(loss_tokens, 1.0)
+    # the accumulation steps: undo both, and divide by the global number of loss tokens (answers).
+    scale = world * accum / max(denominator, 1.0)
     anneal = anneal_progress(step, recipe.adaptation.attention_annealing_steps)
 
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -247,6 +254,8 @@ def train_step(step: int, micro_batches: list[dict[str, torch.Tensor]], *, model
             bias = annealed_attention_mask(batch["attention_mask"], anneal,
                                            generator=keyed_generator(cfg.seed, _ANNEAL, step))
         inputs = step_inputs(batch, nz, device, bias)
+        if per_answer:  # each answer's tokens weigh 1 / its length: a per-answer mean
+            inputs["token_weight"] = inputs["token_weight"] * per_answer_weights(inputs["loss_mask"])
         with accelerator.accumulate(model):
             h = model(**inputs)
             weighted = (inputs["token_weight"][:, None] * h * inputs["loss_mask"]).sum()
@@ -258,7 +267,7 @@ def train_step(step: int, micro_batches: list[dict[str, torch.Tensor]], *, model
         total += weighted.detach().double()
     lr = scheduler.get_last_lr()[0]  # the rate this update used
     scheduler.step()
-    loss = accelerator.reduce(total, "sum").item() / max(loss_tokens, 1.0)
+    loss = accelerator.reduce(total, "sum").item() / max(denominator, 1.0)
     return {"loss": loss, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
             "tokens": int(real_tokens), "loss_tokens": int(loss_tokens)}
 

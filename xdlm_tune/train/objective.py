@@ -131,6 +131,14 @@ def drop_mask_tokens(batch: dict[str, torch.Tensor], mask_id: int) -> dict[str, 
     return batch
 
 
+def per_answer_weights(loss_mask: torch.Tensor) -> torch.Tensor:
+    """[B]: 1 / (loss tokens of each row), 0 for a row without any. Multiplied into the token
+    weight, the summed loss becomes a sum of per-answer means (LLaDA's SFT normalisation: an
+    answer padded with EOS to seq_len counts once, however short its text is)."""
+    n = loss_mask.sum(-1).to(torch.float32)
+    return torch.where(n > 0, 1.0 / n.clamp(min=1.0), torch.zeros_like(n))
+
+
 def step_inputs(batch: dict[str, torch.Tensor], noise: Noise, device: torch.device,
                 attention_bias: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """DenoiserObjective's keyword arguments for a collated batch and its noise, on `device`."""

@@ -1,0 +1,332 @@
+"""`xdlm-tune sweep RECIPE --k 0 0.1 1 --steps 4 8 16 32`: the paper's understanding vs generation plot.
+
+    xdlm-tune sweep recipes/smollm2-135m-xdlm-lora.yaml --k 0 0.1 1 --steps 8 16 32 --out runs/sweep training.max_steps=100
+    accelerate launch -m xdlm_tune.sweep RECIPE --k 0 0.1 1 ...       (training on several processes)
+
+One training run per k, all with the same data, seed and steps, in OUT/k=<k>/ (a finished run
+is reused, an unfinished one resumed: an interrupted sweep picks up where it stopped). For each
+run, the held-out NELBO (the trainer's ELBO on the recipe's held-out set, the same for every k,
+at the last step: the x-axis, "understanding") and the generation metrics of
+`xdlm-tune eval --benchmark genppl` at each step budget (the y-axis), on the same prefixes
+under the same AR judge (the base model). The untrained conversion (step 0 of the k = first
+run) and the judge's own samples are reference rows. Writes OUT/sweep.json, OUT/sweep.md and
+OUT/pareto.png (held-out NELBO vs gen-PPL, a labelled marker per k, one line per step budget;
+lower-left is better). Training runs on every launched process; sampling on the main one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+SAMPLE_SETTINGS = ("steps", "num_samples", "gen_length", "block_length", "prefix_tokens", "sampler", "temperature",
+                   "top_p", "final_step", "batch_size", "seed", "judge", "code")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .sampling import FINAL_STEPS, SAMPLERS
+
+    ap = argparse.ArgumentParser(prog="xdlm-tune sweep", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("recipe")
+    ap.add_argument("overrides", nargs="*", metavar="section.key=value", help="recipe overrides for every run")
+    ap.add_argument("--k", type=float, nargs="+", required=True, help="mixing ratios, e.g. 0 0.05 0.1 0.3 1")
+    ap.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16, 32], help="sampler step budgets")
+    ap.add_argument("--out", help="sweep folder (default runs/sweep-<recipe name>)")
+    ap.add_argument("--num-samples", type=int, default=16)
+    ap.add_argument("--gen-length", type=int, default=64)
+    ap.add_argument("--block-length", type=int, default=None)
+    ap.add_argument("--prefix-tokens", type=int, default=0, help="0: unconditional; N: continue held-out prefixes")
+    ap.add_argument("--sampler", choices=SAMPLERS, default="ancestral",
+                    help="ancestral (default): the exact reverse process, right for every k (k = 1 never sees [MASK])")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--final-step", choices=FINAL_STEPS, default="none",
+                    help="ancestral: the authors' extra sampled step to alpha_s = 1")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--judge", help="AR judge (default: the recipe's base model)")
+    ap.add_argument("--code", action=argparse.BooleanOptionalAction, default=None,
+                    help="report the compile rate (default: on for the builtin code corpora)")
+    return ap
+
+
+def _fail(msg: str) -> None:
+    raise SystemExit(f"xdlm-tune sweep: {msg}")
+
+
+def check_args(args) -> None:
+    if any(not 0 <= k <= 1 for k in args.k):
+        _fail(f"--k {args.k}: every k must be in [0, 1] (0 = MDLM, 1 = UDLM)")
+    if len(set(args.k)) != len(args.k):
+        _fail(f"--k {args.k}: each k once")
+    if args.num_samples < 1 or args.gen_length < 1 or args.prefix_tokens < 0:
+        _fail("--num-samples and --gen-length must be >= 1, --prefix-tokens >= 0")
+    bad = [s for s in args.steps if not 1 <= s <= args.gen_length]
+    if bad:
+        _fail(f"--steps {bad}: each budget must be in [1, --gen-length={args.gen_length}]")
+
+
+def run_dir(out: Path, k: float) -> Path:
+    return out / f"k={k:g}"
+
+
+def run_recipe(args, k: float, out: Path):
+    """The recipe of the run for k: the sweep's overrides, then k, the run folder and the resume."""
+    from .checkpoint import list_checkpoints
+    from .config import load_recipe
+
+    folder = run_dir(out, k)
+    recipe = load_recipe(args.recipe, [*args.overrides, f"diffusion.k={k}", f"training.output_dir={folder}"])
+    recipe.training.resume = "latest" if list_checkpoints(folder) else False
+    if recipe.training.eval_every == 0:  # the held-out NELBO is the x-axis: at least at step 0 and at the end
+        recipe.training.eval_every = recipe.training.max_steps
+    return recipe
+
+
+def finished(recipe) -> bool:
+    from .checkpoint import list_checkpoints
+
+    ckpts = list_checkpoints(recipe.training.output_dir)
+    return bool(ckpts) and ckpts[-1][0] >= recipe.training.max_steps
+
+
+def heldout_nelbo(folder: Path, step: int) -> float | None:
+    """The trainer's held-out NELBO at ``step`` (from the run's metrics.jsonl)."""
+    from .train.metrics import read_metrics
+
+    values = [m["eval/nelbo"] for m in read_metrics(folder) if m.get("step") == step and "eval/nelbo" in m]
+    return values[-1] if values else None
+
+
+def train_all(args, out: Path) -> list[Any]:
+    """Train (or reuse / resume) one run per k, in order; returns their recipes."""
+    from .train.loop import train
+    from .train.runtime import shutdown_process_group
+
+    recipes = []
+    for k in args.k:
+        recipe = run_recipe(args, k, out)
+        if finished(recipe):
+            print(f"[sweep] k={k:g}: finished run reused ({recipe.training.output_dir})", flush=True)
+        else:
+            print(f"[sweep] k={k:g}: training {recipe.training.max_steps} steps -> {recipe.training.output_dir}",
+                  flush=True)
+            train(recipe)
+        recipes.append(recipe)
+    shutdown_process_group()
+    return recipes
+
+
+def _settings(args, code: bool) -> dict[str, Any]:
+    s = {name: getattr(args, name, None) for name in SAMPLE_SETTINGS}
+    s["code"] = code
+    return s
+
+
+def _cached(path: Path, settings: dict) -> list[dict] | None:
+    if not path.is_file():
+        return None
+    body = json.loads(path.read_text())
+    return body["rows"] if body.get("settings") == settings else None
+
+
+def _write_cache(path: Path, settings: dict, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"settings": settings, "rows": rows}, indent=2))
+    os.replace(tmp, path)
+
+
+def measure(args, recipes: list, out: Path) -> dict[str, Any]:
+    """Generation metrics of every run (cached per run), the references, and the sweep's rows."""
+    import torch
+
+    from .evaluation.genppl_run import CODE_SOURCES, generation_metrics, is_sft, make_prefixes
+    from .evaluation.harness import EvalModel, GenerationConfig
+    from .evaluation.run import ar_baseline_model, checkpoint_model
+    from .model import prepare_model
+    from .sampling import SamplerSettings
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    first = recipes[0]
+    m = first.model
+    dtype = "float32" if device.type == "cpu" else "bfloat16"
+    judge_name = args.judge or m.name_or_path
+    if args.judge is None and m.kind != "causal":
+        _fail("the recipe's base is a diffusion model, which cannot be the AR judge: pass --judge")
+    judge = ar_baseline_model(judge_name, device, label=f"{Path(judge_name).name}", dtype=dtype,
+                              attn_implementation=m.attn_implementation or "sdpa",
+                              gguf_file=None if args.judge else m.gguf_file, trust_remote_code=m.trust_remote_code)
+    code = args.code if args.code is not None else first.data.source in CODE_SOURCES
+    settings = _settings(args, code)
+
+    def gen_config(recipe) -> GenerationConfig:  # the run's own k, schedule and eps
+        d = recipe.diffusion
+        sampling = SamplerSettings(gen_length=args.gen_length, block_length=args.block_length, sampler=args.sampler,
+                                   temperature=args.temperature, top_p=args.top_p, k=d.k, schedule=d.schedule,
+                                   eps=d.eps, final_step=args.final_step)
+        for s in args.steps:
+            try:
+                sampling.replace(steps=s).check()
+            except ValueError as e:
+                _fail(f"--steps {s}: {e}")
+        return GenerationConfig(sampling=sampling, batch_size=args.batch_size, seed=args.seed)
+
+    prefixes = None
+    rows = []
+    ref_path = out / "reference.json"
+    ref_key = {**settings, "k": args.k[0], "data": first.to_dict()["data"]}
+    cached_ref = _cached(ref_path, ref_key)
+    for i, (k, recipe) in enumerate(zip(args.k, recipes)):
+        folder = run_dir(out, k)
+        cache = folder / "sweep_gen.json"
+        run_key = {**settings, "trained_steps": recipe.training.max_steps}  # a longer rerun is measured again
+        gen = _cached(cache, run_key)
+        if gen is None:
+            em = checkpoint_model(folder, device, label=f"k={k:g}")
+            prefixes = prefixes or make_prefixes(em.tokenizer, recipe=recipe, n=args.num_samples,
+                                                 prefix_tokens=args.prefix_tokens)
+            gen = [asdict(r) for r in generation_metrics(
+                em, judge, prefixes, steps=args.steps, cfg=gen_config(recipe), code=code,
+                compile_prefix=not is_sft(recipe),
+                samples_file=folder / "samples_genppl.jsonl", reference=False)]
+            _write_cache(cache, run_key, gen)
+            del em
+        nelbo = heldout_nelbo(folder, recipe.training.max_steps)
+        for g in gen:
+            row = {"k": k, "steps": g["steps"], "heldout_nelbo": nelbo, "gen_ppl": g["gen_ppl"],
+                   "entropy": g["entropy"], "n": g["n"], "ended": g["ended"]}
+            if code:
+                row["syntax_valid"] = g["syntax_valid"]
+            rows.append(row)
+        if i == 0 and cached_ref is None:  # references: the untrained conversion and the judge itself
+            pm = prepare_model(m.name_or_path, kind=m.kind, dtype=dtype, attn_implementation=m.attn_implementation,
+                               gguf_file=m.gguf_file, trust_remote_code=m.trust_remote_code,
+                               mask_token=recipe.adaptation.mask_token, mask_id=recipe.adaptation.mask_id,
+                               shift=recipe.adaptation.shift)
+            em0 = EvalModel(pm.model.to(device).eval(), pm.tokenizer, "untrained", mask_id=pm.mask_id,
+                            shift=pm.shift)
+            prefixes = prefixes or make_prefixes(em0.tokenizer, recipe=recipe, n=args.num_samples,
+                                                 prefix_tokens=args.prefix_tokens)
+            ref = generation_metrics(em0, judge, prefixes, steps=args.steps, cfg=gen_config(recipe),
+                                     code=code, reference=True, compile_prefix=not is_sft(recipe))
+            cached_ref = [{**asdict(r), "heldout_nelbo": heldout_nelbo(folder, 0) if r.steps is not None else None,
+                           "k": k if r.steps is not None else None} for r in ref]
+            _write_cache(ref_path, ref_key, cached_ref)
+    return {"settings": {**settings, "k": args.k, "recipe": str(args.recipe), "overrides": list(args.overrides),
+                         "max_steps": first.training.max_steps},
+            "rows": rows, "reference": cached_ref or []}
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def markdown(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    code = s["code"]
+    head = ["k", "steps", "held-out NELBO", "gen-PPL", "entropy"] + (["compiles"] if code else []) + ["ended"]
+    where = "unconditional" if not s["prefix_tokens"] else f"after {s['prefix_tokens']}-token held-out prefixes"
+    lines = [f"# xdlm-tune sweep: {Path(s['recipe']).name}, {s['max_steps']} training steps per k",
+             "",
+             f"{s['num_samples']} samples of {s['gen_length']} tokens ({where}), "
+             f"sampler {s['sampler']}, temperature {s['temperature']}; gen-PPL under the AR judge. "
+             "Held-out NELBO in nats/token under each run's own k (lower is better).",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def fmt(x, spec):
+        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+    for r in result["rows"]:
+        cells = [f"{r['k']:g}", str(r["steps"]), fmt(r["heldout_nelbo"], ".3f"), fmt(r["gen_ppl"], ".2f"),
+                 fmt(r["entropy"], ".3f")]
+        if code:
+            cells.append(fmt(None if r.get("syntax_valid") is None else 100 * r["syntax_valid"], ".1f"))
+        cells.append(f"{100 * r['ended']:.0f}%")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Reference rows (untrained conversion at step 0 of the first run; the AR judge's own samples):",
+              "", "| model | steps | held-out NELBO | gen-PPL | entropy |" + (" compiles |" if code else "")
+              + " ended |", "|---|---|---|---|---|" + ("---|" if code else "") + "---|"]
+    for r in result["reference"]:
+        cells = [r["label"], "AR" if r["steps"] is None else str(r["steps"]), fmt(r.get("heldout_nelbo"), ".3f"),
+                 fmt(r["gen_ppl"], ".2f"), fmt(r["entropy"], ".3f")]
+        if code:
+            cells.append(fmt(None if r.get("syntax_valid") is None else 100 * r["syntax_valid"], ".1f"))
+        cells.append(f"{100 * r['ended']:.0f}%")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def pareto_plot(result: dict[str, Any], path: Path) -> Path:
+    """Held-out NELBO (x) vs gen-PPL (y, log): one line per step budget through the k markers."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.8, 4.6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    rows = [r for r in result["rows"] if r["heldout_nelbo"] is not None and math.isfinite(r["gen_ppl"])]
+    markers = "os^Dv<>pPX*h"
+    ks = sorted({r["k"] for r in rows})
+    for i, steps in enumerate(sorted({r["steps"] for r in rows})):
+        pts = sorted((r for r in rows if r["steps"] == steps), key=lambda r: r["k"])
+        ax.plot([r["heldout_nelbo"] for r in pts], [r["gen_ppl"] for r in pts], "-", color=f"C{i}", alpha=0.7,
+                label=f"{steps} steps")
+        for r in pts:
+            ax.plot(r["heldout_nelbo"], r["gen_ppl"], markers[ks.index(r["k"]) % len(markers)], color=f"C{i}",
+                    markersize=7)
+            if i == 0:  # one label per k (its markers share the x of its held-out NELBO)
+                ax.annotate(f"k={r['k']:g}", (r["heldout_nelbo"], r["gen_ppl"]), textcoords="offset points",
+                            xytext=(5, 4), fontsize=8)
+    untrained = [r for r in result["reference"] if r["steps"] is not None and r.get("heldout_nelbo") is not None]
+    for j, r in enumerate(untrained):  # x markers in the colour of their step budget
+        i = sorted({q["steps"] for q in rows}).index(r["steps"]) if r["steps"] in {q["steps"] for q in rows} else 0
+        ax.plot(r["heldout_nelbo"], r["gen_ppl"], "x", color=f"C{i}", markersize=8, mew=2)
+        if j == 0:
+            ax.annotate(f"untrained (k={r['k']:g})", (r["heldout_nelbo"], r["gen_ppl"]), textcoords="offset points",
+                        xytext=(0, -13), fontsize=8, ha="center")
+    for j, r in enumerate(r for r in result["reference"] if r["steps"] is None):
+        ax.axhline(r["gen_ppl"], color="0.4", linestyle=[":", "--"][j % 2], linewidth=1, label=r["label"])
+    ax.set_yscale("log")
+    ax.set_xlabel("held-out NELBO (nats/token, each run's own k)  ->  understanding")
+    ax.set_ylabel("gen-PPL under the AR judge  ->  generation")
+    s = result["settings"]
+    ax.set_title(f"{Path(s['recipe']).name}: {s['max_steps']} steps per k (lower-left is better)", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def write_outputs(result: dict[str, Any], out: Path) -> dict[str, Path]:
+    (out / "sweep.json").write_text(json.dumps(result, indent=2))
+    (out / "sweep.md").write_text(markdown(result))
+    return {"json": out / "sweep.json", "md": out / "sweep.md", "png": pareto_plot(result, out / "pareto.png")}
+
+
+def sweep_main(argv: list[str] | None = None) -> int:
+    from .config import RecipeError
+    from .launch import launched
+
+    args = build_parser().parse_intermixed_args(argv)
+    check_args(args)
+    out = Path(args.out or f"runs/sweep-{Path(args.recipe).stem}")
+    try:
+        recipes = train_all(args, out)
+    except RecipeError as e:
+        _fail(str(e))
+    if launched() and os.environ.get("RANK", "0") != "0":
+        return 0  # sampling and the outputs are the main process's
+    result = measure(args, recipes, out)
+    paths = write_outputs(result, out)
+    print("\n" + paths["md"].read_text())
+    print(f"[sweep] {paths['json']}, {paths['md']}, {paths['png']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(sweep_main())
