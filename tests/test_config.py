@@ -220,3 +220,39 @@ def test_loading_a_recipe_imports_no_model_code():
             "bad = [m for m in ('torch', 'transformers', 'datasets', 'peft') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code, str(DEFAULT)], check=True, cwd=REPO)
+
+
+# --------------------------------------------------------------------------- where a bad value came from
+
+
+def test_bad_override_value_names_the_override_not_the_file():
+    msg = error_of(DEFAULT, ["training.max_steps=abc"])
+    assert "training.max_steps: expected an integer, got 'abc'" in msg
+    assert "set by the command-line override 'training.max_steps=abc'" in msg
+    assert DEFAULT.name not in msg  # the file is not to blame
+
+
+def test_value_check_names_the_override():
+    msg = error_of(DEFAULT, ["diffusion.k=2"])
+    assert "diffusion.k: must be in [0, 1]" in msg and "command-line override 'diffusion.k=2'" in msg
+
+
+def test_bad_values_in_a_file_name_file_and_line(tmp_path):
+    path = write(tmp_path, "diffusion:\n  kk: 0.5\ntraining:\n  lr: 0.1\n  max_steps: x\n")
+    msg = error_of(path)
+    assert f"diffusion.kk: unknown key; did you mean 'diffusion.k'?" in msg and f"set in {path}, line 2" in msg
+    assert f"training.max_steps: expected an integer, got 'x' (set in {path}, line 5)" in msg
+    msg = error_of(write(tmp_path, "diffusion:\n  eps: 0.7\n"))
+    assert "diffusion.eps: must be in (0, 0.5)" in msg and "line 2)" in msg
+
+
+def test_a_default_that_breaks_a_rule_is_named_as_the_default():
+    # gen_length from the command line, block_length left at its default of 256
+    msg = error_of(None, ["eval.gen_length=100"])
+    assert "eval.block_length: must be positive and divide gen_length (100)" in msg and "(the default value)" in msg
+
+
+def test_a_later_override_is_the_source_and_a_whole_section_override_owns_its_keys(tmp_path):
+    path = write(tmp_path, "diffusion:\n  k: 0.5\n")
+    assert "command-line override 'diffusion.k=3'" in error_of(path, ["diffusion.k=3"])
+    assert "command-line override 'diffusion={k: 3}'" in error_of(path, ["diffusion={k: 3}"])

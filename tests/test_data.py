@@ -322,3 +322,44 @@ def test_shipped_recipes_data_with_the_real_tokenizer(shared_data):
     bundle = build_data(cfg, real, batch_size=2)
     assert len(bundle.train.dataset) + len(bundle.eval) == 374
     assert max(bundle.train.dataset["prompt_len"]) <= cfg.max_prompt_len
+
+
+# --------------------------------------------------------------------------- the tokenized-data cache
+
+
+def test_tokenized_builtin_data_is_reused_only_when_nothing_changed(tok, monkeypatch, tmp_path, capsys):
+    import xdlm_tune.data.cache as cache
+
+    monkeypatch.setenv("XDLM_TUNE_CACHE", str(tmp_path / "cache"))
+    calls = []
+    import xdlm_tune.data.loader as loader
+
+    encode = loader.encode_dataset
+
+    def counting(ds, cfg, tokenizer):
+        calls.append(len(ds))
+        return encode(ds, cfg, tokenizer)
+
+    monkeypatch.setattr(loader, "encode_dataset", counting)
+    cfg = recipe("data.seq_len=64", "data.eval_holdout=2", "data.max_records=4").data
+    first = build_data(cfg, tok, batch_size=3)
+    assert calls == [2, 4] and "reused" not in capsys.readouterr().out  # held-out and training records encoded
+    again = build_data(cfg, tok, batch_size=3)
+    assert calls == [2, 4]  # nothing encoded again
+    assert "data: reused the tokenized python-stdlib" in capsys.readouterr().out
+    assert again.train.dataset["input_ids"] == first.train.dataset["input_ids"]
+    assert [e["input_ids"] for e in again.eval] == [e["input_ids"] for e in first.eval]
+    assert [b["input_ids"].tolist() for b, _ in zip(again.train, range(3))] == \
+        [b["input_ids"].tolist() for b, _ in zip(first.train, range(3))]
+    # Other data settings, other records or another tokenizer: encoded afresh.
+    build_data(recipe("data.seq_len=32", "data.eval_holdout=2", "data.max_records=4").data, tok, batch_size=3)
+    build_data(recipe("data.seq_len=64", "data.eval_holdout=2", "data.max_records=5").data, tok, batch_size=3)
+    assert calls == [2, 4, 2, 4, 2, 5]  # the key covers every data setting, max_records too
+    assert cache.tokenizer_digest(tok) != cache.tokenizer_digest(_other_tokenizer(tok))
+
+
+def _other_tokenizer(tok):
+    other = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok.backend_tokenizer.to_str()),
+                                    eos_token="<|endoftext|>", pad_token="<|pad|>")
+    other.add_tokens(["<|mask|>"])
+    return other

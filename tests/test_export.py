@@ -457,3 +457,20 @@ def test_export_main_from_a_training_run(tmp_path, saved_as, monkeypatch, capsys
 def test_export_main_errors(tmp_path, capsys):
     assert export_main([str(tmp_path)]) == 2
     assert "holds no checkpoint" in capsys.readouterr().err
+
+
+def test_card_snippets_load_the_hub_repo_when_pushed_else_the_folder(tmp_path):
+    from xdlm_tune.export.card import model_card
+
+    settings = {"k": 0.1, "mask_id": 7, "mask_token": "<|mask|>", "shift": True, "schedule": "linear", "eps": 1e-3,
+                "generation": {"alg": "confidence", "max_new_tokens": 8, "steps": 4, "block_length": 8,
+                               "temperature": 0.0, "top_p": 1.0}}
+    common = dict(base_model="smollm2-135m", training_data="x", settings=settings, architecture="LlamaForCausalLM",
+                  dtype="float32")
+    pushed = model_card(name="you/mine", repo_id="you/mine", folder=str(tmp_path / "export"), **common)
+    assert "repo = 'you/mine'\n" in pushed and "name_or_path: you/mine\n" in pushed
+    assert str(tmp_path) not in pushed
+    local = model_card(name="export", folder=str(tmp_path / "export"), **common)
+    assert f"repo = '{tmp_path / 'export'}'  # this export's folder; once pushed to the Hub, its repo id" in local
+    assert f"name_or_path: {tmp_path / 'export'}  # this export's folder" in local
+    assert "repo = 'export'" not in local  # the folder's bare name loads nothing from elsewhere

@@ -107,6 +107,9 @@ def test_prepare_model_picks_the_native_path_from_config_json_alone(tmp_path, ma
     assert base.get_input_embeddings().weight.shape[0] == 1024  # vocabulary untouched
     other = prepare_model(path, kind="diffusion", shift=not shift, mask_id=MASK_ID)
     assert other.shift is (not shift)
+    # A recipe written for the remote code (trust_remote_code: true) still takes the native path.
+    legacy = prepare_model(path, kind="diffusion", trust_remote_code=True)
+    assert type(legacy.model).__name__ == cls
     with pytest.raises(ValueError, match="already a diffusion model.*kind='diffusion'"):
         prepare_model(path, kind="causal")
 

@@ -135,3 +135,18 @@ def test_a_full_fine_tune_of_the_llada_recipe_exports_and_reloads(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(plain(input_ids=ids, attention_mask=mask).logits,
                                    trained(input_ids=ids, attention_mask=mask).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_the_eval_cli_evaluates_a_native_base_as_a_diffusion_model(tmp_path, shared_data, capsys):
+    """`xdlm-tune eval --model <LLaDA folder>` (the paper's base row) needs neither --kind nor
+    --trust-remote-code: the base is a diffusion model loaded natively, mask id and shift its own."""
+    from xdlm_tune.evaluation.run import eval_main
+
+    torch.set_num_threads(1)
+    base = llada_base(tmp_path)
+    out = tmp_path / "eval"
+    assert eval_main(["--benchmark", "mbpp", "--data", str(shared_data / "mbpp.jsonl"), "--limit", "2",
+                      "--model", str(base), "--steps", "4", "--gen-length", "8", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and {r["steps"] for r in rows} == {4}
+    assert "| " in (out / "summary.md").read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -270,3 +271,55 @@ def test_labels_and_plot(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert ("matplotlib.pyplot" in sys.modules) == had_pyplot  # no global backend switched
     assert Counter(s.label for s in summaries) == {"xdlm": 3, "mdlm": 2}
+
+
+def _lines(ax):
+    return {line.get_label(): line for line in ax.get_lines()}
+
+
+def test_plot_draws_ar_rows_as_labelled_references_in_both_panels_and_diffusion_as_marked_lines():
+    pytest.importorskip("matplotlib")
+    from xdlm_tune.evaluation.metrics import Summary, summary_figure
+
+    rows = [Summary("smollm2-135m (AR)", None, 4, 0.0, 1.0), Summary("sampler", 8, 4, 0.0, 0.0),
+            Summary("sampler", 16, 4, 0.25, 0.5), Summary("sampler", 32, 4, 0.5, 0.75)]
+    fig = summary_figure(rows, benchmark="mbpp")
+    assert fig._suptitle.get_text() == "MBPP: pass@1 and syntax-valid rate, n = 4 problems"
+    pass_ax, valid_ax = fig.axes
+    assert (pass_ax.get_title(), valid_ax.get_title()) == ("pass@1", "syntax-valid rate")
+    for ax, ar_value, curve in ((pass_ax, 0.0, [0, 25, 50]), (valid_ax, 100.0, [0, 50, 75])):
+        lines = _lines(ax)
+        ar = lines["smollm2-135m (AR), greedy"]  # named once: no "(AR) AR"
+        assert list(ar.get_ydata()) == [ar_value, ar_value] and ar.get_zorder() > lines["sampler"].get_zorder()
+        assert ax.get_ylim()[0] < 0 and ax.get_ylim()[1] > 100  # a reference at 0% or 100% is not on the frame
+        assert f"smollm2-135m (AR): {ar_value:.1f}%" in [t.get_text() for t in ax.texts]
+        diff = lines["sampler"]
+        assert list(diff.get_xdata()) == [8, 16, 32] and list(diff.get_ydata()) == curve
+        assert diff.get_marker() == "o" and not ax.patches
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["sampler", "smollm2-135m (AR), greedy"]
+
+
+def test_plot_with_one_step_budget_draws_bars():
+    pytest.importorskip("matplotlib")
+    from xdlm_tune.evaluation.metrics import Summary, summary_figure
+
+    rows = [Summary("base (AR)", None, 2, 0.5, 1.0), Summary("k=0.1", 8, 2, 0.0, 0.5), Summary("k=0.5", 8, 2, 0.5, 1.0)]
+    fig = summary_figure(rows, benchmark="humaneval")
+    assert fig._suptitle.get_text() == "HumanEval: pass@1 and syntax-valid rate, n = 2 problems"
+    for ax, heights in zip(fig.axes, ([0.0, 50.0], [50.0, 100.0])):
+        assert [round(p.get_height(), 6) for p in ax.patches] == heights
+        assert [line.get_label() for line in ax.get_lines()] == ["base (AR), greedy"]  # no one-point curves
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["8 denoising steps"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["base (AR), greedy", "k=0.1 (8 steps)", "k=0.5 (8 steps)"]
+
+
+def test_committed_results_table_reads_back():
+    from xdlm_tune.evaluation.metrics import markdown_table, read_markdown_table
+
+    text = (Path(__file__).resolve().parents[1] / "benchmarks/results/eval_mbpp_smollm2_untrained_cpu.md").read_text()
+    rows = read_markdown_table(text)
+    assert [(r.label, r.steps, r.n, r.syntax_valid_rate) for r in rows] == [
+        ("smollm2-135m (AR)", None, 4, 1.0), ("smollm2-135m+xdlm-sampler", 8, 4, 0.0),
+        ("smollm2-135m+xdlm-sampler", 16, 4, 0.0), ("smollm2-135m+xdlm-sampler", 32, 4, 0.25)]
+    assert markdown_table(rows) in text

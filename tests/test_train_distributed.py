@@ -140,6 +140,16 @@ def test_deepspeed_recipes_dry_run_with_deepspeed(recipe):
     assert "dry run OK" in proc.stdout and "ZeRO-" in proc.stdout
 
 
+def test_the_llada_recipe_dry_runs_natively_under_zero3():
+    """The paper's recipe moved to ZeRO-3: its native LLaDA-format stand-in (renamed on load)
+    is partitioned, trained one step and checkpointed like any Llama."""
+    proc = subprocess.run([sys.executable, "-m", "xdlm_tune.train", "recipes/llada-8b-xdlm-cpt-zero2.yaml",
+                           "deepspeed.config=deepspeed_configs/zero3.json", "deepspeed.zero_stage=3", "--dry-run"],
+                          cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "dry run OK" in proc.stdout and "ZeRO-3" in proc.stdout and "llada-format" in proc.stderr + proc.stdout
+
+
 def test_smollm2_trains_saves_and_resumes_exactly(tmp_path):
     """The embedded default recipe on the real SmolLM2-135M: a few steps, a checkpoint,
     an exact resume, and a held-out ELBO below the untrained model's."""

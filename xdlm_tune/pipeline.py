@@ -6,15 +6,25 @@ Each stage writes under ``training.output_dir``:
     eval/<task>/           samples.jsonl, summary.md, pass_at_1.png (xdlm-tune eval)
     export/                merged Hub folder with modeling_xdlm.py and a model card (xdlm-tune export)
     export_sample.txt      what the export wrote with plain transformers, in a separate process
+    reuse.json             the key each stage was made with (xdlm_tune/reuse.py)
+
+Run again, a stage whose inputs (checkpoint, recipe, code version) did not change is reused, and
+the run says so: a finished training run (training.resume set and the newest checkpoint at
+training.max_steps) is not reloaded, an evaluation, an export and its sample are not redone.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from .config import Recipe, load_recipe
+from .reuse import Stamps, changed, checkpoint_id, stage_key
 
 BENCHMARK_FILES = {"mbpp": "mbpp.jsonl", "humaneval": "HumanEval.jsonl.gz"}
 
@@ -33,24 +43,52 @@ print(tok.decode(out[0, enc.input_ids.shape[1]:], skip_special_tokens=True))
 
 
 def _say(msg: str) -> None:
-    print(f"[xdlm-tune run] {msg}", flush=True)
+    from .console import write
+
+    write(f"[xdlm-tune run] {msg}")
 
 
-def evaluate_run(recipe: Recipe, run_dir: Path) -> dict[str, dict]:
-    """Evaluate the run's newest checkpoint (and the AR baseline) on every task of ``recipe.eval``."""
+def _problems_digest(problems) -> str:
+    h = hashlib.sha256()
+    for p in problems:
+        h.update(f"{p.task_id}\0{p.prompt}\0{p.test_code}\0".encode())
+    return h.hexdigest()[:16]
+
+
+def _set_aside_stale_samples(out: Path, key: dict[str, str]) -> None:
+    """Samples made with other settings must not be resumed from: move them to out/stale/."""
+    key_file = out / "eval_key.json"
+    old = sorted(out.glob("samples*.jsonl"))
+    try:
+        previous = json.loads(key_file.read_text())
+    except (OSError, ValueError):
+        previous = None
+    if old and previous != key:
+        stale = out / "stale"
+        shutil.rmtree(stale, ignore_errors=True)
+        stale.mkdir(parents=True)
+        for f in old:
+            f.rename(stale / f.name)
+        _say(f"{out} was evaluated with other inputs (changed: {', '.join(changed(previous, key))}): "
+             f"its samples moved to {stale}/")
+    out.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(json.dumps(key, indent=1) + "\n")
+
+
+def evaluate_run(recipe: Recipe, run_dir: Path, *, stamps: Stamps | None = None) -> dict[str, dict]:
+    """Evaluate the run's newest checkpoint (and the AR baseline) on every task of ``recipe.eval``;
+    a task already evaluated with the same checkpoint, settings and code is reused (``stamps``)."""
     import torch
 
     from .evaluation import load_benchmark
     from .evaluation.harness import GenerationConfig, run_evaluation, settings_from_recipe, summarize_run
     from .evaluation.run import ar_baseline_model, checkpoint_model
+    from .export.run import find_checkpoint
 
     ev, m = recipe.eval, recipe.model
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ckpt = find_checkpoint(run_dir)  # the newest checkpoint of the run
     models = []
-    if ev.ar_baseline and m.kind == "causal":
-        models.append(ar_baseline_model(m.name_or_path, device, label="base (AR)", dtype=m.dtype,
-                                        attn_implementation=m.attn_implementation or "sdpa", gguf_file=m.gguf_file))
-    models.append(checkpoint_model(run_dir, device, label=f"xdlm k={recipe.diffusion.k}"))
     settings = settings_from_recipe(recipe).check()
     cfg = GenerationConfig(sampling=settings, batch_size=ev.batch_size, seed=recipe.training.seed)
     results = {}
@@ -59,10 +97,28 @@ def evaluate_run(recipe: Recipe, run_dir: Path) -> dict[str, dict]:
         problems = load_benchmark(task, data, limit=ev.limit,
                                   prompt_format=ev.prompt_format if task == "mbpp" else "original")
         out = run_dir / "eval" / task
+        key = stage_key(stage="eval", task=task, checkpoint=checkpoint_id(ckpt), model=dataclasses.asdict(m),
+                        adaptation=dataclasses.asdict(recipe.adaptation), eval=dataclasses.asdict(ev),
+                        generation=dataclasses.asdict(cfg), problems=_problems_digest(problems))
+        title = f"{task} pass@1 ({len(problems)} problems)"
+        if stamps is not None and stamps.fresh(f"eval/{task}", key):
+            _say(f"reused: the {task} evaluation in {out}/ (same checkpoint {ckpt.name}, recipe and code)")
+            results[task] = summarize_run(out, title=title)
+            print(results[task]["table"], flush=True)
+            continue
+        if not models:  # loaded only when some task needs them
+            if ev.ar_baseline and m.kind == "causal":
+                models.append(ar_baseline_model(m.name_or_path, device, label="base (AR)", dtype=m.dtype,
+                                                attn_implementation=m.attn_implementation or "sdpa",
+                                                gguf_file=m.gguf_file))
+            models.append(checkpoint_model(ckpt, device, label=f"xdlm k={recipe.diffusion.k}"))
+        _set_aside_stale_samples(out, key)
         _say(f"evaluating {task}: {len(problems)} problems, steps {ev.steps}, sampler {settings.resolved_sampler} -> {out}")
         run_evaluation(models, problems, steps=ev.steps, cfg=cfg, out_dir=out)
-        results[task] = summarize_run(out, title=f"{task} pass@1 ({len(problems)} problems)")
+        results[task] = summarize_run(out, title=title)
         print(results[task]["table"], flush=True)
+        if stamps is not None:
+            stamps.record(f"eval/{task}", key, [*results[task]["files"], out / "summary.md", results[task]["plot"]])
     return results
 
 
@@ -75,32 +131,76 @@ def sample_export(export_dir: Path, prompt: str, *, steps: int = 16, new_tokens:
     return proc.stdout.strip()
 
 
+def _why(stage: str, key: dict[str, str], stamps: Stamps) -> str:
+    diff = stamps.changed(stage, key)
+    return f" (not reused: changed {', '.join(diff)})" if diff else ""
+
+
+def _finished_checkpoint(recipe: Recipe, run_dir: Path) -> Path | None:
+    """The newest checkpoint when training.resume is set and it is already at training.max_steps
+    (checked compatible with the recipe): nothing is left to train."""
+    from .checkpoint import check_resume_compatible, read_state, resolve_resume
+
+    ckpt = resolve_resume(run_dir, recipe.training.resume)
+    if ckpt is None or read_state(ckpt, restore_rng=False).step < recipe.training.max_steps:
+        return None
+    check_resume_compatible(ckpt, recipe)
+    return ckpt
+
+
 def run_pipeline(recipe_path: str, overrides: list[str] = ()) -> dict:
-    from .export.run import export_run
+    recipe = load_recipe(recipe_path, list(overrides))  # a bad recipe fails before anything heavy loads
+    from .export.hub import push_to_hub
+    from .export.run import export_run, find_checkpoint
     from .train.loop import train
 
-    recipe = load_recipe(recipe_path, list(overrides))
     run_dir = Path(recipe.training.output_dir)
+    stamps = Stamps(run_dir)
     t0 = time.time()
-    _say(f"1/4 training {recipe.model.name_or_path} with k={recipe.diffusion.k} for {recipe.training.max_steps} steps -> {run_dir}")
-    train(recipe)
+    finished = _finished_checkpoint(recipe, run_dir)
+    if finished is not None:
+        _say(f"1/4 training: reused {finished} (already at training.max_steps={recipe.training.max_steps}, same recipe)")
+    else:
+        _say(f"1/4 training {recipe.model.name_or_path} with k={recipe.diffusion.k} for {recipe.training.max_steps} steps -> {run_dir}")
+        train(recipe)
     _say("2/4 evaluating")
-    results = evaluate_run(recipe, run_dir)
+    results = evaluate_run(recipe, run_dir, stamps=stamps)
     first = next(iter(results.values()), None)
-    _say("3/4 exporting")
-    export_dir = export_run(run_dir, recipe.export.out_dir or run_dir / "export",
-                            push_to_hub_repo=recipe.export.push_to_hub,
-                            eval_summary=first["table"] if first else None,
-                            plot_path=first["plot"] if first else None)
-    _say("4/4 sampling the export with plain transformers (a separate process)")
-    prompt = "def fibonacci(n):\n"
-    sample = sample_export(Path(export_dir), prompt)
-    (run_dir / "export_sample.txt").write_text(prompt + sample + "\n")
+
+    ckpt = find_checkpoint(run_dir)
+    export_dir = Path(recipe.export.out_dir or run_dir / "export")
+    export_key = stage_key(stage="export", checkpoint=checkpoint_id(ckpt), recipe=recipe.to_dict(),
+                           out=str(export_dir.resolve()), table=first["table"] if first else None,
+                           plot=first is not None)
+    if stamps.fresh("export", export_key):
+        _say(f"3/4 exporting: reused {export_dir}/ (same checkpoint {ckpt.name}, recipe, evaluation and code)")
+        if recipe.export.push_to_hub:
+            push_to_hub(export_dir, recipe.export.push_to_hub)
+    else:
+        _say("3/4 exporting" + _why("export", export_key, stamps))
+        stamps.forget("export")  # the folder is about to be replaced
+        export_dir = export_run(run_dir, export_dir, push_to_hub_repo=recipe.export.push_to_hub,
+                                eval_summary=first["table"] if first else None,
+                                plot_path=first["plot"] if first else None)
+        stamps.record("export", export_key, [export_dir / "config.json", export_dir / "README.md"])
+
+    prompt, steps, new_tokens = "def fibonacci(n):\n", 16, 32
+    sample_file = run_dir / "export_sample.txt"
+    sample_key = stage_key(stage="sample", export=export_key, prompt=prompt, steps=steps, new_tokens=new_tokens)
+    if stamps.fresh("sample", sample_key):
+        _say(f"4/4 sampling the export: reused {sample_file} (same export)")
+        sample = sample_file.read_text().removeprefix(prompt).rstrip("\n")
+    else:
+        _say("4/4 sampling the export with plain transformers (a separate process)" + _why("sample", sample_key, stamps))
+        sample = sample_export(export_dir, prompt, steps=steps, new_tokens=new_tokens)
+        sample_file.write_text(prompt + sample + "\n")
+        stamps.record("sample", sample_key, [sample_file])
     print(prompt + sample, flush=True)
     _say(f"done in {time.time() - t0:.0f} s. Where everything went:")
     print(f"  recipe + checkpoints: {run_dir}/ (metrics.jsonl, TensorBoard events, checkpoint-*)")
     for task, res in results.items():
-        print(f"  {task} evaluation:     {run_dir}/eval/{task}/ (summary.md, pass_at_1.png, samples.jsonl)")
+        files = ", ".join(sorted({"summary.md", Path(res["plot"]).name, *(Path(f).name for f in res["files"])}))
+        print(f"  {task} evaluation:     {run_dir}/eval/{task}/ ({files})")
     print(f"  export:               {export_dir}/ (load with AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True))")
-    print(f"  export sample:        {run_dir}/export_sample.txt")
+    print(f"  export sample:        {sample_file}")
     return {"run_dir": run_dir, "export_dir": export_dir, "eval": results, "sample": sample}

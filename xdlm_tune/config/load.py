@@ -32,41 +32,81 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read a YAML recipe (None: all defaults), apply `key.sub=value` overrides, validate."""
+    """Read a YAML recipe (None: all defaults), apply `key.sub=value` overrides, validate.
+
+    Every error line names where its value came from: the file and line, the command-line
+    override, or the default."""
     raw: dict[str, Any] = {}
+    sources: dict[str, str] = {}  # key path -> where its value was set
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise RecipeError(f"recipe file not found: {path}")
+        text = path.read_text()
         try:
-            raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+            raw = yaml.load(text, Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as e:
             raise RecipeError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(raw, dict):
             raise RecipeError(f"{path}: a recipe is a mapping of sections (model:, data:, ...), got {type(raw).__name__}")
+        sources.update(_key_lines(text, path))
     for item in overrides:
-        apply_override(raw, item)
+        key = apply_override(raw, item)
+        sources[key] = f"set by the command-line override {item.removeprefix('--')!r}"
+        # a section set whole on the command line owns its keys too
+        sources.update({k: sources[key] for k in list(sources) if k.startswith(key + ".")})
     errs: list[str] = []
     recipe = _build(Recipe, raw, "", errs)
+    errs += [f"{key}: {msg}" for key, msg in recipe.problems()] if not errs else []
     if errs:
-        where = f" in {path}" if path is not None else ""
-        raise RecipeError(f"invalid recipe{where}:\n  " + "\n  ".join(errs))
-    return recipe.validate()
+        raise RecipeError("invalid recipe:\n  " + "\n  ".join(_with_source(e, sources) for e in errs))
+    return recipe
 
 
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Set `a.b.c=value` in a raw recipe dict; the value is parsed as a YAML scalar/flow."""
+def source_of(key: str, sources: dict[str, str]) -> str:
+    """Where the value at `key` (or the nearest section above it) was set; the default if nowhere."""
+    parts = key.split(".")
+    for i in range(len(parts), 0, -1):
+        hit = sources.get(".".join(parts[:i]))
+        if hit:
+            return hit
+    return "the default value"
+
+
+def _with_source(err: str, sources: dict[str, str]) -> str:
+    key = err.split(":", 1)[0].strip()
+    return f"{err} ({source_of(key, sources)})"
+
+
+def _key_lines(text: str, path: Path) -> dict[str, str]:
+    """{'diffusion.k': 'recipes/x.yaml, line 12', ...} for every key of a YAML mapping."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            return
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            out[key] = f"set in {path}, line {key_node.start_mark.line + 1}"
+            walk(value_node, key + ".")
+
+    walk(yaml.compose(text, Loader=yaml.SafeLoader), "")
+    return out
+
+
+def apply_override(raw: dict[str, Any], item: str) -> str:
+    """Set `a.b.c=value` in a raw recipe dict (the value parsed as a YAML scalar/flow); returns 'a.b.c'."""
     item = item.removeprefix("--")
     key, sep, text = item.partition("=")
     if not sep or not key:
-        raise RecipeError(f"override {item!r} must look like section.key=value (e.g. diffusion.k=0.5)")
+        raise RecipeError(f"command-line override {item!r} must look like section.key=value (e.g. diffusion.k=0.5)")
     parts = key.strip().split(".")
     tp = _check_key_path(parts)
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as e:
         if tp not in (str, str | None):
-            raise RecipeError(f"override {item!r}: value is not valid YAML: {e}") from None
+            raise RecipeError(f"command-line override {item!r}: value is not valid YAML: {e}") from None
         value = text
     if tp in (str, str | None) and value is not None and not isinstance(value, str):
         value = text.strip()  # a text field takes the text as typed: mask_token=[MASK], name_or_path=123
@@ -76,6 +116,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             node[p] = {}
         node = node[p]
     node[parts[-1]] = value
+    return ".".join(parts)
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> Path:
@@ -130,10 +171,10 @@ def _check_key_path(parts: list[str]) -> Any:
     for i, p in enumerate(parts):
         where = ".".join(parts[:i]) + ("." if i else "")
         if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
-            raise RecipeError(f"override {'.'.join(parts)}: {where.rstrip('.')} is a value, not a section")
+            raise RecipeError(f"command-line override {'.'.join(parts)}: {where.rstrip('.')} is a value, not a section")
         hints = typing.get_type_hints(cls)
         if p not in hints:
-            raise RecipeError("override " + _unknown_key_msg(p, list(hints), where))
+            raise RecipeError("command-line override " + _unknown_key_msg(p, list(hints), where))
         cls = hints[p]
     return cls
 

@@ -339,12 +339,13 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
+    def problems(self) -> list[tuple[str, str]]:
+        """Every bad value and broken cross-field rule, as (key path, message)."""
+        return [(f"{f.name}.{key}", msg) for f in dataclasses.fields(self) for key, msg in getattr(self, f.name)._errors(self)]
+
     def validate(self) -> Recipe:
         """Check values and cross-field rules; raise one RecipeError listing every problem."""
-        errs = []
-        for f in dataclasses.fields(self):
-            section = getattr(self, f.name)
-            errs += [f"{f.name}.{key}: {msg}" for key, msg in section._errors(self)]
+        errs = [f"{key}: {msg}" for key, msg in self.problems()]
         if errs:
             raise RecipeError("invalid recipe:\n  " + "\n  ".join(errs))
         return self

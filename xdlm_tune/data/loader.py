@@ -155,14 +155,26 @@ def build_data(cfg: DataConfig, tokenizer, *, batch_size: int, seed: int = 0,
     """Load, hold out, tokenize and batch the data of a recipe's `data` section."""
     import datasets
 
+    from .cache import cached_encode
+
     records = load_records(cfg, rank=rank, world_size=world_size)
     collator = make_collator(tokenizer)
     eval_set = datasets.Dataset.from_list(records.eval) if records.eval else None
-    eval_ds = encode_dataset(eval_set, cfg, tokenizer) if eval_set is not None else []
+    reused = []
+    eval_ds = []
+    if eval_set is not None:
+        eval_ds, hit = cached_encode(eval_set, cfg, tokenizer, encode_dataset)
+        reused += [hit] if hit else []
     if cfg.streaming:
         train = StreamLoader(records.train, example_encoder(cfg, tokenizer), collator, batch_size,
                              pack_len=cfg.seq_len if cfg.mode == "pretrain" else None)
     else:
-        train = ResumableLoader(encode_dataset(records.train, cfg, tokenizer), collator, batch_size,
-                                seed=seed, rank=rank, world_size=world_size)
+        encoded, hit = cached_encode(records.train, cfg, tokenizer, encode_dataset)
+        reused += [hit] if hit else []
+        train = ResumableLoader(encoded, collator, batch_size, seed=seed, rank=rank, world_size=world_size)
+    if reused and rank == 0:
+        from ..console import write
+
+        write(f"data: reused the tokenized {cfg.source} from {reused[-1].parent}/ (same records, data settings, "
+              "tokenizer and encoding code)")
     return DataBundle(train=train, eval=eval_ds, collator=collator)

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
+from ..console import progress as progress_bar
 from ..model.forward_args import accepts
 from ..sampling import SamplerSettings, generate
 from .extract import truncate
@@ -112,7 +112,9 @@ def _prompt_batches(em: EvalModel, problems: Sequence[Problem], size: int) -> li
         return [list(b) for b in _batches(order, size)]
     groups: dict[int, list[int]] = {}
     for i in order:
-        groups.setdefault(len(em.tokenizer(problems[i].prompt, add_special_tokens=False)["input_ids"]), []).append(i)
+        p = problems[i]
+        n = len(em.tokenizer(p.prompt, add_special_tokens=p.special_tokens)["input_ids"])
+        groups.setdefault(n, []).append(i)
     return [list(b) for g in groups.values() for b in _batches(g, size)]
 
 
@@ -193,7 +195,7 @@ def run_evaluation(
     exec_kw = {} if timeout is None else {"timeout": timeout}
     jobs = [(em, s) for em in models for s in ([None] if em.mask_id is None else steps)]
     variant = cfg.sampling.variant  # cache / threshold runs get their own rows (and resume keys)
-    bar = tqdm(total=len(jobs) * len(mine), desc="eval", disable=not progress or rank != 0)
+    bar = progress_bar(total=len(jobs) * len(mine), desc="eval", disable=not progress or rank != 0)
     for em, s in jobs:
         label = em.label if s is None or not variant else f"{em.label} [{variant}]"
         todo = [p for p in mine if (label, s, p.task_id) not in done]
@@ -216,7 +218,8 @@ def summarize_run(out_dir: str | Path, title: str = "") -> dict:
     """Merge the per-rank sample files and write summary.md, summary.json and pass_at_1.png."""
     out = Path(out_dir)
     rows = []
-    for f in sorted(out.glob("samples*.jsonl")):
+    files = sorted(out.glob("samples*.jsonl"))
+    for f in files:
         for line in f.read_text().splitlines():
             try:
                 rows.append(json.loads(line))
@@ -228,5 +231,6 @@ def summarize_run(out_dir: str | Path, title: str = "") -> dict:
     table = markdown_table(summaries)
     (out / "summary.md").write_text((f"# {title}\n\n" if title else "") + table)
     (out / "summary.json").write_text(json.dumps([s.__dict__ for s in summaries], indent=2))
-    plot = plot_summary(summaries, out / "pass_at_1.png", title=title)
-    return {"table": table, "summary": summaries, "plot": plot, "samples": len(rows)}
+    benchmark = str(rows[0].get("task_id", "")).split("/")[0].lower() or None  # "mbpp/11", "HumanEval/0"
+    plot = plot_summary(summaries, out / "pass_at_1.png", benchmark=benchmark)
+    return {"table": table, "summary": summaries, "plot": plot, "samples": len(rows), "files": files}

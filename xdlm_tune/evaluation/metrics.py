@@ -69,44 +69,104 @@ def markdown_table(summaries: Sequence[Summary]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_summary(summaries: Sequence[Summary], path: str | Path, title: str = "") -> Path:
-    """PNG of pass@1 (solid) and syntax-valid rate (dashed) against steps, one colour per
-    label; autoregressive baselines are horizontal lines."""
+def read_markdown_table(text: str) -> list[Summary]:
+    """The rows of a `markdown_table` (e.g. a committed results file) back as Summaries;
+    rates come back rounded to the table's 0.1%."""
+    rows, head = [], None
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.lstrip().startswith("|") or set(line.replace("|", "").strip()) <= {"-"}:
+            continue
+        if head is None:
+            head = cells
+            continue
+        r = dict(zip(head, cells))
+        outcomes = {k: int(r[k.replace("_", " ")]) for k in STATUSES}
+        rows.append(Summary(r.get("model", ""), None if r["steps"] == "AR" else int(r["steps"]), int(r["n"]),
+                            float(r["pass@1"].rstrip("%")) / 100, float(r["syntax valid"].rstrip("%")) / 100,
+                            outcomes))
+    if head is None or not rows:
+        raise ValueError("no results table found (expected the rows of markdown_table)")
+    return rows
+
+
+_METRICS = (("pass_at_1", "pass@1"), ("syntax_valid_rate", "syntax-valid rate"))
+_BENCHMARK_NAMES = {"mbpp": "MBPP", "humaneval": "HumanEval"}
+
+
+def ar_name(label: str) -> str:
+    """How an autoregressive row is named in the plot: 'base (AR)', never 'base (AR) AR'."""
+    label = label or "base"
+    return label if "AR" in label.split() or "(AR)" in label else f"{label} (AR)"
+
+
+def summary_figure(summaries: Sequence[Summary], title: str = "", benchmark: str | None = None):
+    """The evaluation figure: one panel per metric (pass@1, syntax-valid rate). Diffusion rows are
+    marked lines over the step budgets, one colour per label (bars when there is one budget);
+    autoregressive rows are labelled horizontal reference lines in both panels. The title names
+    the benchmark and n."""
     # Figure + Agg canvas directly: no pyplot, so no global backend is switched in the caller.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.transforms import blended_transform_factory
 
-    fig = Figure(figsize=(6.4, 4.2))
+    ar = [s for s in summaries if s.steps is None]
+    diffusion = [s for s in summaries if s.steps is not None]
+    labels = list(dict.fromkeys(s.label or "diffusion" for s in diffusion))
+    steps = sorted({s.steps for s in diffusion})
+    fig = Figure(figsize=(10, 4.6))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    labels = list(dict.fromkeys(s.label for s in summaries))
-    for i, label in enumerate(labels):
-        color = f"C{i % 10}"
-        rows = [s for s in summaries if s.label == label]
-        swept = sorted((s for s in rows if s.steps is not None), key=lambda s: s.steps)
-        name = label or "diffusion"
-        if swept:
-            x = [s.steps for s in swept]
-            ax.plot(x, [100 * s.pass_at_1 for s in swept], "o-", color=color, label=f"{name} pass@1")
-            ax.plot(x, [100 * s.syntax_valid_rate for s in swept], "s--", color=color, alpha=0.6,
-                    label=f"{name} syntax valid")
-        for s in rows:
-            if s.steps is None:
-                ar_name = f"{label} AR" if label else "AR baseline"
-                ax.axhline(100 * s.pass_at_1, color=color, linestyle=":", label=f"{ar_name} pass@1")
-    steps = sorted({s.steps for s in summaries if s.steps is not None})
-    if steps:
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(steps, [str(x) for x in steps])
-        ax.minorticks_off()
-    ax.set_xlabel("denoising steps")
-    ax.set_ylabel("%")
-    ax.set_ylim(-2, 102)  # room for markers at 0% and 100%
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, (attr, name) in zip(axes, _METRICS):
+        if len(steps) == 1:  # one budget: a "curve" would be one point
+            width = 0.8 / max(len(labels), 1)
+            for i, label in enumerate(labels):
+                (s,) = [r for r in diffusion if (r.label or "diffusion") == label]
+                bar = ax.bar(i * width, 100 * getattr(s, attr), width=width * 0.9, color=f"C{i % 10}",
+                             label=f"{label} ({steps[0]} steps)")
+                ax.bar_label(bar, fmt="%.1f%%", fontsize=8)
+            ax.set_xticks([(len(labels) - 1) * width / 2], [f"{steps[0]} denoising steps"])
+            ax.set_xlim(-0.6, (len(labels) - 1) * width + 0.6)
+        else:
+            for i, label in enumerate(labels):
+                rows = sorted((r for r in diffusion if (r.label or "diffusion") == label), key=lambda r: r.steps)
+                ax.plot([r.steps for r in rows], [100 * getattr(r, attr) for r in rows], "o-", color=f"C{i % 10}",
+                        markersize=6, linewidth=1.8, label=label, zorder=3)
+            if steps:
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(steps, [str(x) for x in steps])
+                ax.minorticks_off()
+                ax.set_xlim(steps[0] / 1.25, steps[-1] * 1.25)
+            ax.set_xlabel("denoising steps")
+        # AR rows last and on top, so a reference at 0% or 100% is not hidden by a curve or the axis.
+        at_right = blended_transform_factory(ax.transAxes, ax.transData)
+        for j, s in enumerate(ar):
+            value = 100 * getattr(s, attr)
+            ax.axhline(value, color=("0.15", "0.45", "0.65")[j % 3], linestyle=(0, (5, 3)), linewidth=1.6,
+                       zorder=4, label=f"{ar_name(s.label)}, greedy")
+            ax.text(0.99, value + 1.5, f"{ar_name(s.label)}: {value:.1f}%", transform=at_right, ha="right",
+                    va="bottom", fontsize=8, color=("0.15", "0.45", "0.65")[j % 3], zorder=5)
+        ax.set_title(name)
+        ax.set_ylim(-4, 108)  # 0% and 100% stay off the frame
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("% of problems")
+    handles, names = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="lower center", ncol=min(len(handles), 3), fontsize=9, frameon=False)
+    ns = sorted({s.n for s in summaries})
+    n = str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+    bench = _BENCHMARK_NAMES.get((benchmark or "").lower(), benchmark or "")
+    heading = title or f"{bench + ': ' if bench else ''}pass@1 and syntax-valid rate"
+    fig.suptitle(f"{heading}, n = {n} problems" if "n =" not in heading else heading)
+    rows_of_legend = -(-len(handles) // 3) if handles else 0
+    fig.tight_layout(rect=(0, 0.06 * rows_of_legend, 1, 1))
+    return fig
+
+
+def plot_summary(summaries: Sequence[Summary], path: str | Path, title: str = "", benchmark: str | None = None) -> Path:
+    """Save `summary_figure` as a PNG at `path`."""
+    fig = summary_figure(summaries, title=title, benchmark=benchmark)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=120)
     return path

@@ -23,8 +23,10 @@ from .tasks import BENCHMARKS, MBPP_FORMATS, load_benchmark
 
 
 def build_parser(benchmark: str | None = None) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="xdlm-tune eval", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    from ..cli import HelpFormatter
+
+    ap = argparse.ArgumentParser(prog="xdlm-tune eval", description=_DESCRIPTION, epilog=_EXAMPLES,
+                                 formatter_class=HelpFormatter)
     if benchmark is None:
         ap.add_argument("--benchmark", choices=BENCHMARKS, default="mbpp",
                         help="also genppl: generation quality (see `xdlm-tune eval --benchmark genppl --help`)")
@@ -34,19 +36,20 @@ def build_parser(benchmark: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--ids", nargs="+", help="explicit task ids")
     ap.add_argument("--model", default="smollm2-135m", help="base or exported model (name, Hub id or folder)")
     ap.add_argument("--checkpoint", help="a training run directory or checkpoint to evaluate")
-    ap.add_argument("--kind", choices=("causal", "diffusion"), help="default: diffusion for xdlm-tune exports")
+    ap.add_argument("--kind", choices=("causal", "diffusion"), help="default: diffusion for xdlm-tune exports and LLaDA / Dream")
     ap.add_argument("--mask-id", type=int, help="diffusion bases: the mask token id (LLaDA: 126336)")
-    ap.add_argument("--shift", action=argparse.BooleanOptionalAction, default=None)
-    ap.add_argument("--trust-remote-code", action="store_true")
+    ap.add_argument("--shift", action=argparse.BooleanOptionalAction, default=None,
+                    help="diffusion bases: token i is predicted at position i-1 (Dream: yes, LLaDA: no)")
+    ap.add_argument("--trust-remote-code", action="store_true", help="run the model's own modeling code (LLaDA, Dream)")
     ap.add_argument("--dtype", default=None, help="float32 (CPU default), bfloat16 (CUDA default), float16")
-    ap.add_argument("--attn-implementation", default="sdpa")
+    ap.add_argument("--attn-implementation", default="sdpa", help="sdpa (default), eager, flash_attention_2")
     ap.add_argument("--steps", type=int, nargs="+", default=[32], help="step budgets, e.g. 16 32 64 256")
-    ap.add_argument("--gen-length", type=int, default=256)
+    ap.add_argument("--gen-length", type=int, default=256, help="answer tokens (default 256)")
     ap.add_argument("--block-length", type=int, default=None, help="default: one block")
     ap.add_argument("--sampler", choices=SAMPLERS, default=None,
                     help="default: xdlm when the model's k > 0 (the paper's XDLM rows), else confidence")
-    ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling when temperature > 0")
     ap.add_argument("--k", type=float, default=None, help="sampler's k (default: the model's, else 0.1)")
     ap.add_argument("--revise-prompt", action="store_true",
                     help="xdlm: also rewrite prompt tokens, exactly as the authors' sampler does")
@@ -62,8 +65,8 @@ def build_parser(benchmark: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--prompt-format", choices=MBPP_FORMATS, default="original",
                     help="MBPP prompt, answer extraction and scoring: original, opencompass (the paper's "
                          "mbpp_gen_830460), lm-eval (lm-evaluation-harness's mbpp)")
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=4, help="prompts per sampler call")
+    ap.add_argument("--seed", type=int, default=0, help="sampler seed")
     ap.add_argument("--ar-baseline", action="store_true", help="also evaluate the original causal model, greedy AR")
     ap.add_argument("--no-diffusion", action="store_true", help="only the AR baseline")
     ap.add_argument("--label", default=None, help="row label for the diffusion model")
@@ -71,6 +74,33 @@ def build_parser(benchmark: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--workers", type=int, default=None, help="parallel executor processes")
     ap.add_argument("--out", default="runs/eval", help="output directory (samples.jsonl, summary.md, pass_at_1.png)")
     return ap
+
+
+_DESCRIPTION = """Score a model on MBPP or HumanEval: pass@1 and syntax-valid rate at each step budget, with an
+optional greedy autoregressive baseline row. Writes samples.jsonl, summary.md and pass_at_1.png under --out.
+--model is the embedded default smollm2-135m, a Hub id or a folder: a causal base is converted (bidirectional
++ mask token, untrained: the paper's "base + XDLM sampler" row), a folder exported by xdlm-tune is loaded as
+it is; --checkpoint evaluates a training run or checkpoint instead. Without --data the benchmark comes from
+the Hugging Face Hub."""
+_EXAMPLES = """examples:
+  xdlm-tune eval --data ../shared/data/mbpp.jsonl --limit 20 --steps 16 32 64 --ar-baseline
+  accelerate launch -m xdlm_tune.evaluation.run --benchmark humaneval --model runs/x/export --steps 32"""
+
+
+def _check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse bad values here, with argparse's one-line usage error, not deep in the sampler."""
+    for name in ("limit", "gen_length", "block_length", "batch_size", "workers"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            ap.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if any(s < 1 for s in args.steps):
+        ap.error(f"--steps must be positive integers, got {args.steps}")
+    if args.block_length is not None and args.gen_length % args.block_length:
+        ap.error(f"--block-length ({args.block_length}) must divide --gen-length ({args.gen_length})")
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        ap.error("--temperature must be >= 0 and --top-p in (0, 1]")
+    if args.timeout is not None and args.timeout <= 0:
+        ap.error(f"--timeout must be > 0 seconds, got {args.timeout}")
 
 
 def _xdlm_block(path: str) -> dict | None:
@@ -113,7 +143,8 @@ def load_diffusion_model(args, device) -> EvalModel:
         return checkpoint_model(args.checkpoint, device, args.label)
     block = _xdlm_block(args.model)
     prepared = prepare_model(
-        args.model, kind=args.kind or ("diffusion" if block else "causal"), dtype=_default_dtype(args, device),
+        args.model, kind=args.kind or ("diffusion" if block or _native(args.model) else "causal"),
+        dtype=_default_dtype(args, device),
         attn_implementation=args.attn_implementation, trust_remote_code=args.trust_remote_code or block is not None,
         mask_id=args.mask_id if args.mask_id is not None else (block or {}).get("mask_id"),
         shift=args.shift if args.shift is not None else (block or {}).get("shift"),
@@ -122,6 +153,15 @@ def load_diffusion_model(args, device) -> EvalModel:
     trained = {key: (block or {})[key] for key in ("k", "schedule", "eps") if key in (block or {})}
     return EvalModel(prepared.model.to(device).eval(), prepared.tokenizer, label, mask_id=prepared.mask_id,
                      shift=prepared.shift, extra=trained)
+
+
+def _native(name_or_path: str) -> bool:
+    """LLaDA / Dream: already diffusion models, loaded natively (model/native.py)."""
+    from ..model.load import resolve_source
+    from ..model.native import native_family, read_config_dict
+
+    source, gguf = resolve_source(name_or_path)
+    return gguf is None and native_family(read_config_dict(source)) is not None
 
 
 def load_ar_baseline(args, device) -> EvalModel:
@@ -153,12 +193,17 @@ def _process_state():
 
 
 def eval_main(argv: list[str] | None = None, *, benchmark: str | None = None) -> int:
+    from ..console import setup_logging
+
     argv = sys.argv[1:] if argv is None else list(argv)
     if benchmark == "genppl" or (benchmark is None and _benchmark_arg(argv) == "genppl"):
         from .genppl_run import genppl_main  # gen-PPL / entropy / compile rate: its own options
 
         return genppl_main(argv)
-    args = build_parser(benchmark).parse_args(argv)
+    ap = build_parser(benchmark)
+    args = ap.parse_args(argv)
+    setup_logging()
+    _check_args(ap, args)
     benchmark = benchmark or args.benchmark
     state = _process_state()
     problems = load_benchmark(benchmark, args.data, ids=args.ids, limit=args.limit, prompt_format=args.prompt_format)
@@ -178,7 +223,8 @@ def eval_main(argv: list[str] | None = None, *, benchmark: str | None = None) ->
     if state.is_main_process:
         res = summarize_run(args.out, title=f"{benchmark} pass@1 ({len(problems)} problems)")
         print("\n" + res["table"])
-        print(f"[eval] samples: {args.out}/samples*.jsonl; table: {args.out}/summary.md; plot: {res['plot']}")
+        files = ", ".join(str(f) for f in res["files"])
+        print(f"[eval] samples: {files}; table: {Path(args.out) / 'summary.md'}; plot: {res['plot']}")
     state.destroy_process_group()  # a clean exit for launched runs (no-op for one process)
     return 0
 
@@ -193,5 +239,7 @@ def _benchmark_arg(argv: list[str]) -> str | None:
 
 
 if __name__ == "__main__":
+    from ..errors import cli_main
+
     torch.set_grad_enabled(False)
-    sys.exit(eval_main())
+    sys.exit(cli_main("xdlm-tune eval", eval_main))

@@ -21,6 +21,14 @@ def hub_id(name: str | None) -> str | None:
     return name if _HUB_ID.match(name) and not Path(name).expanduser().exists() else None
 
 
+def load_target(repo_id: str | None, folder: str) -> tuple[str, str]:
+    """What the card's snippets load: the Hub repo id when the export is pushed, else the folder
+    (with a comment saying to use the repo id once it is on the Hub)."""
+    if repo_id:
+        return repo_id, ""
+    return folder, "  # this export's folder; once pushed to the Hub, its repo id (e.g. you/my-xdlm-model)"
+
+
 def objective_name(k: float) -> str:
     return "MDLM (absorbing noise)" if k == 0 else "UDLM (uniform noise)" if k == 1 else "XDLM"
 
@@ -70,8 +78,11 @@ def model_card(
     dtype: str,
     eval_summary: Any = None,
     plot_file: str | None = None,
+    repo_id: str | None = None,
+    folder: str | None = None,
 ) -> str:
-    """The README.md text. `settings` is the config's `xdlm` block."""
+    """The README.md text. `settings` is the config's `xdlm` block. The loading snippets name
+    `repo_id` (the Hub repo it is pushed to), else the export's `folder` with a note."""
     k, gen = settings["k"], settings["generation"]
     meta: dict[str, Any] = {"library_name": "transformers"}
     if hub_id(base_model):
@@ -79,6 +90,7 @@ def model_card(
     meta.update(pipeline_tag="text-generation", tags=["xdlm", "discrete-diffusion", "diffusion-language-model", "xdlm-tune"])
     mask = f"`{settings['mask_token']}` (id {settings['mask_id']})" if settings.get("mask_token") else f"id {settings['mask_id']}"
     shift = "yes: the output at position i - 1 predicts token i" if settings["shift"] else "no: position i predicts token i"
+    repo, repo_note = load_target(repo_id, folder or name)
     base_link = f"[{hub_id(base_model)}](https://huggingface.co/{hub_id(base_model)})" if hub_id(base_model) else f"`{base_model}`"
     parts = [
         "---\n" + yaml.safe_dump(meta, sort_keys=False).strip() + "\n---",
@@ -99,7 +111,7 @@ def model_card(
         "## Usage\n\nPlain transformers (`trust_remote_code=True` loads `modeling_xdlm.py`, the sampler code of "
         "xdlm-tune, generated from its source):\n\n```python\n"
         "from transformers import AutoModel, AutoTokenizer\n\n"
-        f'repo = "{name}"\n'
+        f"repo = {repo!r}{repo_note}\n"
         "tokenizer = AutoTokenizer.from_pretrained(repo)\n"
         "model = AutoModel.from_pretrained(repo, trust_remote_code=True).eval()\n"
         'inputs = tokenizer(["def fibonacci(n):"], return_tensors="pt")\n'
@@ -133,6 +145,6 @@ def model_card(
     parts.append(
         "## Further training\n\nThe export loads back into xdlm-tune as a diffusion base (mask id and shift are read "
         "from `config.json`):\n\n```yaml\nmodel:\n"
-        f"  name_or_path: {name}\n  kind: diffusion\n  trust_remote_code: true\n```"
+        f"  name_or_path: {repo}{repo_note}\n  kind: diffusion\n  trust_remote_code: true\n```"
     )
     return "\n\n".join(parts) + "\n"

@@ -66,6 +66,7 @@ def export_model(
     inplace: bool = False,
     qlora_base: str | os.PathLike | None = None,
     name: str | None = None,
+    repo_id: str | None = None,
 ) -> Path:
     """Merge `model` (PEFT LoRA / QLoRA or plain transformers) and write a Hub folder at `out_dir`.
 
@@ -77,7 +78,8 @@ def export_model(
         max_new_tokens, steps, block_length, temperature, top_p). dtype: of the saved weights
         (default: the model's). inplace: merge the caller's model itself (saves a copy's memory;
         the model is consumed). qlora_base: where to reload a 4-bit base unquantised from
-        (default: its config's _name_or_path). name: the card's title / repo id.
+        (default: its config's _name_or_path). name: the card's title. repo_id: the Hub repo it will be
+        pushed to, for the card's loading snippets (None: they name the folder's path).
     """
     out_dir = Path(out_dir)
     recipe_dict = _recipe_dict(recipe)
@@ -113,6 +115,8 @@ def export_model(
             dtype=str(next(merged.parameters()).dtype).removeprefix("torch."),
             eval_summary=eval_summary,
             plot_file=plot_file,
+            repo_id=repo_id,
+            folder=str(out_dir.resolve()),
         )
         (tmp / "README.md").write_text(card, encoding="utf-8")
         for path in [tmp, *tmp.iterdir()]:  # mkdtemp makes a private (0700) folder

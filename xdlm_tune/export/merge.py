@@ -106,7 +106,10 @@ def _dequantized_copy(model: nn.Module, *, dtype: torch.dtype | None, source) ->
             setattr(fresh.config, key, getattr(hf.config, key))
     name = model.active_adapter
     config = copy.deepcopy(model.peft_config[name])
-    wrapped = get_peft_model(fresh, config)
+    from xdlm_tune.console import peft_wrapping
+
+    with peft_wrapping():
+        wrapped = get_peft_model(fresh, config)
     result = set_peft_model_state_dict(wrapped, get_peft_model_state_dict(model, adapter_name=name))
     unexpected = [k for k in result.unexpected_keys if "lora_" in k or "trainable_tokens" in k]
     if unexpected:

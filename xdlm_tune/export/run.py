@@ -39,9 +39,11 @@ def find_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise ExportError(f"{path} is not a folder: give a run folder (training.output_dir) or a checkpoint-* folder")
-    if (path / STATE_FILE).is_file() or ((path / RECIPE_FILE).is_file() and _weights_dir(path) is not None):
+    if (path / STATE_FILE).is_file():
         return path
-    latest = latest_checkpoint(path)
+    latest = latest_checkpoint(path)  # a run folder: before its own sub-folders (export/ holds weights too)
+    if latest is None and (path / RECIPE_FILE).is_file() and _weights_dir(path) is not None:
+        return path
     if latest is None:
         raise ExportError(f"{path} holds no checkpoint (checkpoint-*/ with {STATE_FILE}); train first or give a checkpoint folder")
     return latest
@@ -67,7 +69,10 @@ def load_checkpoint(path: str | Path):
     )
     model = prepared.model
     if (weights / "adapter_config.json").is_file():
-        model = PeftModel.from_pretrained(model, weights)
+        from xdlm_tune.console import peft_wrapping
+
+        with peft_wrapping():
+            model = PeftModel.from_pretrained(model, weights)
     elif not full_folder:
         state = _load_safetensors(weights)
         if any(key.startswith("base_model.model.") for key in state):
@@ -105,7 +110,8 @@ def export_run(
     d = recipe.diffusion
     out = export_model(
         model, tokenizer, out_dir, mask_id=mask_id, k=d.k, shift=shift, schedule=d.schedule, eps=d.eps,
-        recipe=recipe, inplace=True, name=name or push_to_hub_repo, **export_kwargs,
+        recipe=recipe, inplace=True, name=name or push_to_hub_repo,
+        repo_id=export_kwargs.pop("repo_id", None) or push_to_hub_repo, **export_kwargs,
     )
     logger.info("exported %s to %s", ckpt, out)
     if push_to_hub_repo:
@@ -115,9 +121,16 @@ def export_run(
 
 def export_main(argv: list[str] | None = None) -> int:
     """`xdlm-tune export` (the CLI calls this with the arguments after `export`)."""
+    from xdlm_tune.cli import HelpFormatter
+
     parser = argparse.ArgumentParser(
-        prog="xdlm-tune export",
-        description="Merge a run's adapters into the base and write a self-contained Hugging Face folder.")
+        prog="xdlm-tune export", formatter_class=HelpFormatter,
+        description="Merge a run's adapters (or full weights) into the base and write a self-contained Hugging Face "
+                    "folder: merged safetensors, tokenizer with its mask token, config.json with the XDLM settings, "
+                    "the generated modeling_xdlm.py (diffusion_generate) and a model card; optionally push it.",
+        epilog="examples:\n  xdlm-tune export runs/smollm2-135m-xdlm-lora --out exports/smollm2-xdlm\n"
+               "  xdlm-tune export runs/smollm2-135m-xdlm-lora/checkpoint-00000200 --out exports/smollm2-xdlm "
+               "--push-to-hub you/smollm2-135m-xdlm")
     parser.add_argument("path", help="a run folder (training.output_dir: its newest checkpoint) or a checkpoint-* folder")
     parser.add_argument("--out", help="export folder (default: the recipe's export.out_dir, else <run>/export)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the export to this Hub repo (token: $HF_TOKEN)")
@@ -127,7 +140,9 @@ def export_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-summary", metavar="FILE", help="evaluation table for the card: .json (rows) or .md")
     parser.add_argument("--plot", metavar="FILE", help="evaluation plot (png) for the card")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from xdlm_tune.console import setup_logging
+
+    setup_logging(logging.INFO, "%(message)s")
     extra = {"max_shard_size": args.max_shard_size, "plot_path": args.plot}
     if args.dtype:
         extra["dtype"] = args.dtype
@@ -135,7 +150,7 @@ def export_main(argv: list[str] | None = None) -> int:
         if args.eval_summary:
             text = Path(args.eval_summary).read_text()
             extra["eval_summary"] = json.loads(text) if args.eval_summary.endswith(".json") else text
-        out = export_run(args.path, args.out, name=args.push_to_hub, **extra)
+        out = export_run(args.path, args.out, name=args.push_to_hub, repo_id=args.push_to_hub, **extra)
     except (ExportError, RecipeError, OSError, ValueError) as err:
         print(f"xdlm-tune export: {err}", file=sys.stderr)
         return 2

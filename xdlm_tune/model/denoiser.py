@@ -100,8 +100,9 @@ class _HeadReached(Exception):
 
 
 def _hidden_via_head_hook(model: PreTrainedModel, **inputs) -> torch.Tensor:
-    """Hidden states as the output head receives them, for remote-code models (LLaDA,
-    Dream) whose outputs do not expose them uniformly; the logits are never computed."""
+    """Hidden states as the output head receives them, for remote-code models whose outputs
+    do not expose them uniformly; the logits are never computed. Only the keywords their
+    forward accepts are passed (remote code often takes no position_ids)."""
     kwargs = accepted_kwargs(model, **{k: v for k, v in inputs.items() if v is not None})
     captured: list[torch.Tensor] = []
 

@@ -76,7 +76,10 @@ def attach_lora(
     )
     # No task_type: the plain PeftModel wraps remote-code diffusion bases too, and we never
     # use PEFT's generation helpers.
-    return get_peft_model(hf, config)
+    from ..console import peft_wrapping
+
+    with peft_wrapping():
+        return get_peft_model(hf, config)
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

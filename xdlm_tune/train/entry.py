@@ -13,9 +13,10 @@ import warnings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("recipe", help="a YAML recipe, e.g. recipes/smollm2-135m-xdlm-lora.yaml")
+    parser.add_argument("recipe", help="a YAML recipe (see recipes/), e.g. recipes/smollm2-135m-xdlm-lora.yaml")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="recipe overrides, e.g. diffusion.k=0.5 training.max_steps=2 training.output_dir=runs/try")
+                        help="change any recipe field, the value read as YAML (numbers, true/false, null, lists "
+                             "like [q_proj, v_proj]), e.g. diffusion.k=0.5 training.max_steps=2 training.output_dir=runs/try")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest checkpoint in training.output_dir (= training.resume=latest)")
     parser.add_argument("--dry-run", action="store_true",
@@ -63,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _setup_logging() -> None:
+    from ..console import setup_logging
+
     main_process = os.environ.get("RANK", "0") == "0"
-    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # Our modules speak at INFO; libraries keep their own (usually WARNING) level.
-    logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("xdlm_tune").setLevel(logging.INFO if main_process else logging.WARNING)
+    setup_logging(logging.INFO if main_process else logging.WARNING,
+                  "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # DeepSpeed calls renamed torch.distributed functions on every step; the warning says nothing to a user.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)

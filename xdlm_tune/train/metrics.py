@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
+from .. import console
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -58,13 +58,20 @@ class MetricsWriter:
 
 
 class Progress:
-    """tqdm over optimizer steps (tqdm shows the ETA) with loss and tokens/s; lines printed
-    with `write` do not break the bar."""
+    """A bar over optimizer steps (it shows the ETA) with loss and tokens/s; lines printed with
+    `write` do not break it. The bar starts with the first step of this invocation, so a run
+    resumed at its last step prints no bar (see xdlm_tune.console for log files)."""
 
     def __init__(self, *, total: int, start: int, enabled: bool):
-        self.bar = tqdm(total=total, initial=start, disable=not enabled, desc="train", unit="step",
-                        dynamic_ncols=True, mininterval=1.0)
+        self.total, self.start, self.enabled = total, start, enabled
+        self.bar = None
         self.tokens, self.seconds = 0, 0.0
+
+    def _bar(self):
+        if self.bar is None:
+            self.bar = console.progress(total=self.total, initial=self.start, disable=not self.enabled, desc="train",
+                                        unit="step", dynamic_ncols=True, mininterval=1.0)
+        return self.bar
 
     def update(self, *, loss: float, tokens: int, lr: float, seconds: float) -> float:
         """Advance one step of `tokens` (all processes) that took `seconds`; returns the training
@@ -72,13 +79,15 @@ class Progress:
         self.tokens += tokens
         self.seconds += seconds
         rate = self.tokens / max(self.seconds, 1e-9)
-        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
-        self.bar.update(1)
+        bar = self._bar()
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}", refresh=False)
+        bar.update(1)
         return rate
 
     def write(self, text: str) -> None:
-        if not self.bar.disable:
-            self.bar.write(text)
+        if self.enabled:
+            console.write(text)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()

@@ -132,6 +132,16 @@ def reset_accelerate_state() -> None:
     GradientState._reset_state()
 
 
+def unwrap_prepared(accelerator, model):
+    """The module inside accelerate's wrappers. accelerator.unwrap_model imports DeepSpeed whenever it
+    is installed (and DeepSpeed logs an accelerator warning at import): only DeepSpeed runs use it."""
+    if is_deepspeed(accelerator):
+        return accelerator.unwrap_model(model)
+    while isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        model = model.module
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
 def is_deepspeed(accelerator) -> bool:
     from accelerate.utils import DistributedType
 

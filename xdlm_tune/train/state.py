@@ -29,7 +29,7 @@ from ..checkpoint import (
 from ..config import Recipe, save_recipe
 from ..model import unwrap
 from .objective import gathered
-from .runtime import is_deepspeed, zero_stage
+from .runtime import is_deepspeed, unwrap_prepared, zero_stage
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def save_run_checkpoint(output_dir: str | Path, step: int, *, accelerator, model
     main = accelerator.is_main_process
     tmp = begin_save(output_dir, step, main)
     accelerator.wait_for_everyone()
-    objective = accelerator.unwrap_model(model)
+    objective = unwrap_prepared(accelerator, model)
     if is_deepspeed(accelerator):
         lora = isinstance(objective.model, PeftModel)
         model.save_checkpoint(str(tmp), tag=DS_TAG, save_latest=False, exclude_frozen_parameters=lora)
@@ -70,7 +70,7 @@ def save_hf_weights(directory: Path, *, accelerator, model, tokenizer) -> Path |
     """`adapter/` (LoRA) or `model/` (full fine-tune) with the tokenizer, in Hugging Face
     format. Collective under ZeRO-3 (every process calls it); the main process writes."""
     main = accelerator.is_main_process
-    objective = accelerator.unwrap_model(model)
+    objective = unwrap_prepared(accelerator, model)
     if isinstance(objective.model, PeftModel):
         target = directory / "adapter"
         with gathered(list(_trainable(objective).values())):
@@ -98,7 +98,7 @@ def save_hf_weights(directory: Path, *, accelerator, model, tokenizer) -> Path |
 
 def load_run_checkpoint(ckpt: Path, *, accelerator, model, optimizer, scheduler) -> None:
     """Restore weights, optimizer and schedule (the loop state and RNG come from read_state)."""
-    objective = accelerator.unwrap_model(model)
+    objective = unwrap_prepared(accelerator, model)
     if is_deepspeed(accelerator):
         if not (ckpt / DS_TAG).is_dir():
             raise CheckpointError(f"{ckpt} has no {DS_TAG}/ (it was not written by a DeepSpeed run); "
