@@ -33,7 +33,7 @@ def test_correct_answers_pass_and_wrong_ones_fail(problems, tiny, tmp_path, monk
 
     def fake(em, chunk, steps, cfg):
         calls.append((steps, [p.task_id for p in chunk]))
-        return [(p.reference + "\n[DONE]\nleftover" if i % 2 == 0 else "def oops(:\n") for i, p in enumerate(chunk)]
+        return [(p.reference + "\n[DONE]\nleftover" if i % 2 == 0 else "def oops(:\n") for i, p in enumerate(chunk)], [steps] * len(chunk)
 
     monkeypatch.setattr(harness, "diffusion_generations", fake)
     cfg = GenerationConfig(batch_size=4)
@@ -53,7 +53,7 @@ def test_interrupted_run_resumes_without_duplicates(problems, tiny, tmp_path, mo
 
     def fake(em, chunk, steps, cfg):
         seen.extend((steps, p.task_id) for p in chunk)
-        return ["x = 1\n"] * len(chunk)
+        return ["x = 1\n"] * len(chunk), [steps] * len(chunk)
 
     monkeypatch.setattr(harness, "diffusion_generations", fake)
     cfg = GenerationConfig(batch_size=2)
@@ -70,7 +70,7 @@ def test_interrupted_run_resumes_without_duplicates(problems, tiny, tmp_path, mo
 
 
 def test_ranks_split_the_problems_and_summary_merges_them(problems, tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr(harness, "diffusion_generations", lambda em, chunk, s, cfg: ["x = 1\n"] * len(chunk))
+    monkeypatch.setattr(harness, "diffusion_generations", lambda em, chunk, s, cfg: (["x = 1\n"] * len(chunk), [s] * len(chunk)))
     cfg = GenerationConfig(batch_size=4)
     for rank in range(2):
         run_evaluation([tiny], problems, steps=[4], cfg=cfg, out_dir=tmp_path, rank=rank, world_size=2,
@@ -89,3 +89,21 @@ def test_real_sampler_on_a_tiny_model_counts_budgets(problems, tiny, tmp_path):
     rows = _rows(path)
     assert len(rows) == 4 and len(forwards) == 2 + 4  # one batch per budget: exactly `steps` forwards
     assert all(r["status"] in ("passed", "wrong_answer", "error", "timeout") for r in rows)
+
+
+def test_cache_and_threshold_rows_carry_the_variant_and_nfe(problems, tiny, tmp_path):
+    """The real sampler with a dual cache and a threshold: the row label names the variant, each
+    sample records its forward passes, and the table shows their mean."""
+    forwards = []
+    hook = tiny.model.register_forward_hook(lambda *a: forwards.append(1))
+    try:
+        settings = SamplerSettings(gen_length=8, block_length=4, cache="dual", threshold=0.01)
+        cfg = GenerationConfig(sampling=settings, batch_size=2)
+        rows = _rows(run_evaluation([tiny], problems[:2], steps=[8], cfg=cfg, out_dir=tmp_path, progress=False))
+    finally:
+        hook.remove()
+    assert {r["label"] for r in rows} == {"tiny [cache=dual tau=0.01]"}
+    assert all(2 <= r["nfe"] < 8 for r in rows) and len(forwards) < 8  # blocks ended early
+    table = summarize_run(tmp_path)["table"]
+    mean = sum(r["nfe"] for r in rows) / len(rows)
+    assert table.splitlines()[0].endswith("| timeout | NFE |") and table.splitlines()[2].endswith(f"| {mean:.1f} |")

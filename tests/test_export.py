@@ -89,6 +89,10 @@ def tree_digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+# Cached / threshold variants of diffusion_generate, checked against the project's generate.
+CACHED = {"xdlm_dual": dict(alg="xdlm", cache="dual", revise_prompt=True),
+          "confidence_prefix_tau": dict(alg="confidence", cache="prefix", refresh_every=2, threshold=0.05)}
+
 CHILD = r'''
 import importlib.util, json, sys
 sys.path.extend(sys.argv[1].split(":"))  # site-packages only: no .pth hooks, so no editable xdlm_tune
@@ -117,6 +121,11 @@ for case in json.loads(sys.argv[2]):
     res["gen.xdlm_revise"] = model.diffusion_generate(
         data["prompts"], attention_mask=data["prompt_mask"], max_new_tokens=case["gen"], steps=case["steps"],
         block_length=case["block"], temperature=0.0, alg="xdlm", revise_prompt=True)
+    for name in case["cached"]:
+        kw = CACHED[name]
+        res["gen." + name] = model.diffusion_generate(
+            data["prompts"], attention_mask=data["prompt_mask"], max_new_tokens=case["gen"], steps=case["steps"],
+            block_length=case["block"], temperature=0.0, **kw)
     res["xdlm_tune_loaded"] = torch.tensor(any(m.split(".")[0] == "xdlm_tune" for m in sys.modules))
     results[case["name"]] = res
 torch.save({k: {n: v for n, v in r.items() if isinstance(v, torch.Tensor)} for k, r in results.items()}, sys.argv[3])
@@ -128,7 +137,7 @@ def run_clean(tmp: Path, cases: list[dict]) -> tuple[dict, dict]:
     """Run CHILD in `python -I -S` with only site-packages on sys.path, from a folder outside the repo."""
     site = ":".join(dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]))
     script, out = tmp / "child.py", tmp / "child_results.pt"
-    script.write_text(CHILD)
+    script.write_text(f"CACHED = {CACHED!r}\n" + CHILD)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp), "HF_HOME": str(tmp / "hf"),
            "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-I", "-S", str(script), site, json.dumps(cases), str(out)],
@@ -172,10 +181,15 @@ def exported(tmp_path_factory):
         gens["defaults"] = generate(model, prompts, steps=4, gen_length=8, block_length=4, sampler="xdlm", **kw)
         gens["xdlm_revise"] = generate(model, prompts, steps=STEPS, gen_length=GEN, block_length=BLOCK, sampler="xdlm",
                                        revise_prompt=True, **kw)
+        cached = [] if family == "gemma2" else list(CACHED)  # gemma2's sliding window is refused by the cache
+        for name in cached:
+            extra = dict(CACHED[name])
+            gens[name] = generate(model, prompts, steps=STEPS, gen_length=GEN, block_length=BLOCK,
+                                  sampler=extra.pop("alg"), **extra, **kw)
         ref[family] = dict(model=model, tok=tok, mask_id=mask_id, shift=shift, logits=logits, gens=gens, dir=out)
         torch.save(dict(ids=ids, attn=attn, prompts=prompts, prompt_mask=prompt_mask), tmp / f"{family}.pt")
         cases.append(dict(name=family, dir=str(out), inputs=str(tmp / f"{family}.pt"), algs=ALGS,
-                          gen=GEN, steps=STEPS, block=BLOCK))
+                          gen=GEN, steps=STEPS, block=BLOCK, cached=cached))
     t0 = time.perf_counter()
     tensors, classes = run_clean(tmp, cases)
     return dict(ref=ref, child=tensors, classes=classes, tmp=tmp, recipe=recipe, child_s=time.perf_counter() - t0)
@@ -204,9 +218,11 @@ def test_exported_logits_equal_the_trained_lora_model(exported, family):
 @pytest.mark.parametrize("family", CASES)
 def test_diffusion_generate_gives_the_tokens_of_xdlm_tune_sampler(exported, family):
     ref, res = exported["ref"][family], exported["child"][family]
-    for alg in (*ALGS, "defaults", "xdlm_revise"):
+    for alg in (*ALGS, "defaults", "xdlm_revise", *(CACHED if family != "gemma2" else ())):
         assert torch.equal(res["gen." + alg], ref["gens"][alg]), alg
         assert not (res["gen." + alg][:, 5:] == ref["mask_id"]).any()
+    if family != "gemma2":  # the cache was used: its tokens differ from the uncached sampler's here
+        assert not torch.equal(ref["gens"]["xdlm_dual"], ref["gens"]["xdlm_revise"])
 
 
 @pytest.mark.parametrize("family", CASES)
@@ -248,7 +264,8 @@ def test_model_card(exported):
     assert read_settings(out)["recipe"] == exported["recipe"].to_dict()
     assert read_settings(out)["generation"] == {"alg": "xdlm", "max_new_tokens": 8, "steps": 4, "block_length": 4,
                                                 "temperature": 0.0, "top_p": 1.0, "revise_prompt": False,
-                                                "final_step": "none"}
+                                                "final_step": "none", "cache": "none", "refresh": "step",
+                                                "refresh_every": None, "threshold": None}
 
 
 # --------------------------------------------------------------------------- the generated modeling file

@@ -102,9 +102,9 @@ def test_evaluation_groups_prompts_of_equal_length_for_a_model_without_position_
     problems = [Problem(benchmark="t", task_id=str(i), prompt="x" * n, test_code="", reference="") for i, n in enumerate([4, 6, 4, 5, 6, 4])]
     em = EvalModel(model=strict.model.eval(), tokenizer=_Tok(), label="strict", mask_id=strict.mask_id, shift=False)
     cfg = GenerationConfig(sampling=SamplerSettings(gen_length=8, block_length=4, sampler="confidence"), batch_size=2)
-    together = diffusion_generations(em, problems, 4, cfg)
-    alone = [diffusion_generations(em, [p], 4, cfg)[0] for p in problems]
-    assert together == alone and len(together) == len(problems)
+    together, nfe = diffusion_generations(em, problems, 4, cfg)
+    alone = [diffusion_generations(em, [p], 4, cfg)[0][0] for p in problems]
+    assert together == alone and len(together) == len(problems) and nfe == [4] * len(problems)
 
 
 def test_dry_run_of_a_remote_code_diffusion_recipe_uses_the_strict_stand_in(capsys):

@@ -10,15 +10,13 @@ It shares no code with `generate`'s vectorised implementation.
 """
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
 import torch
 
 from xdlm_tune.config import load_recipe
 from xdlm_tune.evaluation.harness import settings_from_recipe
-from xdlm_tune.evaluation.run import sampler_settings
+from xdlm_tune.evaluation.run import build_parser, sampler_settings
 from xdlm_tune.sampling import SamplerSettings, generate
 from xdlm_tune.sampling.generate import _revision_quota
 
@@ -201,8 +199,7 @@ def test_recipe_and_cli_settings_carry_the_trained_schedule(schedule):
                                 "eval.sampler=ancestral", "eval.final_step=ancestral"])
     s = settings_from_recipe(recipe)
     assert (s.schedule, s.eps, s.k, s.sampler, s.final_step) == (schedule, 0.01, 0.2, "ancestral", "ancestral")
-    args = argparse.Namespace(steps=[8], gen_length=16, block_length=None, sampler=None, temperature=0.0,
-                              top_p=1.0, k=None, revise_prompt=False, final_step="none")
+    args = build_parser().parse_args(["--steps", "8", "--gen-length", "16"])
     cli = sampler_settings(args, {"k": 0.2, "schedule": schedule, "eps": 0.01})
     assert (cli.schedule, cli.eps, cli.k, cli.resolved_sampler) == (schedule, 0.01, 0.2, "xdlm")
 

@@ -247,7 +247,7 @@ def test_summarize_and_table():
     assert s16.syntax_valid_rate == 0.75 and s16.n == 4
     assert s16.outcomes == {"passed": 1, "wrong_answer": 1, "error": 1, "timeout": 1}
     table = markdown_table(summaries)
-    assert table.splitlines()[0] == "| steps | n | pass@1 | syntax valid | passed | wrong answer | error | timeout |"
+    assert table.splitlines()[0] == "| steps | n | pass@1 | syntax valid | passed | wrong answer | error | timeout | NFE |"
     assert "| AR | 4 | 50.0% | 100.0% | 2 | 2 | 0 | 0 |" in table
     assert "| 16 | 4 | 25.0% | 75.0% | 1 | 1 | 1 | 1 |" in table
 

@@ -351,6 +351,16 @@ class EvalConfig:
     """xdlm: also rewrite prompt tokens, as the authors' code does."""
     final_step: Literal["none", "ancestral"] = "none"
     """`ancestral`: the authors' extra step to alpha_s = 1 (sampler ancestral only); `none`: no extra step."""
+    cache: Literal["none", "prefix", "dual"] = "none"
+    """KV cache inside a block: `prefix` keeps the prompt and earlier blocks, `dual` also the masked tail
+    (README: Fast sampling)."""
+    refresh: Literal["step", "block"] = "step"
+    """After a revision rewrites a cached position: a full pass at the next `step`, or at the next `block` start."""
+    refresh_every: int | None = None
+    """Also a full pass every N steps of a block (1: exactly the uncached sampler); null: never."""
+    threshold: float | None = None
+    """confidence / xdlm: reveal every masked position of the block at least this confident (at least one per
+    step); null: the fixed schedule."""
     prompt_format: Literal["original", "opencompass", "lm-eval"] = "original"
     """MBPP prompt, answer extraction and scoring: `original`, `opencompass` (the paper's mbpp_gen_830460), `lm-eval`
     (lm-evaluation-harness's mbpp)."""
@@ -384,6 +394,14 @@ class EvalConfig:
             errs.append(("final_step", f"'ancestral' applies to sampler: ancestral only (sampler is {sampler!r}); use 'none'"))
         if self.revise_prompt and sampler != "xdlm":
             errs.append(("revise_prompt", f"applies to sampler: xdlm only (sampler is {sampler!r}); set it to false"))
+        if self.refresh_every is not None and self.refresh_every < 1:
+            errs.append(("refresh_every", f"must be a positive integer or null, got {self.refresh_every}"))
+        if self.cache == "none" and (self.refresh != "step" or self.refresh_every is not None):
+            errs.append(("refresh", "refresh / refresh_every apply to a KV cache only: set cache: prefix or dual"))
+        if self.threshold is not None and not 0 < self.threshold <= 1:
+            errs.append(("threshold", f"must be in (0, 1] or null, got {self.threshold}"))
+        if self.threshold is not None and sampler == "ancestral":
+            errs.append(("threshold", "applies to sampler: confidence or xdlm only (sampler is 'ancestral'); set it to null"))
         return errs
 
 

@@ -42,6 +42,7 @@ def settings_from_recipe(recipe) -> SamplerSettings:
         steps=ev.steps[0], gen_length=ev.gen_length, block_length=ev.block_length, sampler=ev.sampler,
         temperature=ev.temperature, top_p=ev.top_p, k=d.k, schedule=d.schedule, eps=d.eps,
         revise_prompt=ev.revise_prompt, final_step=ev.final_step,
+        cache=ev.cache, refresh=ev.refresh, refresh_every=ev.refresh_every, threshold=ev.threshold,
     )
 
 
@@ -82,8 +83,10 @@ def _decode(tokenizer, ids: torch.Tensor, stops: Sequence[str]) -> list[str]:
 
 
 @torch.no_grad()
-def diffusion_generations(em: EvalModel, problems: Sequence[Problem], steps: int, cfg: GenerationConfig) -> list[str]:
-    """One answer per problem from the diffusion sampler with ``steps`` forward passes.
+def diffusion_generations(em: EvalModel, problems: Sequence[Problem], steps: int,
+                          cfg: GenerationConfig) -> tuple[list[str], list[int]]:
+    """One answer per problem from the diffusion sampler with ``steps`` forward passes, and the
+    forward passes (NFE) each answer needed (fewer than ``steps`` under a threshold).
 
     A model whose forward takes no ``position_ids`` (remote code such as LLaDA's original)
     would see a left-padded row's positions shifted, so its prompts run in groups of equal
@@ -92,14 +95,14 @@ def diffusion_generations(em: EvalModel, problems: Sequence[Problem], steps: int
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     settings = cfg.sampling.replace(steps=steps)
     eos = em.tokenizer.eos_token_id
-    out: dict[int, str] = {}
+    out: dict[int, tuple[str, int]] = {}
     for chunk in _prompt_batches(em, problems, cfg.batch_size):
         first = problems[chunk[0]]
         ids, mask = _encode(em.tokenizer, [problems[i].prompt for i in chunk], device, first.special_tokens)
-        seq = generate(em.model, ids, settings, attention_mask=mask, mask_id=em.mask_id, shift=em.shift,
-                       eos_id=eos, generator=gen)
-        out.update(zip(chunk, _decode(em.tokenizer, seq[:, ids.shape[1]:], first.stop)))
-    return [out[i] for i in range(len(problems))]
+        seq, stats = generate(em.model, ids, settings, attention_mask=mask, mask_id=em.mask_id, shift=em.shift,
+                              eos_id=eos, generator=gen, return_stats=True)
+        out.update(zip(chunk, zip(_decode(em.tokenizer, seq[:, ids.shape[1]:], first.stop), stats.nfe.tolist())))
+    return [out[i][0] for i in range(len(problems))], [out[i][1] for i in range(len(problems))]
 
 
 def _prompt_batches(em: EvalModel, problems: Sequence[Problem], size: int) -> list[list[int]]:
@@ -191,20 +194,22 @@ def run_evaluation(
     mine = list(problems)[rank::world_size]
     exec_kw = {} if timeout is None else {"timeout": timeout}
     jobs = [(em, s) for em in models for s in ([None] if em.mask_id is None else steps)]
+    variant = cfg.sampling.variant  # cache / threshold runs get their own rows (and resume keys)
     bar = progress_bar(total=len(jobs) * len(mine), desc="eval", disable=not progress or rank != 0)
     for em, s in jobs:
-        todo = [p for p in mine if (em.label, s, p.task_id) not in done]
+        label = em.label if s is None or not variant else f"{em.label} [{variant}]"
+        todo = [p for p in mine if (label, s, p.task_id) not in done]
         bar.update(len(mine) - len(todo))
         for chunk in _batches(todo, max(cfg.batch_size, 1)):
-            texts = (autoregressive_generations(em, chunk, cfg) if s is None
-                     else diffusion_generations(em, chunk, s, cfg))
+            texts, nfe = ((autoregressive_generations(em, chunk, cfg), [None] * len(chunk)) if s is None
+                          else diffusion_generations(em, chunk, s, cfg))
             records = check_generations(chunk, texts, workers=workers, **exec_kw)
             used = None if s is None else _settings_record(cfg.sampling.replace(steps=s))
-            rows = [{"label": em.label, "steps": s, "sampler": used, "generation": t, **r}
-                    for t, r in zip(texts, records)]
+            rows = [{"label": label, "steps": s, "nfe": n, "sampler": used, "generation": t, **r}
+                    for t, n, r in zip(texts, nfe, records)]
             _append(path, rows)
             bar.update(len(chunk))
-            bar.set_postfix(model=em.label, steps=s if s is not None else "AR")
+            bar.set_postfix(model=label, steps=s if s is not None else "AR")
     bar.close()
     return path
 

@@ -19,6 +19,7 @@ class Summary:
     pass_at_1: float
     syntax_valid_rate: float
     outcomes: dict[str, int] = field(default_factory=dict)  # count per status in STATUSES
+    nfe: float | None = None  # mean forward passes per sample (None: not recorded, e.g. AR)
 
 
 def summarize(records: Iterable[Mapping]) -> list[Summary]:
@@ -42,7 +43,9 @@ def summarize(records: Iterable[Mapping]) -> list[Summary]:
         pass_at_1 = sum(sum(v) / len(v) for v in per_task.values()) / len(per_task)
         outcomes = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
         valid = sum(bool(r["syntax_valid"]) for r in rows) / len(rows)
-        summaries.append(Summary(label, steps, len(rows), pass_at_1, valid, outcomes))
+        nfes = [r["nfe"] for r in rows if r.get("nfe") is not None]
+        nfe = sum(nfes) / len(nfes) if nfes else None
+        summaries.append(Summary(label, steps, len(rows), pass_at_1, valid, outcomes, nfe))
     # Baseline (steps None) first within each label, then by step budget.
     return sorted(summaries, key=lambda s: (s.label, s.steps is not None, s.steps or 0))
 
@@ -51,7 +54,7 @@ def markdown_table(summaries: Sequence[Summary]) -> str:
     """A GitHub markdown table; the label column appears only when labels differ from ''."""
     with_label = any(s.label for s in summaries)
     head = (["model"] if with_label else []) + ["steps", "n", "pass@1", "syntax valid"]
-    head += ["passed", "wrong answer", "error", "timeout"]
+    head += ["passed", "wrong answer", "error", "timeout", "NFE"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summaries:
         cells = ([s.label] if with_label else []) + [
@@ -61,6 +64,7 @@ def markdown_table(summaries: Sequence[Summary]) -> str:
             f"{100 * s.syntax_valid_rate:.1f}%",
         ]
         cells += [str(s.outcomes.get(k, 0)) for k in STATUSES]
+        cells.append("-" if s.nfe is None else f"{s.nfe:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

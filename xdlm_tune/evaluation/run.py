@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..sampling import FINAL_STEPS, SAMPLERS, SamplerSettings
+from ..sampling import CACHES, FINAL_STEPS, REFRESHES, SAMPLERS, SamplerSettings
 from .harness import EvalModel, GenerationConfig, run_evaluation, summarize_run
 from .tasks import BENCHMARKS, MBPP_FORMATS, load_benchmark
 
@@ -55,6 +55,13 @@ def build_parser(benchmark: str | None = None) -> argparse.ArgumentParser:
                     help="xdlm: also rewrite prompt tokens, exactly as the authors' sampler does")
     ap.add_argument("--final-step", choices=FINAL_STEPS, default="none",
                     help="ancestral: the authors' extra sampled step to alpha_s = 1 (one more forward pass per block)")
+    ap.add_argument("--cache", choices=CACHES, default="none",
+                    help="KV cache inside a block: prefix (prompt and earlier blocks) or dual (also the masked tail)")
+    ap.add_argument("--refresh", choices=REFRESHES, default="step",
+                    help="after a revision of a cached position: a full pass at the next step, or at the next block")
+    ap.add_argument("--refresh-every", type=int, default=None, help="also a full pass every N steps of a block")
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="confidence / xdlm: reveal every masked position at least this confident (NFE then varies)")
     ap.add_argument("--prompt-format", choices=MBPP_FORMATS, default="original",
                     help="MBPP prompt, answer extraction and scoring: original, opencompass (the paper's "
                          "mbpp_gen_830460), lm-eval (lm-evaluation-harness's mbpp)")
@@ -171,6 +178,7 @@ def sampler_settings(args, trained: dict) -> SamplerSettings:
         k=args.k if args.k is not None else trained.get("k", 0.1),
         schedule=trained.get("schedule", "linear"), eps=trained.get("eps", 1e-3),
         revise_prompt=args.revise_prompt, final_step=args.final_step,
+        cache=args.cache, refresh=args.refresh, refresh_every=args.refresh_every, threshold=args.threshold,
     )
 
 

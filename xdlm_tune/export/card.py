@@ -122,10 +122,13 @@ def model_card(
         ")\n"
         "print(tokenizer.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=True))\n```\n\n"
         "`diffusion_generate(input_ids, attention_mask=None, max_new_tokens, steps, block_length, temperature, "
-        "top_p, alg, k=None, revise_prompt=None, final_step=None, eos_token_id=None, generator=None)` returns "
+        "top_p, alg, k=None, revise_prompt=None, final_step=None, cache=None, refresh=None, refresh_every=None, "
+        "threshold=None, eos_token_id=None, generator=None)` returns "
         "the full sequences (prompt + answer), as Dream's models do; prompts are left-padded. Defaults come "
         "from `config.json` (`xdlm.generation`). `steps` is exactly the number of forward passes "
-        "(`final_step=\"ancestral\"` adds one per block).",
+        "(`final_step=\"ancestral\"` adds one per block; `threshold` may end blocks early). "
+        "`cache=\"prefix\"` or `\"dual\"` reuses keys/values inside a block (faster, approximate; "
+        "`refresh_every=1` is exactly uncached).",
     ]
     table = eval_table(eval_summary)
     if table or plot_file:

@@ -37,7 +37,8 @@ XDLM_KEY = "xdlm"
 FORMAT = 1
 # alg None: xdlm for k > 0, confidence for k = 0 (resolved at export time).
 GENERATION_DEFAULTS = {"alg": None, "max_new_tokens": 256, "steps": 32, "block_length": 256,
-                       "temperature": 0.0, "top_p": 1.0, "revise_prompt": False, "final_step": "none"}
+                       "temperature": 0.0, "top_p": 1.0, "revise_prompt": False, "final_step": "none",
+                       "cache": "none", "refresh": "step", "refresh_every": None, "threshold": None}
 
 
 class ExportError(RuntimeError):
@@ -174,6 +175,7 @@ def _settings(*, mask_id, k, shift, schedule, eps, recipe, generation) -> dict:
                    temperature=ev.get("temperature", gen["temperature"]), top_p=ev.get("top_p", gen["top_p"]),
                    revise_prompt=ev.get("revise_prompt", gen["revise_prompt"]),
                    final_step=ev.get("final_step", gen["final_step"]))
+        gen.update({key: ev[key] for key in ("cache", "refresh", "refresh_every", "threshold") if key in ev})
     unknown = set(generation or {}) - set(GENERATION_DEFAULTS)
     if unknown:
         raise ValueError(f"generation has unknown keys {sorted(unknown)}; valid: {', '.join(GENERATION_DEFAULTS)}")

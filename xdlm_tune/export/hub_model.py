@@ -35,6 +35,10 @@ class XDLMForCausalLM(_XDLMBase):
         k=None,
         revise_prompt=None,
         final_step=None,
+        cache=None,
+        refresh=None,
+        refresh_every=None,
+        threshold=None,
         eos_token_id=None,
         generator=None,
     ):
@@ -46,9 +50,14 @@ class XDLMForCausalLM(_XDLMBase):
         budget int(acc * k / (1 - k))) or "ancestral" (exact XDLM reverse steps; use temperature > 0).
         `revise_prompt`: xdlm may also rewrite prompt tokens (the authors' code does). `final_step`:
         "ancestral" adds the authors' extra step to alpha_s = 1 (one more pass per block).
+        `cache`: "none", "prefix" or "dual" (a KV cache inside each block; `refresh` "step" or
+        "block" says when a revision of a cached position is recomputed, `refresh_every` adds a full
+        pass every N steps, 1 = exactly uncached). `threshold`: reveal every masked position at
+        least this confident (confidence / xdlm; blocks may end early).
         Defaults come from the config's `xdlm` block: k, mask id, shift, schedule, eps, and under
         `generation` max_new_tokens, steps, block_length (used when it divides max_new_tokens,
-        else one block), temperature, top_p, alg, revise_prompt and final_step. `eos_token_id`:
+        else one block), temperature, top_p, alg, revise_prompt, final_step, cache, refresh,
+        refresh_every and threshold. `eos_token_id`:
         everything after the first EOS becomes EOS. `generator`: a torch.Generator for temperature > 0.
         """
         settings = getattr(self.config, XDLM_CONFIG_KEY, None) or {}
@@ -71,6 +80,10 @@ class XDLMForCausalLM(_XDLMBase):
             schedule=settings.get("schedule", "linear"), eps=settings.get("eps", 1e-3),
             revise_prompt=defaults.get("revise_prompt", False) if revise_prompt is None else revise_prompt,
             final_step=defaults.get("final_step", "none") if final_step is None else final_step,
+            cache=defaults.get("cache", "none") if cache is None else cache,
+            refresh=defaults.get("refresh", "step") if refresh is None else refresh,
+            refresh_every=defaults.get("refresh_every") if refresh_every is None else refresh_every,
+            threshold=defaults.get("threshold") if threshold is None else threshold,
         )
         device = self.get_input_embeddings().weight.device
         return generate(

@@ -20,6 +20,22 @@ The answer region (``gen_length`` positions after the prompt) starts noisy and i
   same block only. Candidates are answer positions; ``revise_prompt=True`` adds the prompt's real
   tokens, as the authors' code does. No re-masking.
 
+Speed options (``SamplerSettings``): ``threshold=tau`` (confidence / xdlm) reveals every masked
+block position whose confidence reaches tau, at least one and at least the schedule's share so far
+(so ``steps`` still bounds the passes); a sample whose block is all revealed is finished with it
+(no more revisions there), and the block ends when every sample is. NFE per sample is reported
+(``return_stats``). ``cache="prefix" | "dual"`` (cache.py): a block's first step is a full pass
+that also records keys/values; later steps run only the block. Exactly when it equals the
+uncached sampler: with ``refresh_every=1`` (every step a full pass; also whenever a block has one
+step) the tokens are identical; on the tokens of the last full pass the cached logits equal the
+full pass's (to float rounding; dual anywhere, prefix on the last block). Otherwise a cached step
+differs in three ways: the held keys/values are those of the last full pass (bidirectional
+attention: later reveals in the block would change them); ``prefix`` does not attend to the
+masked positions after the block; ``xdlm`` judges positions outside the block by the last full
+pass's choices. A revision of a held position (earlier blocks, or the prompt with
+``revise_prompt``) marks the cache stale: ``refresh="step"`` makes the next step a full pass
+(for the whole batch), ``refresh="block"`` waits for the next block start.
+
 Differences from the authors' code, on purpose: the mask id is never predicted (its logit is
 -inf, p(mask) = 0 as in XDLM.md; theirs keeps it in the softmax), padding is never revised, and
 the batch is padding-exact. Temperature 0 means no noise anywhere (argmax decisions;
@@ -30,12 +46,14 @@ batch neighbours or on left padding. No Python loop over samples.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from ..diffusion import make_schedule, reverse_posterior
 from ..model.forward_args import accepted_kwargs, forward_owner
+from .cache import BlockCache
 from .settings import SamplerSettings, with_overrides
 
 ANCESTRAL_T_MIN = 1e-5
@@ -74,7 +92,7 @@ def _check_prompt(prompt_ids: torch.Tensor, mask_id: int) -> None:
 
 
 def model_logits_fn(model, *, shift: bool) -> Callable:
-    """Wrap a transformers model as ``fn(ids [B, L], attention_mask [B, L] | None, keep) -> logits [B, keep, V]``.
+    """Wrap a transformers model as ``fn(ids [B, L], attention_mask [B, L] | None, keep, **model_kwargs) -> logits [B, keep, V]``.
 
     Only the last ``keep`` positions' logits are computed (``logits_to_keep``). With ``shift`` the
     logits for token i come from position i - 1, so one more position is kept and the last dropped;
@@ -84,8 +102,8 @@ def model_logits_fn(model, *, shift: bool) -> Callable:
     without ``position_ids`` is refused, since its padded rows' positions would shift.
     """
 
-    def fn(ids, attention_mask, keep):
-        kwargs = {}
+    def fn(ids, attention_mask, keep, **model_kwargs):
+        kwargs = dict(model_kwargs)
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -114,6 +132,26 @@ def model_logits_fn(model, *, shift: bool) -> Callable:
     return fn
 
 
+@dataclass
+class SamplerStats:
+    """What a ``generate`` call cost: ``nfe`` [B] forward-pass steps each sample needed (its own
+    early stop under ``threshold``), ``full_passes`` / ``cached_passes`` over the batch, and
+    ``tokens`` [B] positions each sample ran through the model (cached keys/values not counted)."""
+
+    nfe: torch.Tensor
+    tokens: torch.Tensor
+    full_passes: int = 0
+    cached_passes: int = 0
+
+    def count(self, cached: bool, tokens: int, active: torch.Tensor | None) -> None:
+        """One forward pass of ``tokens`` positions per sample; ``active`` [B]: the samples that
+        still needed it (None: all)."""
+        self.cached_passes += int(cached)
+        self.full_passes += int(not cached)
+        self.tokens += tokens
+        self.nfe += 1 if active is None else active.long()
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -128,30 +166,39 @@ def generate(
     generator: torch.Generator | None = None,
     vocab_size: int | None = None,
     logits_fn: Callable | None = None,
+    return_stats: bool = False,
     **setting_overrides,
-) -> torch.Tensor:
+) -> torch.Tensor | tuple[torch.Tensor, SamplerStats]:
     """Denoise an answer after left-padded prompts: ids [B, P] -> [B, P + gen_length].
 
     ``settings`` (a ``SamplerSettings``) and/or its fields as keywords (``steps=32, sampler="xdlm",
     k=0.1, ...``; keywords win) say how. ``steps`` is exactly the number of model forward passes
-    (plus one per block with ``final_step="ancestral"``). ``attention_mask`` [B, P] marks real prompt
-    tokens (left padding). ``eos_id``: after the first EOS (or the end of the first stop sequence)
-    the rest of the answer is filled with EOS. ``logits_fn(ids, attention_mask, keep)`` replaces
-    the model call (default ``model_logits_fn(model, shift=shift)``); ``vocab_size`` (default: the
-    model's output size) is needed by ``ancestral`` with k > 0.
+    (plus one per block with ``final_step="ancestral"``; fewer with ``threshold`` when blocks finish
+    early). ``attention_mask`` [B, P] marks real prompt tokens (left padding). ``eos_id``: after the
+    first EOS (or the end of the first stop sequence) the rest of the answer is filled with EOS.
+    ``logits_fn(ids, attention_mask, keep)`` replaces the model call (default
+    ``model_logits_fn(model, shift=shift)``; not with a cache); ``vocab_size`` (default: the model's
+    output size) is needed by ``ancestral`` with k > 0. ``return_stats``: also return a
+    ``SamplerStats`` (NFE per sample, passes, tokens processed).
     """
     cfg = with_overrides(settings, setting_overrides).check()
     sampler, k, temperature = cfg.resolved_sampler, cfg.k, cfg.temperature
     gen_length, n_blocks = cfg.gen_length, cfg.blocks
     block_length = gen_length // n_blocks
     _check_prompt(prompt_ids, mask_id)
+    if logits_fn is not None and cfg.cache != "none":
+        raise ValueError(f"cache={cfg.cache!r} runs the model itself; it cannot be used with logits_fn")
     fn = logits_fn or model_logits_fn(model, shift=shift)
     B, P = prompt_ids.shape
+    L = P + gen_length
     device = prompt_ids.device
     if attention_mask is not None and bool((attention_mask == 1).all()):
         attention_mask = None  # no padding: let attention take its unmasked fast path
     full_mask = None if attention_mask is None else torch.cat(
         [attention_mask.long(), torch.ones(B, gen_length, dtype=torch.long, device=device)], 1)
+    kv = None if cfg.cache == "none" else BlockCache(model, cfg.cache, shift=shift, attention_mask=full_mask, length=L)
+    stats = SamplerStats(nfe=torch.zeros(B, dtype=torch.long, device=device),
+                         tokens=torch.zeros(B, dtype=torch.long, device=device))
 
     x = torch.cat([prompt_ids.long(), torch.full((B, gen_length), mask_id, dtype=torch.long, device=device)], 1)
     if sampler == "ancestral" and k > 0 and temperature > 0:  # the state at t = 1: the stationary law pi
@@ -164,7 +211,7 @@ def generate(
     ts = torch.linspace(1.0, ANCESTRAL_T_MIN, steps_per_block + 1, dtype=torch.float64)
     # xdlm may rewrite decoded positions before the block end: the answer's, or with
     # revise_prompt every real token (the authors' rule); the other samplers see the block only.
-    revisable = torch.ones(B, P + gen_length, dtype=torch.bool, device=device)
+    revisable = torch.ones(B, L, dtype=torch.bool, device=device)
     if full_mask is not None:
         revisable &= full_mask.bool()  # never padding
     if not cfg.revise_prompt:
@@ -179,33 +226,54 @@ def generate(
         quota = _revision_quota(reveals, k) if sampler == "xdlm" and 0 < k < 1 else None
         carry = torch.zeros(B, dtype=torch.long, device=device)
         passes = steps_per_block + int(sampler == "ancestral" and cfg.final_step == "ancestral")
+        # Positions [r_lo, n_held) are outside what a cached step runs: their keys/values, and their
+        # choices (pred, confidence, p(current)), come from the block's last full pass.
+        n_held = (kv.query_start(lo) if kv is not None else 0) - r_lo
+        held, stale = None, False
         for j in range(passes):
-            raw = fn(x, full_mask, P + gen_length - r_lo)[:, : hi - r_lo].float()  # [B, R, V]
+            region = x[:, r_lo:hi]
+            todo = ((region == mask_id) & in_block).any(-1)  # [B] rows with masked block positions
+            if cfg.threshold is not None and not bool(todo.any()):
+                break  # every block token is revealed: the block ends early
+            cached = kv is not None and j > 0 and not _refresh_due(j, cfg) and not (stale and cfg.refresh == "step")
+            if cached:
+                raw = kv.block_logits(x, lo, hi).float()  # [B, block, V]: the block only
+            else:  # a full pass; it fills the cache when the next step can use it
+                fill = kv is not None and j + 1 < passes and not _refresh_due(j + 1, cfg)
+                raw = fn(x, full_mask, L - r_lo, **(kv.fill_kwargs() if fill else {}))[:, : hi - r_lo].float()
+                if fill:
+                    kv.keep(lo, hi)
+                    stale = False
+            stats.count(cached, kv.tokens_per_pass(lo, hi) if cached else L,
+                        todo if cfg.threshold is not None else None)
             raw[..., mask_id] = -math.inf
             logits = top_p_filter(raw / temperature, cfg.top_p) if temperature > 0 else raw
-            region = x[:, r_lo:hi]
             if sampler == "ancestral":
                 s = ts[j + 1] if j < steps_per_block else None  # None: the extra step at alpha_s = 1
                 cleanup = j == steps_per_block - 1 and cfg.final_step == "none"
                 x[:, lo:hi] = _ancestral_step(logits, region, ts[min(j, steps_per_block)], s, cleanup,
                                               temperature, k, mask_id, sched, generator)
                 continue
-            if temperature > 0:  # Gumbel-max in float64 (as LLaDA), so rare ids are not lost to rounding
-                pred = (logits.double() + _gumbel(logits.shape, generator, device, torch.float64)).argmax(-1)
-            else:
-                pred = logits.argmax(-1)
-            # Confidence is the model's own probability (untempered), as in LLaDA and the authors' code.
-            probs = raw.softmax(-1)
-            conf = probs.gather(-1, pred[..., None])[..., 0]  # [B, R]
+            pred, conf, current = _choices(logits, raw, x[:, hi - raw.shape[1]:hi], temperature, generator)
+            if cached and lo > r_lo:  # xdlm outside the block: the choices of the last full pass
+                pred, conf, current = (torch.cat([h, c], 1) for h, c in zip(held, (pred, conf, current)))
+            elif kv is not None and lo > r_lo:
+                held = (pred[:, :lo - r_lo], conf[:, :lo - r_lo], current[:, :lo - r_lo])
             is_masked = region == mask_id
-            n_reveal = reveals[j].expand(B)
+            if cfg.threshold is None:
+                n_reveal = reveals[j].expand(B)
+            else:  # all above the threshold; at least 1, and the schedule's share so far
+                masked = is_masked & in_block
+                behind = reveals[: j + 1].sum() - (block_length - masked.sum(-1))
+                n_reveal = torch.maximum(((conf >= cfg.threshold) & masked).sum(-1), behind.clamp(min=1))
             reveal = _rank_mask(conf.masked_fill(~(is_masked & in_block), -math.inf), n_reveal)
             new = torch.where(reveal, pred, region)
             if sampler == "xdlm" and k > 0:
                 # Candidates: decoded positions whose prediction differs and is at least as likely
                 # as the current token (always so at temperature 0), most confident first.
-                current = probs.gather(-1, region[..., None])[..., 0]
                 changed = ~is_masked & may_revise & (pred != region) & (conf >= current)
+                if cfg.threshold is not None:
+                    changed &= todo[:, None]  # a row whose block is revealed is finished with it
                 if quota is None:  # k = 1: k / (1 - k) = inf, no budget
                     allowed = changed.sum(-1)
                 else:
@@ -214,11 +282,32 @@ def generate(
                 # Unused budget carries to the next step of this block only.
                 carry = allowed - rewrite.sum(-1)
                 new = torch.where(rewrite, pred, new)
+                if kv is not None and n_held > 0 and bool(rewrite[:, :n_held].any()):
+                    stale = True  # a cached position was rewritten: its keys/values are out of date
             x[:, r_lo:hi] = new
 
     if eos_id is not None:
         x[:, P:] = _fill_after_stop(x[:, P:], eos_id, stop_sequences or [])
-    return x
+    return (x, stats) if return_stats else x
+
+
+def _refresh_due(j: int, cfg: SamplerSettings) -> bool:
+    """A scheduled full pass at step j of a block (``refresh_every``)."""
+    return cfg.refresh_every is not None and j % cfg.refresh_every == 0
+
+
+def _choices(logits, raw, region, temperature, generator):
+    """[B, R] each: the choice at each position (argmax, or Gumbel-max at temperature > 0), its
+    confidence and the probability of the current token, both from the untempered ``raw`` [B, R, V]."""
+    if temperature > 0:  # Gumbel-max in float64 (as LLaDA), so rare ids are not lost to rounding
+        pred = (logits.double() + _gumbel(logits.shape, generator, logits.device, torch.float64)).argmax(-1)
+    else:
+        pred = logits.argmax(-1)
+    # Confidence is the model's own probability (untempered), as in LLaDA and the authors' code.
+    probs = raw.softmax(-1)
+    conf = probs.gather(-1, pred[..., None])[..., 0]
+    current = probs.gather(-1, region[..., None])[..., 0]
+    return pred, conf, current
 
 
 def _reveal_schedule(n_masked: int, steps: int, device) -> torch.Tensor:

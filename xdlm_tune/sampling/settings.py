@@ -14,6 +14,8 @@ from ..diffusion import SCHEDULES
 
 SAMPLERS = ("ancestral", "confidence", "xdlm")
 FINAL_STEPS = ("none", "ancestral")
+CACHES = ("none", "prefix", "dual")
+REFRESHES = ("step", "block")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,14 @@ class SamplerSettings:
     revise_prompt: xdlm may also rewrite prompt tokens, as the authors' code does.
     final_step: "ancestral" adds the authors' extra sampled step at alpha_s = 1 (T + 1 passes);
         "none" fills what is still masked from the last step's logits (T passes).
+    cache: "none" (every step runs the whole sequence), "prefix" (inside a block, steps after the
+        first run only the block against the cached keys/values of everything before it), "dual"
+        (also the masked positions after the block, cached at the block start). See cache.py.
+    refresh: when a revision rewrites a cached position: "step" (a full pass at the next step) or
+        "block" (at the next block start only). refresh_every: also a full pass every N steps of a
+        block (1: every step, the uncached sampler exactly).
+    threshold: confidence / xdlm reveal every masked position of the block whose confidence
+        reaches it (at least the schedule's share; a block whose tokens are all revealed ends early).
     """
 
     steps: int | None = None
@@ -43,6 +53,10 @@ class SamplerSettings:
     eps: float = 1e-3
     revise_prompt: bool = False
     final_step: str = "none"
+    cache: str = "none"
+    refresh: str = "step"
+    refresh_every: int | None = None
+    threshold: float | None = None
 
     @property
     def resolved_sampler(self) -> str:
@@ -50,6 +64,20 @@ class SamplerSettings:
         if self.sampler is not None:
             return self.sampler
         return "xdlm" if self.k > 0 else "confidence"
+
+    @property
+    def variant(self) -> str:
+        """A short label of the speed options ("" for the plain sampler), e.g. "cache=dual tau=0.9"."""
+        parts = []
+        if self.cache != "none":
+            parts.append(f"cache={self.cache}")
+            if self.refresh != "step":
+                parts.append(f"refresh={self.refresh}")
+            if self.refresh_every is not None:
+                parts.append(f"every={self.refresh_every}")
+        if self.threshold is not None:
+            parts.append(f"tau={self.threshold:g}")
+        return " ".join(parts)
 
     @property
     def blocks(self) -> int:
@@ -94,6 +122,22 @@ class SamplerSettings:
         if self.revise_prompt and self.resolved_sampler != "xdlm":
             raise ValueError(f"revise_prompt=True applies to the xdlm sampler only (sampler is "
                              f"{self.resolved_sampler!r})")
+        if self.cache not in CACHES:
+            raise ValueError(f"cache={self.cache!r} is unknown: choose one of {', '.join(CACHES)}")
+        if self.refresh not in REFRESHES:
+            raise ValueError(f"refresh={self.refresh!r} is unknown: choose one of {', '.join(REFRESHES)}")
+        every = self.refresh_every
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise ValueError(f"refresh_every={every!r} must be a positive integer (1: a full pass every step) or None")
+        if self.cache == "none" and (self.refresh != "step" or self.refresh_every is not None):
+            raise ValueError("refresh / refresh_every apply to a KV cache only (cache is 'none'); "
+                             "set cache='prefix' or 'dual', or drop them")
+        if self.threshold is not None:
+            if not 0 < self.threshold <= 1:
+                raise ValueError(f"threshold={self.threshold} must be in (0, 1] (a confidence), or None")
+            if self.resolved_sampler == "ancestral":
+                raise ValueError("threshold applies to the confidence and xdlm samplers only (sampler is "
+                                 "'ancestral'); drop threshold or choose another sampler")
         return self
 
 
