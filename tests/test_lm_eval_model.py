@@ -56,6 +56,15 @@ def test_bad_model_args_name_the_field(tiny_dir):
         XDLMLM(pretrained=str(tiny_dir), mc_num="many")
 
 
+def test_cache_and_threshold_model_args_reach_the_sampler(tiny_dir):
+    lm = XDLMLM(pretrained=str(tiny_dir), steps=4, sampler="xdlm", cache="dual", refresh="block",
+                refresh_every="2", threshold="0.9", revise_prompt="true", device="cpu")
+    s = lm.sampling
+    assert (s.cache, s.refresh, s.refresh_every, s.threshold, s.revise_prompt) == ("dual", "block", 2, 0.9, True)
+    with pytest.raises(ModelArgError, match="cache"):
+        XDLMLM(pretrained=str(tiny_dir), cache="triple")
+
+
 def test_loglikelihood_ranks_the_true_continuation_after_training(tiny_dir):
     lm = XDLMLM(pretrained=str(tiny_dir), mc_num=64, mc_batch_size=64, device="cpu")
     tok, model = lm.em.tokenizer, lm.em.model

@@ -124,6 +124,11 @@ class XDLMLM(LM):
         shift=None,
         trust_remote_code=False,
         attn_implementation="sdpa",
+        cache=None,
+        refresh=None,
+        refresh_every=None,
+        threshold=None,
+        revise_prompt=None,
         **unknown,
     ):
         super().__init__()
@@ -131,7 +136,8 @@ class XDLMLM(LM):
             raise ModelArgError(
                 f"model_args {', '.join(sorted(unknown))}: unknown for --model xdlm; known: pretrained, steps, "
                 "block_length, gen_length, sampler, temperature, top_p, k, mc_num, mc_batch_size, schedule, eps, "
-                "max_length, seed, dtype, kind, mask_id, shift, trust_remote_code, attn_implementation")
+                "max_length, seed, dtype, kind, mask_id, shift, trust_remote_code, attn_implementation, cache, refresh, "
+                "refresh_every, threshold, revise_prompt")
         if sampler is not None and sampler not in SAMPLERS:
             raise ModelArgError(f"model_args sampler={sampler!r}: choose one of {', '.join(SAMPLERS)}")
         if str(batch_size).startswith("auto"):
@@ -161,7 +167,14 @@ class XDLMLM(LM):
                                    schedule=schedule, eps=eps, seed=self.seed)
         # One SamplerSettings for generate_until; each request sets its own length and temperature.
         self.sampling = SamplerSettings(steps=self.steps, sampler=self.sampler, temperature=self.temperature,
-                                        top_p=self.top_p, k=self.k, schedule=schedule, eps=eps)
+                                        top_p=self.top_p, k=self.k, schedule=schedule, eps=eps).replace(
+            cache=cache, refresh=refresh, threshold=_typed("threshold", threshold, float, lo=0.0, hi=1.0, optional=True),
+            refresh_every=_typed("refresh_every", refresh_every, int, lo=1, optional=True),
+            revise_prompt=_typed("revise_prompt", revise_prompt, bool, optional=True))
+        try:
+            self.sampling.replace(gen_length=max(self.steps, 1)).check()
+        except ValueError as err:
+            raise ModelArgError(f"model_args: {err}") from None
         config = getattr(self.em.model, "config", None)
         self.max_length = _typed("max_length", max_length if max_length is not None else
                                  getattr(config, "max_position_embeddings", 2048), int, lo=2)
