@@ -107,7 +107,8 @@ class DiffusionConfig:
     eps: float = 1e-3  # t ~ U[eps, 1]; keeps alpha_t inside (0, 1)
     loss_weighting: Literal["elbo", "unit"] = "elbo"  # elbo: -dalpha/dt (1 - eps if linear); unit: 1 (the 8B run)
     antithetic: bool = True  # stratified t across the batch: lower-variance loss
-    chunk_size: int | None = None  # tokens per chunk in the fused loss; None: the core's default
+    chunk_size: int | None = None  # tokens per chunk in the fused loss; None: from chunk_mib
+    chunk_mib: float | None = None  # MiB per [chunk, V] float32 buffer of the fused loss; None: 32
 
     def _errors(self, recipe: Recipe) -> list[tuple[str, str]]:
         errs = []
@@ -119,6 +120,8 @@ class DiffusionConfig:
             errs.append(("eps", f"must be in (0, 0.5) so that alpha_t stays inside (0, 1), got {self.eps}; 1e-3 is the usual value"))
         if self.chunk_size is not None and self.chunk_size < 1:
             errs.append(("chunk_size", f"must be a positive integer or null, got {self.chunk_size}"))
+        if self.chunk_mib is not None and not self.chunk_mib > 0:
+            errs.append(("chunk_mib", f"must be > 0 (MiB per fused-loss buffer) or null, got {self.chunk_mib}"))
         return errs
 
 

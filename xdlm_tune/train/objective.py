@@ -90,10 +90,11 @@ def gathered(params: list[nn.Parameter]):
 class DenoiserObjective(nn.Module):
     """model + fused XDLM loss. forward(...) -> h [B, L] float32 (0 outside loss_mask)."""
 
-    def __init__(self, model: nn.Module, *, k: float, mask_id: int, shift: bool, chunk_size: int | None = None):
+    def __init__(self, model: nn.Module, *, k: float, mask_id: int, shift: bool, chunk_size: int | None = None,
+                 chunk_mib: float | None = None):
         super().__init__()
         self.model = model
-        self.k, self.mask_id, self.shift, self.chunk_size = k, mask_id, shift, chunk_size
+        self.k, self.mask_id, self.shift, self.chunk_size, self.chunk_mib = k, mask_id, shift, chunk_size, chunk_mib
 
     @property
     def config(self):
@@ -118,10 +119,28 @@ class DenoiserObjective(nn.Module):
                 attention_bias: torch.Tensor | None = None) -> torch.Tensor:
         hidden = denoiser_hidden(self.model, z_t, attention_mask, shift=self.shift, attention_bias=attention_bias)
         weight, bias, softcap = output_projection(self.model)
+        weight, rows = head_weight_rows(self.model, weight)
         return fused_xdlm_loss(
             hidden, weight, z_t, x0, alpha, k=self.k, mask_id=self.mask_id, loss_mask=loss_mask,
-            chunk_size=self.chunk_size, bias=bias, logit_softcap=softcap, token_weight=token_weight,
+            chunk_size=self.chunk_size, chunk_mib=self.chunk_mib, bias=bias, logit_softcap=softcap,
+            token_weight=token_weight, weight_rows=rows,
         )
+
+
+def head_weight_rows(model: nn.Module, weight: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
+    """The head as (weight [V, H], rows): for a frozen head whose rows PEFT trains as trainable tokens
+    (LoRA's mask row), the frozen base weight and (ids [n], rows [n, H]), so that the fused loss
+    forms an [n, H] gradient instead of a [V, H] one; otherwise (``weight``, None) unchanged."""
+    adapter = getattr(unwrap(model).get_output_embeddings(), "token_adapter", None)
+    if adapter is None or adapter.disable_adapters or adapter.merged:
+        return weight, None
+    base = adapter.base_layer.weight
+    names = [n for n in adapter.active_adapters if n in adapter.token_indices]
+    if base.requires_grad or not names:
+        return weight, None
+    ids = torch.tensor([i for n in names for i in adapter.token_indices[n]], dtype=torch.long, device=base.device)
+    rows = torch.cat([adapter.trainable_tokens_delta[n] for n in names]).to(base.device)
+    return base, (ids, rows)
 
 
 def drop_mask_tokens(batch: dict[str, torch.Tensor], mask_id: int) -> dict[str, torch.Tensor]:
