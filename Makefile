@@ -12,8 +12,9 @@ TORCH_INDEX_URL ?=
 EXTRAS ?= dev,eval,deepspeed,qlora
 STAMP := $(VENV)/.installed-xdlm-tune
 PYTEST_ARGS ?=
-# DeepSpeed compiles small C++ ops once (~2 min on CPU) and caches them here, across checkouts.
-export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
+# DeepSpeed compiles a small C++ op once (~2 min on CPU) into torch's extensions folder
+# ($TORCH_EXTENSIONS_DIR if you set it, else ~/.cache/torch_extensions/py3XX_cpu), the same
+# folder however the toolkit is started: nothing is exported here.
 
 .PHONY: install demo test test-fast test-all bench clean
 

@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..checkpoint import CheckpointError
     from ..data import DataError
+    from .ds_ops import ExtensionLockError
 
     try:
         if args.dry_run:
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
             train(recipe)
             shutdown_process_group()
-    except (RecipeError, CheckpointError, DataError) as e:
+    except (RecipeError, CheckpointError, DataError, ExtensionLockError) as e:
         print(f"xdlm-tune train: {e}", file=sys.stderr)
         return 2
     return 0
