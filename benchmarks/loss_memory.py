@@ -10,7 +10,7 @@ small warm-up of the same code path (library initialisation is not the loss's me
 
 Peak extra memory = peak minus the memory held once the inputs exist, minus the gradients the
 step returns (hidden's, the head's when it trains): what the loss itself needs beyond its inputs
-and their gradients. CPU: the process's peak resident set (ru_maxrss); CUDA:
+and their gradients. CPU: the process's peak resident set (VmHWM, reset once the inputs exist); CUDA:
 torch.cuda.max_memory_allocated. Methods: ``reference`` (materialised), ``torch`` (the fused
 torch path), ``triton`` (the fused Triton kernel, CUDA only). Ratios are against the reference
 measured in the same run.
@@ -41,6 +41,24 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux >= 4.0), so the peak is the step's, not the setup's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def parse_setting(text: str) -> tuple[int, int, int]:
     try:
         V, H, N = (int(v) for v in text.lower().split("x"))
@@ -57,8 +75,9 @@ def _inputs(V, H, N, dtype, head, device, seed=0):
     torch.manual_seed(seed)
     k, mask_id, B = 0.1, V - 1, 4
     L = N // B
-    hidden = (torch.randn(B, L, H, device=device) * 0.5).to(dtype).requires_grad_()
-    weight = (torch.randn(V, H, device=device) * H ** -0.5).to(dtype).requires_grad_(head == "trainable")
+    # Filled in place: no full-size temporaries while the inputs are made.
+    hidden = torch.empty(B, L, H, device=device, dtype=dtype).normal_(0.0, 0.5).requires_grad_()
+    weight = torch.empty(V, H, device=device, dtype=dtype).normal_(0.0, H ** -0.5).requires_grad_(head == "trainable")
     rows = weight.detach()[[mask_id]].clone().requires_grad_() if head == "frozen" else None
     x0 = torch.randint(0, V - 1, (B, L), device=device)
     sched = make_schedule("linear")
@@ -99,6 +118,8 @@ def run_one(method, V, H, N, dtype, head, device, reps, chunk_mib) -> dict:
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
+        if not _reset_peak_rss():
+            raise SystemExit("cannot reset the peak RSS (/proc/self/clear_refs): Linux >= 4.0 needed on CPU")
         base = _rss_bytes()
     times = []
     for _ in range(reps):
@@ -107,7 +128,7 @@ def run_one(method, V, H, N, dtype, head, device, reps, chunk_mib) -> dict:
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes()
     return {"time_s": min(times), "peak_extra_bytes": peak - base - grad_bytes, "grad_bytes": grad_bytes, "loss": loss}
 
 

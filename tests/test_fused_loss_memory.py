@@ -137,8 +137,8 @@ def test_chunk_buffers_are_allocated_once_not_per_chunk():
 
 
 def test_chunk_size_comes_from_the_memory_budget():
-    assert default_chunk_size(128256) == 32 * 2**20 // (4 * 128256) == 65
-    assert default_chunk_size(128256, 64) == 130
+    assert default_chunk_size(128256) == 64 * 2**20 // (4 * 128256) == 130  # 64 MiB by default
+    assert default_chunk_size(128256, 32) == 65
     assert default_chunk_size(128256, 1e-3) == 1
     hidden, weight, _, z, x0, alpha = _inputs(0.1)
     with pytest.raises(ValueError, match="chunk_mib"):

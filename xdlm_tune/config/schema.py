@@ -108,7 +108,7 @@ class DiffusionConfig:
     loss_weighting: Literal["elbo", "unit"] = "elbo"  # elbo: -dalpha/dt (1 - eps if linear); unit: 1 (the 8B run)
     antithetic: bool = True  # stratified t across the batch: lower-variance loss
     chunk_size: int | None = None  # tokens per chunk in the fused loss; None: from chunk_mib
-    chunk_mib: float | None = None  # MiB per [chunk, V] float32 buffer of the fused loss; None: 32
+    chunk_mib: float | None = None  # MiB per [chunk, V] float32 buffer of the fused loss; None: 64
 
     def _errors(self, recipe: Recipe) -> list[tuple[str, str]]:
         errs = []

@@ -16,9 +16,9 @@ vocabulary. Those gradients are for the objective sum_i token_weight_i * h_i; ba
 the incoming gradient is proportional to token_weight (it is for the trainer's weighted mean) and
 otherwise recomputes exactly with the incoming gradient.
 
-Memory floor. The chunk buffers (one float32 [chunk, V] buffer for logits -> p -> dlogits, one
-scratch of the same size, plus one in the matmul dtype for bf16 and one for soft-capping) are
-allocated once and reused by every chunk. Extra [V, H] memory exists only when the head itself
+Memory floor. The chunk buffers (one float32 [chunk, V] buffer for logits -> p -> dlogits, a
+scratch of a quarter of its rows, plus one in the matmul dtype for bf16 and one for soft-capping)
+are allocated once and reused by every chunk. Extra [V, H] memory exists only when the head itself
 trains: float32 heads accumulate straight into the buffer that becomes ``weight.grad``; bf16 heads
 take their weight gradient in a second pass over vocabulary blocks (logits recomputed, one
 float32-accumulated matmul per block, written in bf16: no float32 [V, H] buffer, a single rounding
@@ -34,7 +34,7 @@ import torch
 from ._checks import as_alpha, check_float, check_ids, check_k, check_mask_id
 from .loss import token_terms
 
-DEFAULT_CHUNK_MIB = 32.0  # MiB per float32 [chunk, V] buffer
+DEFAULT_CHUNK_MIB = 64.0  # MiB per float32 [chunk, V] buffer
 
 
 def default_chunk_size(vocab_size: int, chunk_mib: float = DEFAULT_CHUNK_MIB) -> int:
@@ -43,17 +43,23 @@ def default_chunk_size(vocab_size: int, chunk_mib: float = DEFAULT_CHUNK_MIB) ->
 
 
 class _Buffers:
-    """[rows, cols] work buffers allocated on first use and reused (views of the first rows)."""
+    """[rows, cols] work buffers allocated on first use and reused (views of their first rows),
+    and one scratch buffer of a quarter of the rows for the elementwise passes."""
 
     def __init__(self, rows: int, cols: int, device: torch.device):
         self.rows, self.cols, self.device, self._bufs = rows, cols, device, {}
+        self.sub = max(1, rows // 4)
 
     def get(self, name: str, dtype: torch.dtype, r: int, c: int | None = None) -> torch.Tensor:
+        cap = self.sub if name == "tmp" else self.rows
         buf = self._bufs.get(name)
         if buf is None or buf.dtype != dtype:
-            buf = self._bufs[name] = torch.empty(self.rows, self.cols, dtype=dtype, device=self.device)
+            buf = self._bufs[name] = torch.empty(cap, self.cols, dtype=dtype, device=self.device)
         c = self.cols if c is None else c
         return buf[:r] if c == self.cols else buf.view(-1)[: r * c].view(r, c)
+
+    def sub_blocks(self, r: int):
+        return [slice(i, min(i + self.sub, r)) for i in range(0, r, self.sub)]
 
 
 def _logits_into(bufs, hc, Wb, bias_b, rows, softcap, fdtype, col0=0):
@@ -84,25 +90,47 @@ def _logits_into(bufs, hc, Wb, bias_b, rows, softcap, fdtype, col0=0):
     return out, dcap
 
 
-def _q_into(bufs, p, c, fdtype):
-    """q = c p / (1 + c p) in the scratch buffer, in place and without cancellation: 1 / (1 + 1 / (c p))."""
-    q = bufs.get("tmp", fdtype, *p.shape)
-    torch.mul(p, c[:, None], out=q)
-    return q.reciprocal_().add_(1.0).reciprocal_()  # c p = 0 (mask column) -> 1/inf = 0
+def _scratch_cp(bufs, p, c, sl, fdtype):
+    """c p for the rows ``sl`` of p, in the scratch buffer."""
+    t = bufs.get("tmp", fdtype, sl.stop - sl.start, p.shape[1])
+    return torch.mul(p[sl], c[sl, None], out=t)
 
 
-def _finish_dlogits(dl, q, coef, g_R, onehots, mask_col, dcap):
-    """In place: p -> dh/dlogits = -coef p + g_R q + sum_j g_j [e == id_j]; mask column 0."""
-    dl.mul_(-coef[:, None])
-    if q is not None:
-        dl.add_(q.mul_(g_R[:, None]))
+def _vocab_R(bufs, p, c, fdtype):
+    """R = sum_e log1p(c p_e) per row of p, a quarter of the rows at a time."""
+    R = p.new_empty(p.shape[0])
+    for sl in bufs.sub_blocks(p.shape[0]):
+        R[sl] = _scratch_cp(bufs, p, c, sl, fdtype).log1p_().sum(-1)
+    return R
+
+
+def _q_(t):
+    """In place: c p -> q = c p / (1 + c p) = 1 / (1 + 1 / (c p)), no cancellation; c p = 0 -> 0."""
+    return t.reciprocal_().add_(1.0).reciprocal_()
+
+
+def _vocab_Q(bufs, p, c, fdtype):
+    Q = p.new_empty(p.shape[0])
+    for sl in bufs.sub_blocks(p.shape[0]):
+        Q[sl] = _q_(_scratch_cp(bufs, p, c, sl, fdtype)).sum(-1)
+    return Q
+
+
+def _finish_dlogits(bufs, p, c, coef, g_R, onehots, mask_col, dcap, fdtype):
+    """In place: p -> dh/dlogits = -coef p + g_R q + sum_j g_j [e == id_j]; mask column 0.
+    ``c`` None: k = 0, no q term."""
+    for sl in bufs.sub_blocks(p.shape[0]):
+        q = None if c is None else _q_(_scratch_cp(bufs, p, c, sl, fdtype)).mul_(g_R[sl, None])
+        p[sl].mul_(-coef[sl, None])
+        if q is not None:
+            p[sl].add_(q)
     for row_idx, col_idx, g in onehots:
-        dl.index_put_((row_idx, col_idx), g, accumulate=True)
+        p.index_put_((row_idx, col_idx), g, accumulate=True)
     if mask_col is not None:
-        dl[:, mask_col] = 0.0
+        p[:, mask_col] = 0.0
     if dcap is not None:
-        dl.mul_(dcap)
-    return dl
+        p.mul_(dcap)
+    return p
 
 
 def _chunked_pass(hidden, weight, bias, rows, z, x, a, w, *, k, mask_id, softcap, chunk, chunk_mib, need):
@@ -145,9 +173,7 @@ def _chunked_pass(hidden, weight, bias, rows, z, x, a, w, *, k, mask_id, softcap
         lse = m + s.log()
         logp_x, logp_z = lx - lse, lz - lse
         if k > 0:
-            cq = bufs.get("tmp", fdtype, r)
-            torch.mul(p, c_all[sl][:, None], out=cq)
-            Rv = cq.log1p_().sum(-1)
+            Rv = _vocab_R(bufs, p, c_all[sl], fdtype)
         else:
             Rv = torch.zeros_like(lse)
 
@@ -162,15 +188,14 @@ def _chunked_pass(hidden, weight, bias, rows, z, x, a, w, *, k, mask_id, softcap
             continue
 
         coef = g_x + g_z
-        q = None
         if k > 0:
-            q = _q_into(bufs, p, c_all[sl], fdtype)
-            coef = coef + g_R * q.sum(-1)
+            coef = coef + g_R * _vocab_Q(bufs, p, c_all[sl], fdtype)
         if saved is not None:
             for name, v in (("lse", lse), ("coef", coef), ("g_x", g_x), ("g_z", g_z), ("g_R", g_R)):
                 saved[name][sl] = v
         ar = torch.arange(r, device=hidden.device)
-        dl = _finish_dlogits(p, q, coef, g_R, [(ar, xc, g_x), (ar, zc, g_z)], mask_id, dcap)
+        dl = _finish_dlogits(bufs, p, None if k == 0 else c_all[sl], coef, g_R, [(ar, xc, g_x), (ar, zc, g_z)],
+                             mask_id, dcap, fdtype)
         dlc = dl
         if cdtype != fdtype:
             dlc = bufs.get("low", cdtype, r)
@@ -186,6 +211,7 @@ def _chunked_pass(hidden, weight, bias, rows, z, x, a, w, *, k, mask_id, softcap
             g_bias += dl.sum(0)
         if g_rows is not None:
             g_rows += (dlc[:, R_rows[0]].T @ hc).to(fdtype)
+    del bufs  # the token pass's buffers go before the vocabulary pass makes its own
     if w_by_blocks and N:
         g_weight = _weight_grad_by_blocks(hidden.to(cdtype), W, bias_f, R_rows, z, x, c_all, saved,
                                           k=k, mask_id=mask_id, softcap=softcap, chunk_mib=chunk_mib)
@@ -220,12 +246,11 @@ def _weight_grad_by_blocks(hidden, W, bias_f, rows, z, x, c_all, saved, *, k, ma
         mask_col = mask_id - v0 if v0 <= mask_id < v1 else None
         if mask_col is not None:
             p[:, mask_col] = 0.0
-        q = _q_into(bufs, p, c_all, fdtype) if k > 0 else None
         onehots = []
         for ids, g in ((x, saved["g_x"]), (z, saved["g_z"])):
             sel = ((ids >= v0) & (ids < v1)).nonzero()[:, 0]
             onehots.append((sel, ids[sel] - v0, g[sel]))
-        dl = _finish_dlogits(p, q, coef, g_R, onehots, mask_col, dcap)
+        dl = _finish_dlogits(bufs, p, c_all, coef, g_R, onehots, mask_col, dcap, fdtype)
         dlc = bufs.get("low", W.dtype, N, v1 - v0)
         dlc.copy_(dl)
         torch.mm(dlc.T, hidden, out=g_weight[v0:v1])
@@ -233,13 +258,15 @@ def _weight_grad_by_blocks(hidden, W, bias_f, rows, z, x, c_all, saved, *, k, ma
 
 
 class _FusedXDLM(torch.autograd.Function):
+    """h for the loss rows; ``run`` is the pass (torch: _chunked_pass, or the Triton one) that
+    returns h and the gradients for the objective sum_i w_i h_i, all formed during forward."""
+
     @staticmethod
-    def forward(ctx, hidden, weight, bias, row_ids, row_values, z, x, a, w, k, mask_id, softcap, chunk, chunk_mib):
-        need = tuple(ctx.needs_input_grad[i] for i in (0, 1, 2, 4))  # all False under no_grad
+    def forward(ctx, run, kw, hidden, weight, bias, row_ids, row_values, z, x, a, w):
+        need = tuple(ctx.needs_input_grad[i] for i in (2, 3, 4, 6))  # all False under no_grad
         rows = None if row_ids is None else (row_ids, row_values)
-        kw = dict(k=k, mask_id=mask_id, softcap=softcap, chunk=chunk, chunk_mib=chunk_mib)
-        h, grads = _chunked_pass(hidden, weight, bias, rows, z, x, a, w, need=need, **kw)
-        ctx.kw, ctx.need = kw, need
+        h, grads = run(hidden, weight, bias, rows, z, x, a, w, need=need, **kw)
+        ctx.run, ctx.kw, ctx.need = run, kw, need
         ctx.save_for_backward(hidden, weight, bias, row_ids, row_values, z, x, a, w)
         # Kept as a plain attribute, not a saved tensor: backward hands the buffers to autograd as
         # the only reference, so a fresh .grad is the buffer itself, not a copy.
@@ -260,16 +287,18 @@ class _FusedXDLM(torch.autograd.Function):
         else:  # an unusual upstream gradient: redo the pass with it as the weight
             grads = None
             rows = None if row_ids is None else (row_ids, row_values)
-            _, grads = _chunked_pass(hidden, weight, bias, rows, z, x, a, grad_h, need=ctx.need, **ctx.kw)
+            _, grads = ctx.run(hidden, weight, bias, rows, z, x, a, grad_h, need=ctx.need, **ctx.kw)
             grads = list(grads)
         g_hidden, g_weight, g_bias, g_rows = grads
+        if g_hidden is not None and g_hidden.dtype != hidden.dtype:
+            g_hidden = g_hidden.to(hidden.dtype)
         if g_weight is not None and g_weight.dtype != weight.dtype:
             g_weight = g_weight.to(weight.dtype)
         if g_bias is not None:
             g_bias = g_bias.to(bias.dtype)
         if g_rows is not None:
             g_rows = g_rows.to(row_values.dtype)
-        return (g_hidden, g_weight, g_bias, None, g_rows) + (None,) * 9
+        return None, None, g_hidden, g_weight, g_bias, None, g_rows, None, None, None, None
 
 
 def fused_xdlm_loss(
@@ -297,7 +326,7 @@ def fused_xdlm_loss(
     ``logit_softcap``: logits = cap * tanh(logits / cap) (Gemma 2). ``token_weight`` ([B] or
     [B, L]): the weights the caller will put on h (e.g. schedule.neg_dalpha_dt(t)); a correct
     gradient is returned for any use of h, this only makes the common case single-pass.
-    ``chunk_mib``: memory budget per [chunk, V] float32 buffer (default 32 MiB); ``chunk_size``
+    ``chunk_mib``: memory budget per [chunk, V] float32 buffer (default 64 MiB); ``chunk_size``
     (tokens per chunk) overrides it. ``weight_rows`` = (ids [n], rows [n, H]): the head's rows at
     ``ids`` are ``rows`` instead (PEFT trainable tokens); they get an [n, H] gradient while a frozen
     ``lm_head_weight`` gets none. ``backend``: "torch", "triton" (CUDA) or "auto" (Triton on CUDA
@@ -360,18 +389,20 @@ def fused_xdlm_loss(
     fdtype = torch.float64 if torch.promote_types(hidden.dtype, lm_head_weight.dtype) == torch.float64 else torch.float32
     sel = lambda t: t.reshape(B * L, *t.shape[2:])[rows]  # noqa: E731
     args = (sel(hidden), lm_head_weight, bias, row_ids, row_values, sel(z_t).long(), sel(x0).long(),
-            sel(a).to(fdtype), sel(token_weight).to(fdtype), k, mask_id, logit_softcap)
-    if _use_triton(backend, hidden):
-        from .fused_loss_triton import triton_xdlm_rows
+            sel(a).to(fdtype), sel(token_weight).to(fdtype))
+    kw = dict(k=k, mask_id=mask_id, softcap=logit_softcap)
+    if _use_triton(backend, hidden, row_ids, mask_id):
+        from .fused_loss_triton import triton_pass
 
-        h_rows = triton_xdlm_rows(*args)
+        h_rows = _FusedXDLM.apply(triton_pass, kw, *args)
     else:
-        h_rows = _FusedXDLM.apply(*args, chunk_size, chunk_mib)
+        h_rows = _FusedXDLM.apply(_chunked_pass, dict(kw, chunk=chunk_size, chunk_mib=chunk_mib), *args)
     h = torch.zeros(B * L, dtype=fdtype, device=hidden.device)
     return h.index_put((rows,), h_rows).view(B, L)
 
 
-def _use_triton(backend: str, hidden: torch.Tensor) -> bool:
+def _use_triton(backend: str, hidden: torch.Tensor, row_ids: torch.Tensor | None, mask_id: int) -> bool:
+    """backend "auto": Triton on CUDA when installed; "triton": Triton or a clear error."""
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
     if backend == "torch":
@@ -379,6 +410,8 @@ def _use_triton(backend: str, hidden: torch.Tensor) -> bool:
     from .fused_loss_triton import triton_available
 
     ok, why = triton_available(hidden, explicit=backend == "triton")
+    if ok and row_ids is not None and bool((row_ids != mask_id).any()):
+        ok, why = False, "the Triton kernel takes weight_rows only for the mask row (LoRA's); others need the torch path"
     if backend == "triton" and not ok:
         raise RuntimeError(f"backend='triton' is not usable here: {why}; use backend='torch'")
     return ok
