@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 # e.g. `make demo TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu`.
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX_URL ?=
-EXTRAS ?= dev,eval,deepspeed,qlora
+EXTRAS ?= dev,eval,deepspeed,qlora,triton
 STAMP := $(VENV)/.installed-xdlm-tune
 PYTEST_ARGS ?=
 # DeepSpeed compiles a small C++ op once (~2 min on CPU) into torch's extensions folder

@@ -10,9 +10,18 @@ pytest.importorskip("triton")
 
 from xdlm_tune.diffusion import fused_loss_triton, fused_xdlm_loss  # noqa: E402
 
-from test_fused_loss import MASK, B, L, _inputs, _reference  # noqa: E402
+from test_fused_loss import MASK, B, L, _reference  # noqa: E402
+from test_fused_loss import _inputs as _cpu_inputs  # noqa: E402
 
-pytestmark = pytest.mark.slow  # every kernel program runs in Python: ~1 s a case
+# On the CPU every kernel program runs in Python (~1 s a case): slow. On CUDA: compiled, gpu.
+pytestmark = pytest.mark.gpu if torch.cuda.is_available() else pytest.mark.slow
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _inputs(*args, **kw):
+    """test_fused_loss's inputs, on the kernel's device."""
+    return tuple(None if t is None else t.detach().to(DEV).requires_grad_(t.requires_grad)
+                 for t in _cpu_inputs(*args, **kw))
 
 
 @pytest.fixture
@@ -38,8 +47,8 @@ def test_triton_matches_torch_in_float64(interpreted, k, extras):
     hidden, weight, bias, z, x0, alpha = _inputs(k, bias=extras, seed=7)
     kw = {}
     if extras:
-        kw = dict(logit_softcap=2.0, loss_mask=torch.rand(B, L, generator=torch.Generator().manual_seed(2)) > 0.35)
-    w = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64)
+        kw = dict(logit_softcap=2.0, loss_mask=(torch.rand(B, L, generator=torch.Generator().manual_seed(2)) > 0.35).to(DEV))
+    w = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64, device=DEV)
     for objective, tw in (((lambda h: (w[:, None] * h).sum()), w), ((lambda h: (h ** 2).sum() + h.sum()), None)):
         out = _both(lambda be: _run(be, hidden, weight, bias, z, x0, alpha, k, objective, token_weight=tw, **kw))
         for a, b in zip(out["triton"], out["torch"]):
@@ -68,13 +77,13 @@ def test_triton_frozen_head_with_the_mask_row_and_empty_loss(interpreted):
     rows = base[[MASK]].clone().requires_grad_()
     out = {}
     for be in ("torch", "triton"):
-        h = fused_xdlm_loss(hidden, base, z, x0, alpha, k=0.5, mask_id=MASK, weight_rows=(torch.tensor([MASK]), rows),
+        h = fused_xdlm_loss(hidden, base, z, x0, alpha, k=0.5, mask_id=MASK, weight_rows=(torch.tensor([MASK], device=DEV), rows),
                             backend=be)
         out[be] = (h, *torch.autograd.grad(h.sum(), [hidden, rows]))
     for a, b in zip(out["triton"], out["torch"]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
     assert (out["triton"][2] == 0).all()  # the mask logit is excluded: its row's gradient is 0
-    empty = fused_xdlm_loss(hidden, weight, z, x0, alpha, k=0.5, mask_id=MASK, loss_mask=torch.zeros(B, L),
+    empty = fused_xdlm_loss(hidden, weight, z, x0, alpha, k=0.5, mask_id=MASK, loss_mask=torch.zeros(B, L, device=DEV),
                             backend="triton")
     (g,) = torch.autograd.grad(empty.sum(), [hidden])
     assert (empty == 0).all() and (g == 0).all()
@@ -85,8 +94,8 @@ def test_triton_frozen_head_with_the_mask_row_and_empty_loss(interpreted):
 
 def test_backend_choice_is_explicit_off_cuda(interpreted):
     hidden, weight, _, z, x0, alpha = _inputs(0.1)
-    other_row = (torch.tensor([2]), weight.detach()[[2]].clone().requires_grad_())
+    other_row = (torch.tensor([2], device=DEV), weight.detach()[[2]].clone().requires_grad_())
     with pytest.raises(RuntimeError, match="mask row"):
         fused_xdlm_loss(hidden, weight, z, x0, alpha, k=0.1, mask_id=MASK, weight_rows=other_row, backend="triton")
-    ok, why = fused_loss_triton.triton_available(hidden)  # automatic choice: CUDA tensors only
+    ok, why = fused_loss_triton.triton_available(hidden.cpu())  # automatic choice: CUDA tensors only
     assert not ok and "not CUDA" in why
