@@ -52,9 +52,11 @@ def extensions_root() -> Path:
 
 
 def lock_holders(path: Path) -> tuple[list[int], bool]:
-    """(pids of processes on this machine with ``path`` open, whether every process could be
-    inspected). Reads /proc/<pid>/fd; processes of other users may be unreadable."""
+    """(pids of processes on this machine with ``path`` open or working inside its folder, as the
+    compiler of a build does even when the Python process that took the lock is gone; whether
+    every process could be inspected). Reads /proc; processes of other users may be unreadable."""
     target = os.path.realpath(path)
+    folder = os.path.dirname(target)
     holders, complete = [], True
     try:
         pids = [p for p in os.listdir("/proc") if p.isdigit()]
@@ -62,6 +64,10 @@ def lock_holders(path: Path) -> tuple[list[int], bool]:
         return [], False
     for pid in pids:
         fd_dir = f"/proc/{pid}/fd"
+        with contextlib.suppress(OSError):  # kernel threads and zombies have no cwd
+            if os.readlink(f"/proc/{pid}/cwd") == folder:
+                holders.append(int(pid))
+                continue
         try:
             fds = os.listdir(fd_dir)
         except FileNotFoundError:
@@ -101,7 +107,7 @@ def clear_stale_lock(build_dir: Path, *, timeout_s: float = 900.0, poll_s: float
                 f"running (on this or another machine sharing the folder), delete it: rm {lock} "
                 f"(or the whole folder {build_dir}) and start again")
         if waited - last_note >= 30.0 or last_note == 0.0:
-            logger.info("waiting for a DeepSpeed op build in %s (lock held by %s)", build_dir, holders or "?")
+            logger.warning("waiting for a DeepSpeed op build in %s (lock held by %s)", build_dir, holders or "?")
             last_note = waited or 1e-9
         time.sleep(poll_s)
     return False
@@ -116,7 +122,7 @@ def build_slot(root: Path, name: str = OP) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            logger.info("another process is building DeepSpeed's %s op in %s; waiting for it", name, root)
+            logger.warning("another process is building DeepSpeed's %s op in %s; waiting for it", name, root)
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

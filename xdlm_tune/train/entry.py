@@ -54,6 +54,15 @@ def run(args: argparse.Namespace) -> int:
     except (RecipeError, CheckpointError, DataError, ExtensionLockError) as e:
         print(f"xdlm-tune train: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from ..launch import peer_lost
+
+        if not peer_lost(e):
+            raise
+        print(f"xdlm-tune train: lost another process of the run (a node or process died, or the network between "
+              f"them failed): {type(e).__name__}: {str(e)[:500]}. Start the run again on every node with --resume to "
+              "continue from its last checkpoint.", file=sys.stderr)
+        return 3
     return 0
 
 
