@@ -160,12 +160,14 @@ def test_objective_gives_lora_the_same_gradients_without_a_vocab_by_hidden_buffe
     from xdlm_tune.train.objective import DenoiserObjective, head_weight_rows
 
     model, _, mask_id = _converted(family)
-    assert head_weight_rows(model, output_projection(model)[0])[1] is None  # no PEFT: unchanged
+    plain = head_weight_rows(model)
+    assert plain[1] is None and plain[0] is output_projection(model)[0]  # no PEFT: unchanged
     torch.manual_seed(0)
     model = attach_lora(model, r=4, alpha=8, mask_id=mask_id)
     objective = DenoiserObjective(model, k=0.1, mask_id=mask_id, shift=False, chunk_size=5)
-    weight, rows = head_weight_rows(model, output_projection(model)[0])
+    weight, rows, bias_, softcap_ = head_weight_rows(model)
     assert rows is not None and rows[0].tolist() == [mask_id] and not weight.requires_grad
+    assert (bias_, softcap_) == output_projection(model)[1:]  # the same bias and softcap as PEFT's wrapper
     x0 = random_ids(2, 10)
     z = x0.clone()
     z[:, ::3] = mask_id

@@ -118,8 +118,7 @@ class DenoiserObjective(nn.Module):
                 loss_mask: torch.Tensor, token_weight: torch.Tensor,
                 attention_bias: torch.Tensor | None = None) -> torch.Tensor:
         hidden = denoiser_hidden(self.model, z_t, attention_mask, shift=self.shift, attention_bias=attention_bias)
-        weight, bias, softcap = output_projection(self.model)
-        weight, rows = head_weight_rows(self.model, weight)
+        weight, rows, bias, softcap = head_weight_rows(self.model)
         return fused_xdlm_loss(
             hidden, weight, z_t, x0, alpha, k=self.k, mask_id=self.mask_id, loss_mask=loss_mask,
             chunk_size=self.chunk_size, chunk_mib=self.chunk_mib, bias=bias, logit_softcap=softcap,
@@ -127,20 +126,24 @@ class DenoiserObjective(nn.Module):
         )
 
 
-def head_weight_rows(model: nn.Module, weight: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
-    """The head as (weight [V, H], rows): for a frozen head whose rows PEFT trains as trainable tokens
-    (LoRA's mask row), the frozen base weight and (ids [n], rows [n, H]), so that the fused loss
-    forms an [n, H] gradient instead of a [V, H] one; otherwise (``weight``, None) unchanged."""
-    adapter = getattr(unwrap(model).get_output_embeddings(), "token_adapter", None)
-    if adapter is None or adapter.disable_adapters or adapter.merged:
-        return weight, None
+def head_weight_rows(model: nn.Module) -> tuple[torch.Tensor, tuple | None, torch.Tensor | None, float | None]:
+    """The head as (weight [V, H], rows, bias, softcap). For a frozen head whose rows PEFT trains as
+    trainable tokens (LoRA's mask row): the frozen base weight and rows = (ids [n], rows [n, H]), so
+    that the fused loss forms an [n, H] gradient instead of a [V, H] one (and PEFT's merged [V, H]
+    copy of the head is never made); otherwise ``output_projection``'s weight and rows None."""
+    head = unwrap(model).get_output_embeddings()
+    adapter = getattr(head, "token_adapter", None)
+    names = [] if adapter is None or adapter.disable_adapters or adapter.merged else \
+        [n for n in adapter.active_adapters if n in adapter.token_indices]
+    if not names or adapter.base_layer.weight.requires_grad or hasattr(head, "lora_A"):
+        weight, bias, softcap = output_projection(model)
+        return weight, None, bias, softcap
     base = adapter.base_layer.weight
-    names = [n for n in adapter.active_adapters if n in adapter.token_indices]
-    if base.requires_grad or not names:
-        return weight, None
     ids = torch.tensor([i for n in names for i in adapter.token_indices[n]], dtype=torch.long, device=base.device)
     rows = torch.cat([adapter.trainable_tokens_delta[n] for n in names]).to(base.device)
-    return base, (ids, rows)
+    hf = unwrap(model)
+    config = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
+    return base, (ids, rows), getattr(adapter.base_layer, "bias", None), getattr(config, "final_logit_softcapping", None)
 
 
 def drop_mask_tokens(batch: dict[str, torch.Tensor], mask_id: int) -> dict[str, torch.Tensor]:
