@@ -9,11 +9,12 @@ PIP := $(PY) -m pip
 # e.g. `make demo TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu`.
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX_URL ?=
-EXTRAS ?= dev,eval,deepspeed,qlora,lm-eval
+EXTRAS ?= dev,eval,deepspeed,qlora,lm-eval,triton
 STAMP := $(VENV)/.installed-xdlm-tune
 PYTEST_ARGS ?=
-# DeepSpeed compiles small C++ ops once (~2 min on CPU) and caches them here, across checkouts.
-export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
+# DeepSpeed compiles a small C++ op once (~2 min on CPU) into torch's extensions folder
+# ($TORCH_EXTENSIONS_DIR if you set it, else ~/.cache/torch_extensions/py3XX_cpu), the same
+# folder however the toolkit is started: nothing is exported here.
 
 .PHONY: install demo lint fmt golden test test-fast test-all bench clean
 

@@ -10,6 +10,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 # Data lives in ../shared/data beside the checkout (never copied into the project).
 SHARED_DATA = Path(os.environ.get("XDLM_SHARED_DATA", REPO.parent / "shared" / "data"))
+# Without CUDA, Triton kernels can only run in its interpreter, which must be chosen before triton
+# is first imported (tests/test_fused_loss_triton.py).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@ of the shipped recipes, and the real SmolLM2 end to end. All slow.
 
 Each launch runs 2 processes on 127.0.0.1 (a free port) under a timeout. DeepSpeed's first
 use on a machine compiles a small C++ op (~2-3 min on 2 cores), cached in
-$TORCH_EXTENSIONS_DIR (the Makefile exports it; torch's default is ~/.cache/torch_extensions).
+torch's extensions folder ($TORCH_EXTENSIONS_DIR, else ~/.cache/torch_extensions/py3XX_cpu).
 """
 from __future__ import annotations
 

@@ -21,3 +21,19 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# What a collective raises when another process of the group died or cannot be reached (gloo and
+# NCCL wording; torch.distributed's own error classes are matched by name, so no torch here).
+_PEER_LOST_TYPES = {"DistError", "DistBackendError", "DistNetworkError", "DistStoreError"}
+_PEER_LOST_WORDS = ("connection closed by peer", "connection reset by peer", "broken pipe", "connection refused",
+                    "socket timeout", "timed out", "nccl communicator was aborted", "ncclremoteerror")
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means another process of this launched run died or became unreachable."""
+    if not launched():
+        return False
+    if _PEER_LOST_TYPES & {c.__name__ for c in type(exc).__mro__}:
+        return True
+    return any(w in str(exc).lower() for w in _PEER_LOST_WORDS)

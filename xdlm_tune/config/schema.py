@@ -134,7 +134,9 @@ class DiffusionConfig:
     antithetic: bool = True
     """Stratified t across the global batch: a lower-variance loss."""
     chunk_size: int | None = None
-    """Tokens per chunk in the fused loss; null: the core's default."""
+    """Tokens per chunk in the fused loss; null: sized from `chunk_mib`."""
+    chunk_mib: float | None = None
+    """MiB per [chunk, V] float32 buffer of the fused loss (its memory budget); null: 64."""
 
     def _errors(self, recipe: Recipe) -> list[tuple[str, str]]:
         errs = []
@@ -146,6 +148,8 @@ class DiffusionConfig:
             errs.append(("eps", f"must be in (0, 0.5) so that alpha_t stays inside (0, 1), got {self.eps}; 1e-3 is the usual value"))
         if self.chunk_size is not None and self.chunk_size < 1:
             errs.append(("chunk_size", f"must be a positive integer or null, got {self.chunk_size}"))
+        if self.chunk_mib is not None and not self.chunk_mib > 0:
+            errs.append(("chunk_mib", f"must be > 0 (MiB per fused-loss buffer) or null, got {self.chunk_mib}"))
         return errs
 
 

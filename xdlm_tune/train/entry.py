@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..checkpoint import CheckpointError
     from ..data import DataError
+    from .ds_ops import ExtensionLockError
 
     try:
         if args.dry_run:
@@ -51,9 +52,18 @@ def run(args: argparse.Namespace) -> int:
 
             train(recipe)
             shutdown_process_group()
-    except (RecipeError, CheckpointError, DataError) as e:
+    except (RecipeError, CheckpointError, DataError, ExtensionLockError) as e:
         print(f"xdlm-tune train: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from ..launch import peer_lost
+
+        if not peer_lost(e):
+            raise
+        print(f"xdlm-tune train: lost another process of the run (a node or process died, or the network between "
+              f"them failed): {type(e).__name__}: {str(e)[:500]}. Start the run again on every node with --resume to "
+              "continue from its last checkpoint.", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -123,7 +123,7 @@ def _train(recipe: Recipe, ds_config: dict | None) -> TrainResult:
     mask_id, (vocab, hidden_size) = prepared.mask_id, output_projection(prepared.model)[0].shape
     d = recipe.diffusion
     objective = DenoiserObjective(prepared.model, k=d.k, mask_id=mask_id, shift=prepared.shift,
-                                  chunk_size=d.chunk_size)
+                                  chunk_size=d.chunk_size, chunk_mib=d.chunk_mib)
 
     # 4. The data (each process reads its share) and the noise.
     with accelerator.main_process_first():  # one process fills the datasets cache, the others read it

@@ -90,10 +90,11 @@ def gathered(params: list[nn.Parameter]):
 class DenoiserObjective(nn.Module):
     """model + fused XDLM loss. forward(...) -> h [B, L] float32 (0 outside loss_mask)."""
 
-    def __init__(self, model: nn.Module, *, k: float, mask_id: int, shift: bool, chunk_size: int | None = None):
+    def __init__(self, model: nn.Module, *, k: float, mask_id: int, shift: bool, chunk_size: int | None = None,
+                 chunk_mib: float | None = None):
         super().__init__()
         self.model = model
-        self.k, self.mask_id, self.shift, self.chunk_size = k, mask_id, shift, chunk_size
+        self.k, self.mask_id, self.shift, self.chunk_size, self.chunk_mib = k, mask_id, shift, chunk_size, chunk_mib
 
     @property
     def config(self):
@@ -117,11 +118,32 @@ class DenoiserObjective(nn.Module):
                 loss_mask: torch.Tensor, token_weight: torch.Tensor,
                 attention_bias: torch.Tensor | None = None) -> torch.Tensor:
         hidden = denoiser_hidden(self.model, z_t, attention_mask, shift=self.shift, attention_bias=attention_bias)
-        weight, bias, softcap = output_projection(self.model)
+        weight, rows, bias, softcap = head_weight_rows(self.model)
         return fused_xdlm_loss(
             hidden, weight, z_t, x0, alpha, k=self.k, mask_id=self.mask_id, loss_mask=loss_mask,
-            chunk_size=self.chunk_size, bias=bias, logit_softcap=softcap, token_weight=token_weight,
+            chunk_size=self.chunk_size, chunk_mib=self.chunk_mib, bias=bias, logit_softcap=softcap,
+            token_weight=token_weight, weight_rows=rows,
         )
+
+
+def head_weight_rows(model: nn.Module) -> tuple[torch.Tensor, tuple | None, torch.Tensor | None, float | None]:
+    """The head as (weight [V, H], rows, bias, softcap). For a frozen head whose rows PEFT trains as
+    trainable tokens (LoRA's mask row): the frozen base weight and rows = (ids [n], rows [n, H]), so
+    that the fused loss forms an [n, H] gradient instead of a [V, H] one (and PEFT's merged [V, H]
+    copy of the head is never made); otherwise ``output_projection``'s weight and rows None."""
+    head = unwrap(model).get_output_embeddings()
+    adapter = getattr(head, "token_adapter", None)
+    names = [] if adapter is None or adapter.disable_adapters or adapter.merged else \
+        [n for n in adapter.active_adapters if n in adapter.token_indices]
+    if not names or adapter.base_layer.weight.requires_grad or hasattr(head, "lora_A"):
+        weight, bias, softcap = output_projection(model)
+        return weight, None, bias, softcap
+    base = adapter.base_layer.weight
+    ids = torch.tensor([i for n in names for i in adapter.token_indices[n]], dtype=torch.long, device=base.device)
+    rows = torch.cat([adapter.trainable_tokens_delta[n] for n in names]).to(base.device)
+    hf = unwrap(model)
+    config = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
+    return base, (ids, rows), getattr(adapter.base_layer, "bias", None), getattr(config, "final_logit_softcapping", None)
 
 
 def drop_mask_tokens(batch: dict[str, torch.Tensor], mask_id: int) -> dict[str, torch.Tensor]:

@@ -8,8 +8,8 @@ The recipe decides precision and DeepSpeed; the launcher (`accelerate launch`, t
 * DeepSpeed always needs a process group, also for one process started without a launcher
   (`xdlm-tune train` on one GPU): we then set the single-process rendezvous variables on a
   free loopback port, as the `deepspeed` launcher would. On a machine without CUDA DeepSpeed
-  uses its CPU accelerator with gloo (its first use compiles a small C++ op, cached in
-  $TORCH_EXTENSIONS_DIR); accelerate's own CPU switch would silently turn DeepSpeed off, so
+  uses its CPU accelerator with gloo (its first use compiles a small C++ op, cached in torch's
+  extensions folder; ds_ops.py builds it once, clearing a stale lock); accelerate's own CPU switch would silently turn DeepSpeed off, so
   it is cleared for DeepSpeed runs.
 """
 from __future__ import annotations
@@ -92,6 +92,11 @@ def build_accelerator(recipe: Recipe, ds_config: dict[str, Any] | None):
                   kwargs_handlers=handlers)
     if ds_config is None:
         return Accelerator(cpu=cpu, **common)
+    # DeepSpeed's CPU comm op is built here, under our own lock: a stale torch lock is cleared
+    # and concurrent first runs wait for one build (ds_ops.py).
+    from .ds_ops import prepare_deepspeed_ops
+
+    prepare_deepspeed_ops()
     # zero3_init_flag=False: the model is loaded whole, then partitioned by accelerator.prepare.
     # Loading under zero.Init would partition it before the mask-token row and LoRA are set up.
     plugin = DeepSpeedPlugin(hf_ds_config=ds_config, zero3_init_flag=False)
