@@ -36,3 +36,20 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _log_handlers_on_live_streams():
+    """Libraries (lm-eval) bind logging handlers to the sys.stderr of the moment they are imported,
+    which under pytest is a capture stream closed after that test; point such handlers at today's
+    stderr so a later test's log lines are not "--- Logging error ---" tracebacks."""
+    import logging
+    import sys
+
+    for logger in [logging.getLogger(), *(l for l in logging.Logger.manager.loggerDict.values()
+                                          if isinstance(l, logging.Logger))]:
+        for h in logger.handlers:
+            stream = getattr(h, "stream", None)
+            if isinstance(h, logging.StreamHandler) and stream is not None and getattr(stream, "closed", False):
+                h.stream = sys.stderr  # not setStream: it would flush the closed stream first
+    yield

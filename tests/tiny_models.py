@@ -113,8 +113,8 @@ def random_ids(batch: int, length: int, *, low: int = 3, high: int = VOCAB - 8, 
     return torch.randint(low, high, (batch, length), generator=g)
 
 
-def save_tiny_model(path, family: str = "llama"):
-    """Save `tiny_model(family)` and `tiny_tokenizer()` as a local model folder (like a Hub checkout)."""
-    tiny_model(family).save_pretrained(path)
+def save_tiny_model(path, family: str = "llama", **overrides):
+    """Save `tiny_model(family, **overrides)` and `tiny_tokenizer()` as a local model folder (like a Hub checkout)."""
+    tiny_model(family, **overrides).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path

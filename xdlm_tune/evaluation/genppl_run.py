@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--revise-prompt", action="store_true", help="xdlm: also rewrite prompt tokens (the authors' code)")
     ap.add_argument("--final-step", choices=FINAL_STEPS, default="none",
                     help="ancestral: the authors' extra sampled step to alpha_s = 1")
+    from .run import add_cache_arguments
+
+    add_cache_arguments(ap)
     ap.add_argument("--code", action=argparse.BooleanOptionalAction, default=None,
                     help="report the compile rate (default: on for the builtin code corpora)")
     ap.add_argument("--no-reference", action="store_true", help="skip the AR judge's own samples")

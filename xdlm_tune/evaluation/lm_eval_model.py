@@ -67,14 +67,14 @@ def _typed(name: str, value, kind, *, lo=None, hi=None, optional: bool = False):
 
 def _is_training_output(path: str) -> bool:
     """A run folder (holds checkpoint-*) or a checkpoint folder, as `xdlm-tune export` takes."""
-    from ..export.export import ExportError
+    from ..checkpoint import CheckpointError
     from ..runs import find_checkpoint
 
     if not Path(path).is_dir() or (Path(path) / "config.json").is_file():
         return False
     try:
         find_checkpoint(path)
-    except ExportError:
+    except CheckpointError:
         return False
     return True
 

@@ -55,13 +55,7 @@ def build_parser(benchmark: str | None = None) -> argparse.ArgumentParser:
                     help="xdlm: also rewrite prompt tokens, exactly as the authors' sampler does")
     ap.add_argument("--final-step", choices=FINAL_STEPS, default="none",
                     help="ancestral: the authors' extra sampled step to alpha_s = 1 (one more forward pass per block)")
-    ap.add_argument("--cache", choices=CACHES, default="none",
-                    help="KV cache inside a block: prefix (prompt and earlier blocks) or dual (also the masked tail)")
-    ap.add_argument("--refresh", choices=REFRESHES, default="step",
-                    help="after a revision of a cached position: a full pass at the next step, or at the next block")
-    ap.add_argument("--refresh-every", type=int, default=None, help="also a full pass every N steps of a block")
-    ap.add_argument("--threshold", type=float, default=None,
-                    help="confidence / xdlm: reveal every masked position at least this confident (NFE then varies)")
+    add_cache_arguments(ap)
     ap.add_argument("--prompt-format", choices=MBPP_FORMATS, default="original",
                     help="MBPP prompt, answer extraction and scoring: original, opencompass (the paper's "
                          "mbpp_gen_830460), lm-eval (lm-evaluation-harness's mbpp)")
@@ -168,6 +162,17 @@ def load_ar_baseline(args, device) -> EvalModel:
     return ar_baseline_model(args.model, device, label=f"{Path(args.model).name} (AR)",
                              dtype=_default_dtype(args, device), attn_implementation=args.attn_implementation,
                              trust_remote_code=args.trust_remote_code)
+
+
+def add_cache_arguments(ap: argparse.ArgumentParser) -> None:
+    """The KV-cache and threshold flags (eval and genppl share them)."""
+    ap.add_argument("--cache", choices=CACHES, default="none",
+                    help="KV cache inside a block: prefix (prompt and earlier blocks) or dual (also the masked tail)")
+    ap.add_argument("--refresh", choices=REFRESHES, default="step",
+                    help="after a revision of a cached position: a full pass at the next step, or at the next block")
+    ap.add_argument("--refresh-every", type=int, default=None, help="also a full pass every N steps of a block")
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="confidence / xdlm: reveal every masked position at least this confident (NFE then varies)")
 
 
 def sampler_settings(args, trained: dict) -> SamplerSettings:
