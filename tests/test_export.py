@@ -146,13 +146,7 @@ def run_clean(tmp: Path, cases: list[dict]) -> tuple[dict, dict]:
     return torch.load(out, weights_only=True), json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,7 @@ from xdlm_tune.model.native import (
 FAMILIES = {"llada-a": ("LlamaForCausalLM", False), "dream-a": ("Qwen2ForCausalLM", True)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
