@@ -36,9 +36,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m xdlm_tune.cli demo
 
-# The linter (pyproject.toml [tool.ruff]) runs first: a few seconds, before any test.
+# The linter and the formatter check (pyproject.toml [tool.ruff]) run first: a few seconds, before
+# any test. `make fmt` fixes what they report.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # Sort imports, apply the safe lint fixes, then format.
 fmt: $(STAMP)

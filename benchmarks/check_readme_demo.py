@@ -11,6 +11,7 @@ final state (their bar glyphs and timings dropped), and wall-clock values (secon
 are masked. Every other character must match, except that a number in the README may be the log's
 number rounded (5.60 for 5.5989). Exit status: 0 same, 1 drift (a diff is printed), 2 no block / log.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,7 +93,7 @@ def _numbers_agree(readme: str, log: str) -> bool:
     decimals = len(r.split(".")[1]) if "." in r else 0
     if decimals >= (len(v.split(".")[1]) if "." in v else 0):
         return False  # more digits in the README than the log has: must be equal
-    return abs(float(r) - float(v)) <= 0.5 * 10 ** -decimals + 1e-12
+    return abs(float(r) - float(v)) <= 0.5 * 10**-decimals + 1e-12
 
 
 def lines_agree(readme: str, log: str) -> bool:
@@ -144,8 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     diff = drift(text, log.read_text())
     if diff:
         print(f"the README's demo output drifted from {log}:\n" + "\n".join(diff))
-        print("\nregenerate it: make demo && python benchmarks/check_readme_demo.py runs/demo/demo.log --update "
-              "&& cp runs/demo/demo.log benchmarks/results/demo_cpu.log")
+        print(
+            "\nregenerate it: make demo && python benchmarks/check_readme_demo.py runs/demo/demo.log --update "
+            "&& cp runs/demo/demo.log benchmarks/results/demo_cpu.log"
+        )
         return 1
     print(f"README demo block matches {log}")
     return 0

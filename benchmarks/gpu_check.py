@@ -12,6 +12,7 @@ step time are fitted as a + b * layers and evaluated at the real depth (32): an 
 and the report says so. The slope b holds each layer's weights, LoRA state and activations; the
 intercept a the embeddings, the output head and the loss.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,10 +27,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Dimensions of the real models (their config.json); depth 32 for both.
 SHAPES = {
-    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
-                      vocab_size=128256, tie_word_embeddings=False, real_layers=32),
-    "llada-8b": dict(hidden_size=4096, intermediate_size=12288, num_attention_heads=32, num_key_value_heads=32,
-                     vocab_size=126464, tie_word_embeddings=False, real_layers=32),
+    "llama3-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=False,
+        real_layers=32,
+    ),
+    "llada-8b": dict(
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=126464,
+        tie_word_embeddings=False,
+        real_layers=32,
+    ),
 }
 
 
@@ -42,8 +57,9 @@ class Point:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="gpu_check.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="gpu_check.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="command", required=True)
     lora = sub.add_parser("lora", help="LoRA throughput and peak memory of an 8B-shaped model (CUDA)")
     lora.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
@@ -83,8 +99,16 @@ def extrapolate(points: list[Point], layers: int) -> dict[str, float]:
     a_t, b_t = linear_fit(xs, [p.step_s for p in points])
     step = a_t + b_t * layers
     tokens = points[0].tokens
-    return {"layers": layers, "fixed_gib": a_m, "per_layer_gib": b_m, "peak_gib": a_m + b_m * layers,
-            "fixed_s": a_t, "per_layer_s": b_t, "step_s": step, "tokens_per_s": tokens / step if step > 0 else float("nan")}
+    return {
+        "layers": layers,
+        "fixed_gib": a_m,
+        "per_layer_gib": b_m,
+        "peak_gib": a_m + b_m * layers,
+        "fixed_s": a_t,
+        "per_layer_s": b_t,
+        "step_s": step,
+        "tokens_per_s": tokens / step if step > 0 else float("nan"),
+    }
 
 
 def device_slug(name: str) -> str:
@@ -95,27 +119,45 @@ def device_slug(name: str) -> str:
 def render_report(device: str, sections: dict[str, str], lora: dict | None, status: dict[str, str]) -> str:
     """The markdown report: device, each step's status, the benchmark tables as produced, and the
     LoRA points with their extrapolation (labelled as such)."""
-    lines = [f"# benchmarks/gpu_check.sh on {device}", "",
-             "Every number below was measured by gpu_check.sh on this device in one run, except the rows marked "
-             "**extrapolated**.", "", "| step | status |", "|---|---|"]
+    lines = [
+        f"# benchmarks/gpu_check.sh on {device}",
+        "",
+        "Every number below was measured by gpu_check.sh on this device in one run, except the rows marked "
+        "**extrapolated**.",
+        "",
+        "| step | status |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v} |" for k, v in status.items()]
     for title, body in sections.items():
         lines += ["", f"## {title}", "", body.strip() or "(no output)"]
     if lora:
         shape = lora["shape"]
-        lines += ["", f"## LoRA training, {shape}-shaped model ({lora['config']})", "",
-                  f"Random weights, {lora['tokens']} tokens per step, bf16, LoRA r=16 on all linear layers + mask row, "
-                  "fused XDLM loss, AdamW.", "",
-                  "| layers | peak memory (GiB) | step (s) | tokens/s | |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## LoRA training, {shape}-shaped model ({lora['config']})",
+            "",
+            f"Random weights, {lora['tokens']} tokens per step, bf16, LoRA r=16 on all linear layers + mask row, "
+            "fused XDLM loss, AdamW.",
+            "",
+            "| layers | peak memory (GiB) | step (s) | tokens/s | |",
+            "|---|---|---|---|---|",
+        ]
         for p in lora["points"]:
-            lines.append(f"| {p['layers']} | {p['peak_gib']:.2f} | {p['step_s']:.3f} | {p['tokens'] / p['step_s']:.0f} | measured |")
+            lines.append(
+                f"| {p['layers']} | {p['peak_gib']:.2f} | {p['step_s']:.3f} | {p['tokens'] / p['step_s']:.0f} | measured |"
+            )
         e = lora["extrapolation"]
-        lines.append(f"| {e['layers']} | {e['peak_gib']:.2f} | {e['step_s']:.3f} | {e['tokens_per_s']:.0f} | "
-                     "**extrapolated** |")
-        lines += ["", f"Extrapolation (not a measurement): peak = {e['fixed_gib']:.2f} GiB + {e['per_layer_gib']:.3f} GiB x "
-                  f"layers, step = {e['fixed_s']:.3f} s + {e['per_layer_s']:.4f} s x layers, fitted on the measured "
-                  f"layer counts and evaluated at the real depth {e['layers']}. A real checkpoint adds no memory beyond "
-                  "this (same shapes), but kernels, fragmentation and the optimizer state of a longer run can differ."]
+        lines.append(
+            f"| {e['layers']} | {e['peak_gib']:.2f} | {e['step_s']:.3f} | {e['tokens_per_s']:.0f} | **extrapolated** |"
+        )
+        lines += [
+            "",
+            f"Extrapolation (not a measurement): peak = {e['fixed_gib']:.2f} GiB + {e['per_layer_gib']:.3f} GiB x "
+            f"layers, step = {e['fixed_s']:.3f} s + {e['per_layer_s']:.4f} s x layers, fitted on the measured "
+            f"layer counts and evaluated at the real depth {e['layers']}. A real checkpoint adds no memory beyond "
+            "this (same shapes), but kernels, fragmentation and the optimizer state of a longer run can differ.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -134,8 +176,9 @@ def measure_lora(args: argparse.Namespace) -> dict:
     for layers in sorted(set(args.layers)):
         torch.cuda.empty_cache()
         torch.manual_seed(0)
-        cfg = LlamaConfig(num_hidden_layers=layers, max_position_embeddings=max(4096, args.seq),
-                          attn_implementation="sdpa", **dims)
+        cfg = LlamaConfig(
+            num_hidden_layers=layers, max_position_embeddings=max(4096, args.seq), attn_implementation="sdpa", **dims
+        )
         with torch.device("cuda"):
             model = LlamaForCausalLM(cfg).to(torch.bfloat16)
         make_bidirectional(model)
@@ -148,8 +191,14 @@ def measure_lora(args: argparse.Namespace) -> dict:
         B, L = args.batch, args.seq
         x0 = torch.randint(0, mask_id, (B, L), device="cuda")
         z = torch.where(torch.rand(B, L, device="cuda") < 0.5, torch.full_like(x0, mask_id), x0)
-        inputs = dict(z_t=z, x0=x0, attention_mask=torch.ones_like(x0), alpha=torch.full((B,), 0.5, device="cuda"),
-                      loss_mask=torch.ones_like(x0, dtype=torch.bool), token_weight=torch.ones(B, device="cuda"))
+        inputs = dict(
+            z_t=z,
+            x0=x0,
+            attention_mask=torch.ones_like(x0),
+            alpha=torch.full((B,), 0.5, device="cuda"),
+            loss_mask=torch.ones_like(x0, dtype=torch.bool),
+            token_weight=torch.ones(B, device="cuda"),
+        )
 
         def step(objective=objective, inputs=inputs, opt=opt):
             h = objective(**inputs)
@@ -169,11 +218,16 @@ def measure_lora(args: argparse.Namespace) -> dict:
         print(f"  {args.shape} {layers} layers: {points[-1].peak_gib:.2f} GiB peak, {dt:.3f} s/step", flush=True)
         del model, objective, opt, step
     real = SHAPES[args.shape]["real_layers"]
-    return {"shape": args.shape, "device": torch.cuda.get_device_name(), "tokens": args.batch * args.seq,
-            "config": f"hidden {dims['hidden_size']}, MLP {dims['intermediate_size']}, heads {dims['num_attention_heads']}/"
-                      f"{dims['num_key_value_heads']}, vocab {dims['vocab_size']}, batch {args.batch} x {args.seq} tokens"
-                      + (", gradient checkpointing" if args.checkpointing else ""),
-            "points": [p.__dict__ for p in points], "extrapolation": extrapolate(points, real)}
+    return {
+        "shape": args.shape,
+        "device": torch.cuda.get_device_name(),
+        "tokens": args.batch * args.seq,
+        "config": f"hidden {dims['hidden_size']}, MLP {dims['intermediate_size']}, heads {dims['num_attention_heads']}/"
+        f"{dims['num_key_value_heads']}, vocab {dims['vocab_size']}, batch {args.batch} x {args.seq} tokens"
+        + (", gradient checkpointing" if args.checkpointing else ""),
+        "points": [p.__dict__ for p in points],
+        "extrapolation": extrapolate(points, real),
+    }
 
 
 def write_report(workdir: Path, out: str | None) -> Path:
@@ -181,8 +235,11 @@ def write_report(workdir: Path, out: str | None) -> Path:
     status = json.loads((workdir / "status.json").read_text()) if (workdir / "status.json").exists() else {}
     device = (workdir / "device.txt").read_text().strip() if (workdir / "device.txt").exists() else "unknown device"
     sections = {}
-    for name, title in (("pytest.txt", "GPU-marked tests"), ("loss_memory.md", "Fused loss: materialised vs torch vs Triton"),
-                        ("sampling.md", "Sampling speed")):
+    for name, title in (
+        ("pytest.txt", "GPU-marked tests"),
+        ("loss_memory.md", "Fused loss: materialised vs torch vs Triton"),
+        ("sampling.md", "Sampling speed"),
+    ):
         path = workdir / name
         if path.exists():
             text = path.read_text()

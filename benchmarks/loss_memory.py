@@ -15,6 +15,7 @@ torch.cuda.max_memory_allocated. Methods: ``reference`` (materialised), ``torch`
 torch path), ``triton`` (the fused Triton kernel, CUDA only). Ratios are against the reference
 measured in the same run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,7 +78,7 @@ def _inputs(V, H, N, dtype, head, device, seed=0):
     L = N // B
     # Filled in place: no full-size temporaries while the inputs are made.
     hidden = torch.empty(B, L, H, device=device, dtype=dtype).normal_(0.0, 0.5).requires_grad_()
-    weight = torch.empty(V, H, device=device, dtype=dtype).normal_(0.0, H ** -0.5).requires_grad_(head == "trainable")
+    weight = torch.empty(V, H, device=device, dtype=dtype).normal_(0.0, H**-0.5).requires_grad_(head == "trainable")
     rows = weight.detach()[[mask_id]].clone().requires_grad_() if head == "frozen" else None
     x0 = torch.randint(0, V - 1, (B, L), device=device)
     sched = make_schedule("linear")
@@ -96,12 +97,23 @@ def _step(method, d, chunk_mib):
         h = xdlm_loss(hidden @ weight.T, d["z"], d["x0"], d["alpha"], **kw)
     else:
         ids = None if rows is None else (torch.tensor([d["mask_id"]], device=hidden.device), rows)
-        h = fused_xdlm_loss(hidden, weight, d["z"], d["x0"], d["alpha"], token_weight=w, weight_rows=ids,
-                            chunk_mib=chunk_mib, backend=method, **kw)
+        h = fused_xdlm_loss(
+            hidden,
+            weight,
+            d["z"],
+            d["x0"],
+            d["alpha"],
+            token_weight=w,
+            weight_rows=ids,
+            chunk_mib=chunk_mib,
+            backend=method,
+            **kw,
+        )
     loss = (w[:, None] * h).mean()
     loss.backward()
-    grad_bytes = sum(t.grad.numel() * t.grad.element_size() for t in (hidden, weight, rows)
-                     if t is not None and t.grad is not None)
+    grad_bytes = sum(
+        t.grad.numel() * t.grad.element_size() for t in (hidden, weight, rows) if t is not None and t.grad is not None
+    )
     for t in (hidden, weight, rows):
         if t is not None:
             t.grad = None
@@ -145,8 +157,10 @@ def hardware(device: str) -> str:
 
 
 def report(rows, methods, args, hw, load) -> str:
-    head = (f"Loss + backward, k=0.1, device: {hw}; torch {torch.__version__}; best of {args.reps}; "
-            f"fused chunk_mib={args.chunk_mib or DEFAULT_CHUNK_MIB}. Load average (1 min) at start / end: {load[0]:.2f} / {load[1]:.2f}.")
+    head = (
+        f"Loss + backward, k=0.1, device: {hw}; torch {torch.__version__}; best of {args.reps}; "
+        f"fused chunk_mib={args.chunk_mib or DEFAULT_CHUNK_MIB}. Load average (1 min) at start / end: {load[0]:.2f} / {load[1]:.2f}."
+    )
     if args.note:
         head += f" {args.note}"
     cols = ["V x H x tokens", "head", "dtype", "reference time (s)", "reference peak extra (GiB)"]
@@ -155,14 +169,26 @@ def report(rows, methods, args, hw, load) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for key, res in rows:
         ref = res["reference"]
-        cells = ["x".join(map(str, key[:3])), key[3], key[4], f"{ref['time_s']:.2f}", f"{ref['peak_extra_bytes'] / 2**30:.3f}"]
+        cells = [
+            "x".join(map(str, key[:3])),
+            key[3],
+            key[4],
+            f"{ref['time_s']:.2f}",
+            f"{ref['peak_extra_bytes'] / 2**30:.3f}",
+        ]
         for m in methods[1:]:
             r = res[m]
-            cells += [f"{r['time_s']:.2f}", f"{r['peak_extra_bytes'] / 2**30:.3f}",
-                      f"{r['time_s'] / ref['time_s']:.2f}", f"{r['peak_extra_bytes'] / ref['peak_extra_bytes']:.3f}"]
+            cells += [
+                f"{r['time_s']:.2f}",
+                f"{r['peak_extra_bytes'] / 2**30:.3f}",
+                f"{r['time_s'] / ref['time_s']:.2f}",
+                f"{r['peak_extra_bytes'] / ref['peak_extra_bytes']:.3f}",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
-    return (head + "\n\n" + "\n".join(lines) + "\n\nPeak extra = peak memory beyond the inputs and their gradients. "
-            "Goal: memory ratio <= 0.10 at no more than 1.1x the reference's time.\n")
+    return (
+        head + "\n\n" + "\n".join(lines) + "\n\nPeak extra = peak memory beyond the inputs and their gradients. "
+        "Goal: memory ratio <= 0.10 at no more than 1.1x the reference's time.\n"
+    )
 
 
 def main() -> None:
@@ -170,15 +196,22 @@ def main() -> None:
     ap.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS, help="VxHxTOKENS, e.g. 128256x1024x2048")
     ap.add_argument("--heads", nargs="+", default=["frozen", "trainable"], choices=["frozen", "trainable"])
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bf16"], choices=list(DTYPES))
-    ap.add_argument("--methods", nargs="+", default=["torch"], choices=["torch", "triton"],
-                    help="fused methods to compare with the materialised reference")
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=["torch"],
+        choices=["torch", "triton"],
+        help="fused methods to compare with the materialised reference",
+    )
     ap.add_argument("--chunk-mib", type=float, default=None, help="fused loss budget per [chunk, V] buffer")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--note", default="", help="a sentence added to the report (e.g. what else ran)")
     ap.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
     ap.add_argument("--save", action="store_true", help="write benchmarks/results/loss_memory_<device>.md")
-    ap.add_argument("--out", default=None, help="report path (default with --save: benchmarks/results/loss_memory_<cpu|gpu>.md)")
+    ap.add_argument(
+        "--out", default=None, help="report path (default with --save: benchmarks/results/loss_memory_<cpu|gpu>.md)"
+    )
     ap.add_argument("--child", nargs=5, metavar=("METHOD", "SETTING", "DTYPE", "HEAD", "X"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
@@ -197,8 +230,20 @@ def main() -> None:
             for dtype in args.dtypes:
                 res = {}
                 for method in methods:
-                    cmd = [sys.executable, __file__, "--child", method, setting, dtype, head, "-", "--reps",
-                           str(args.reps), "--device", args.device]
+                    cmd = [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        method,
+                        setting,
+                        dtype,
+                        head,
+                        "-",
+                        "--reps",
+                        str(args.reps),
+                        "--device",
+                        args.device,
+                    ]
                     if args.chunk_mib is not None:
                         cmd += ["--chunk-mib", str(args.chunk_mib)]
                     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -206,8 +251,11 @@ def main() -> None:
                     if out.returncode or not line:
                         sys.exit(f"{method} {setting} {head} {dtype} failed:\n{out.stderr[-3000:]}")
                     res[method] = r = json.loads(line[0][7:])
-                    print(f"  {setting} {head:9s} {dtype:7s} {method:9s}: {r['time_s']:.2f} s, "
-                          f"peak extra {r['peak_extra_bytes'] / 2**30:.3f} GiB", flush=True)
+                    print(
+                        f"  {setting} {head:9s} {dtype:7s} {method:9s}: {r['time_s']:.2f} s, "
+                        f"peak extra {r['peak_extra_bytes'] / 2**30:.3f} GiB",
+                        flush=True,
+                    )
                 rows.append(((V, H, N, head, dtype), res))
     text = report(rows, methods, args, hardware(args.device), (load0, os.getloadavg()[0]))
     print("\n" + text)

@@ -13,6 +13,7 @@ threshold rows say little here; `--model` takes a trained export). Smaller grids
 `--gen 64 --block 32 --steps 8`, `--max-tokens` skips batches whose full pass is longer.
 `--batching` instead compares batched `generate` with a per-sample loop (random-weight model).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,16 @@ import torch
 from xdlm_tune.sampling import generate
 
 ROOT = Path(__file__).resolve().parents[1]
-SHORT_PROMPTS = ["def fibonacci(n):", "def is_prime(n):", "def reverse_words(s):", "def flatten(xs):",
-                 "def gcd(a, b):", "def count_vowels(s):", "def median(xs):", "def to_binary(n):"]
+SHORT_PROMPTS = [
+    "def fibonacci(n):",
+    "def is_prime(n):",
+    "def reverse_words(s):",
+    "def flatten(xs):",
+    "def gcd(a, b):",
+    "def count_vowels(s):",
+    "def median(xs):",
+    "def to_binary(n):",
+]
 
 
 def timed(fn):
@@ -47,7 +56,7 @@ def encode(tok, texts, device):
     ids = torch.full((len(enc), P), pad, dtype=torch.long)
     mask = torch.zeros(len(enc), P, dtype=torch.long)
     for i, e in enumerate(enc):
-        ids[i, P - len(e):], mask[i, P - len(e):] = torch.tensor(e), 1
+        ids[i, P - len(e) :], mask[i, P - len(e) :] = torch.tensor(e), 1
     return ids.to(device), mask.to(device)
 
 
@@ -65,8 +74,17 @@ def cache_grid(args) -> str:
     dtype = "bfloat16" if device == "cuda" else "float32"
     prep = prepare_model(args.model, kind=args.kind, dtype=dtype, trust_remote_code=args.kind == "diffusion")
     model, tok = prep.model.to(device).eval(), prep.tokenizer
-    base = dict(steps=args.steps, gen_length=args.gen, block_length=args.block, sampler=args.sampler, k=args.k,
-                temperature=0.0, mask_id=prep.mask_id, shift=prep.shift, return_stats=True)
+    base = dict(
+        steps=args.steps,
+        gen_length=args.gen,
+        block_length=args.block,
+        sampler=args.sampler,
+        k=args.k,
+        temperature=0.0,
+        mask_id=prep.mask_id,
+        shift=prep.shift,
+        return_stats=True,
+    )
     generate(model, encode(tok, ["x"], device)[0], **{**base, "steps": 1, "gen_length": 2, "block_length": None})
     prompts = {"short": SHORT_PROMPTS, "mbpp": mbpp_prompts(max(args.batch))}
     lines, summary = [], []
@@ -75,36 +93,56 @@ def cache_grid(args) -> str:
             ids, mask = encode(tok, (prompts[name] * batch)[:batch], device)
             head = f"### {name} prompt (<= {ids.shape[1]} tokens), batch {batch}"
             if batch * (ids.shape[1] + args.gen) > args.max_tokens:
-                lines += [head, "", f"skipped: a full pass is {batch * (ids.shape[1] + args.gen)} tokens > --max-tokens", ""]
+                lines += [
+                    head,
+                    "",
+                    f"skipped: a full pass is {batch * (ids.shape[1] + args.gen)} tokens > --max-tokens",
+                    "",
+                ]
                 continue
-            lines += [head, "", "| cache | threshold | time (s) | tokens/s | NFE | full passes | tokens processed | "
-                      "speed-up vs none | agreement with none |", "|---|---|---|---|---|---|---|---|---|"]
+            lines += [
+                head,
+                "",
+                "| cache | threshold | time (s) | tokens/s | NFE | full passes | tokens processed | "
+                "speed-up vs none | agreement with none |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
             variants = [(c, r) for c in args.caches for r in (["step"] if c == "none" else args.refresh)]
             for tau in args.thresholds:
                 ref, t_ref = None, None
                 for cache, refresh in variants:
-                    (out, stats), t = timed(lambda ids=ids, mask=mask, cache=cache, refresh=refresh, tau=tau: generate(
-                        model, ids, attention_mask=mask, cache=cache, refresh=refresh, threshold=tau, **base))
-                    answer = out[:, ids.shape[1]:]
+                    (out, stats), t = timed(
+                        lambda ids=ids, mask=mask, cache=cache, refresh=refresh, tau=tau: generate(
+                            model, ids, attention_mask=mask, cache=cache, refresh=refresh, threshold=tau, **base
+                        )
+                    )
+                    answer = out[:, ids.shape[1] :]
                     if cache == "none":
                         ref, t_ref = answer, t
                     agree = "-" if ref is None else f"{(answer == ref).float().mean().item():.3f}"
                     speed = "-" if t_ref is None else f"{t_ref / t:.2f}x"
                     label = cache if cache == "none" else f"{cache}, refresh={refresh}"
-                    row = (f"| {label} | {tau if tau is not None else 'off'} | {t:.1f} | {batch * args.gen / t:.1f} | "
-                           f"{stats.nfe.float().mean().item():.1f} | {stats.full_passes} | "
-                           f"{stats.tokens.float().mean().item():.0f} | {speed} | {agree} |")
+                    row = (
+                        f"| {label} | {tau if tau is not None else 'off'} | {t:.1f} | {batch * args.gen / t:.1f} | "
+                        f"{stats.nfe.float().mean().item():.1f} | {stats.full_passes} | "
+                        f"{stats.tokens.float().mean().item():.0f} | {speed} | {agree} |"
+                    )
                     lines.append(row)
                     print(f"[{name} b{batch}] {row}", flush=True)
                     if name == "mbpp" and batch == 1 and tau is None and cache != "none":
                         summary.append((label, cache, t_ref / t))
             lines.append("")
     hw = torch.cuda.get_device_name() if device == "cuda" else f"{platform.processor() or platform.machine()} CPU"
-    head = (f"Model `{args.model}` ({type(model).__name__}, {dtype}, shift {prep.shift}); sampler {args.sampler} "
-            f"(k {args.k}), temperature 0, gen {args.gen}, blocks of {args.block}, {args.steps} steps; device: {hw}, "
-            f"{torch.get_num_threads()} thread(s); torch {torch.__version__}\n\n")
-    targets = "".join(f"- `{label}` on the MBPP prompt at batch 1: {r:.2f}x `none` (target {'3' if c == 'prefix' else '4'}x: "
-                      f"{'met' if r >= (3 if c == 'prefix' else 4) else 'NOT met'})\n" for label, c, r in summary)
+    head = (
+        f"Model `{args.model}` ({type(model).__name__}, {dtype}, shift {prep.shift}); sampler {args.sampler} "
+        f"(k {args.k}), temperature 0, gen {args.gen}, blocks of {args.block}, {args.steps} steps; device: {hw}, "
+        f"{torch.get_num_threads()} thread(s); torch {torch.__version__}\n\n"
+    )
+    targets = "".join(
+        f"- `{label}` on the MBPP prompt at batch 1: {r:.2f}x `none` (target {'3' if c == 'prefix' else '4'}x: "
+        f"{'met' if r >= (3 if c == 'prefix' else 4) else 'NOT met'})\n"
+        for label, c, r in summary
+    )
     return head + "\n".join(lines) + ("\n" + targets if targets else "")
 
 
@@ -112,9 +150,17 @@ def batching(args) -> str:
     """Batched generate vs a per-sample loop, same sampler and budget (random-weight SmolLM2 shape)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
-                      tie_word_embeddings=True, attn_implementation="sdpa")
+    cfg = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
     cfg.is_causal = False
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).eval()
@@ -122,20 +168,26 @@ def batching(args) -> str:
     prompts = [torch.randint(3, 49000, (int(n),), generator=g) for n in torch.randint(32, 65, (8,), generator=g)]
     batch, attn = torch.zeros(8, 64, dtype=torch.long), torch.zeros(8, 64, dtype=torch.long)
     for i, p in enumerate(prompts):
-        batch[i, 64 - len(p):], attn[i, 64 - len(p):] = p, 1
+        batch[i, 64 - len(p) :], attn[i, 64 - len(p) :] = p, 1
     kw = dict(steps=32, gen_length=64, sampler="xdlm", temperature=0.0, k=0.1, mask_id=49151)
     _, t_batched = timed(lambda: generate(model, batch, attention_mask=attn, **kw))
     _, t_loop = timed(lambda: [generate(model, p[None], **kw) for p in prompts])
-    return (f"xdlm, 32 steps, batch 8, prompt <= 64, gen 64; SmolLM2-135M-shaped Llama (random weights)\n\n"
-            f"| method | time (s) | tokens/s |\n|---|---|---|\n| per-sample loop | {t_loop:.2f} | {512 / t_loop:.1f} |\n"
-            f"| batched generate | {t_batched:.2f} | {512 / t_batched:.1f} |\n\nSpeed-up: {t_loop / t_batched:.2f}x\n")
+    return (
+        f"xdlm, 32 steps, batch 8, prompt <= 64, gen 64; SmolLM2-135M-shaped Llama (random weights)\n\n"
+        f"| method | time (s) | tokens/s |\n|---|---|---|\n| per-sample loop | {t_loop:.2f} | {512 / t_loop:.1f} |\n"
+        f"| batched generate | {t_batched:.2f} | {512 / t_batched:.1f} |\n\nSpeed-up: {t_loop / t_batched:.2f}x\n"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--kind", choices=("causal", "diffusion"), default="causal",
-                    help="causal: convert a base (untrained denoiser); diffusion: an xdlm-tune export")
+    ap.add_argument(
+        "--kind",
+        choices=("causal", "diffusion"),
+        default="causal",
+        help="causal: convert a base (untrained denoiser); diffusion: an xdlm-tune export",
+    )
     ap.add_argument("--gen", type=int, default=256)
     ap.add_argument("--block", type=int, default=32)
     ap.add_argument("--steps", type=int, default=256)

@@ -5,6 +5,7 @@
 
 Same options as `xdlm-tune eval` (see `--help`), with the benchmark fixed.
 """
+
 import sys
 
 from xdlm_tune.evaluation.run import eval_main

@@ -6,6 +6,7 @@ xdlm_tune.train.run_checkpoint.save_run_checkpoint (every process, accelerate / 
 It uses the library's own pieces (begin_save, write_state, commit_save), so what it writes is a
 checkpoint by the same rules: complete only once STATE_FILE is in it, committed atomically.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,9 +19,17 @@ from xdlm_tune.config import Recipe, save_recipe
 from xdlm_tune.train.run_checkpoint import TrainState, write_state
 
 
-def save_checkpoint(output_dir: str | Path, step: int, *, keep_last: int, state: TrainState,
-                    recipe: Recipe | None = None, optimizer=None, scheduler=None,
-                    write: Callable[[Path], None] | None = None) -> Path:
+def save_checkpoint(
+    output_dir: str | Path,
+    step: int,
+    *,
+    keep_last: int,
+    state: TrainState,
+    recipe: Recipe | None = None,
+    optimizer=None,
+    scheduler=None,
+    write: Callable[[Path], None] | None = None,
+) -> Path:
     """Single-process save: write(tmp) for the weights (e.g. model.save_pretrained),
     then optimizer, scheduler, loop state, RNG and recipe, then the atomic commit."""
     tmp = begin_save(output_dir, step)

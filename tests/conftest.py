@@ -1,4 +1,5 @@
 """Shared test fixtures: the benchmark data beside the checkout, markers, CPU determinism."""
+
 from __future__ import annotations
 
 import os
@@ -56,8 +57,10 @@ def _log_handlers_on_live_streams():
     import logging
     import sys
 
-    for logger in [logging.getLogger(), *(l for l in logging.Logger.manager.loggerDict.values()
-                                          if isinstance(l, logging.Logger))]:
+    for logger in [
+        logging.getLogger(),
+        *(l for l in logging.Logger.manager.loggerDict.values() if isinstance(l, logging.Logger)),
+    ]:
         for h in logger.handlers:
             stream = getattr(h, "stream", None)
             if isinstance(h, logging.StreamHandler) and stream is not None and getattr(stream, "closed", False):

@@ -11,6 +11,7 @@ When a change is meant to move these numbers (noise keying, data order, the sche
 
 and say in the commit why they moved.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,13 +27,31 @@ CORPUS = HERE / "data" / "golden_corpus.jsonl"
 RTOL = 1e-5  # float32 on CPU; thread counts change reduction order by ~1e-7
 
 OVERRIDES = [
-    "model.dtype=float32", "model.attn_implementation=sdpa", "lora.enabled=false", "diffusion.k=0.1",
-    "diffusion.schedule=linear", "diffusion.loss_weighting=elbo", "diffusion.antithetic=true",
-    "data.mode=pretrain", f"data.source={CORPUS}", "data.seq_len=32", "data.eval_holdout=4",
-    "training.max_steps=4", "training.per_device_batch_size=2", "training.grad_accum=2", "training.lr=1e-2",
-    "training.warmup_steps=1", "training.lr_scheduler=cosine", "training.weight_decay=0.01",
-    "training.max_grad_norm=1.0", "training.seed=0", "training.log_every=1", "training.eval_every=2",
-    "training.eval_batches=1", "training.save_every=0", "training.keep_last=1",
+    "model.dtype=float32",
+    "model.attn_implementation=sdpa",
+    "lora.enabled=false",
+    "diffusion.k=0.1",
+    "diffusion.schedule=linear",
+    "diffusion.loss_weighting=elbo",
+    "diffusion.antithetic=true",
+    "data.mode=pretrain",
+    f"data.source={CORPUS}",
+    "data.seq_len=32",
+    "data.eval_holdout=4",
+    "training.max_steps=4",
+    "training.per_device_batch_size=2",
+    "training.grad_accum=2",
+    "training.lr=1e-2",
+    "training.warmup_steps=1",
+    "training.lr_scheduler=cosine",
+    "training.weight_decay=0.01",
+    "training.max_grad_norm=1.0",
+    "training.seed=0",
+    "training.log_every=1",
+    "training.eval_every=2",
+    "training.eval_batches=1",
+    "training.save_every=0",
+    "training.keep_last=1",
 ]
 
 
@@ -57,9 +76,19 @@ def write_model(folder: Path) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = byte_tokenizer()
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         for p_index, (name, param) in enumerate(sorted(model.named_parameters())):
@@ -82,8 +111,9 @@ def golden_run(workdir: Path, extra: tuple[str, ...] = ()) -> dict:
     from xdlm_tune.train.loop import train
 
     model = write_model(workdir / "base")
-    recipe = load_recipe(None, [f"model.name_or_path={model}", f"training.output_dir={workdir / 'run'}", *OVERRIDES,
-                                 *extra])
+    recipe = load_recipe(
+        None, [f"model.name_or_path={model}", f"training.output_dir={workdir / 'run'}", *OVERRIDES, *extra]
+    )
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
@@ -106,7 +136,9 @@ def mismatches(values: dict, golden: dict, rtol: float = RTOL) -> list[str]:
         for step, want in golden[metric].items():
             got = values[metric][step]
             if not math.isclose(got, want, rel_tol=rtol, abs_tol=0.0):
-                out.append(f"{metric} at step {step}: {got:.9g}, pinned {want:.9g} (rel. diff {abs(got - want) / abs(want):.2e})")
+                out.append(
+                    f"{metric} at step {step}: {got:.9g}, pinned {want:.9g} (rel. diff {abs(got - want) / abs(want):.2e})"
+                )
     return out
 
 
@@ -119,8 +151,20 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    text = json.dumps({**values, "generated_with": {"torch": torch.__version__, "transformers": transformers.__version__,
-                                                    "python": sys.version.split()[0]}}, indent=1) + "\n"
+    text = (
+        json.dumps(
+            {
+                **values,
+                "generated_with": {
+                    "torch": torch.__version__,
+                    "transformers": transformers.__version__,
+                    "python": sys.version.split()[0],
+                },
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     if args.write:
         GOLDEN.write_text(text)
         print(f"wrote {GOLDEN}")

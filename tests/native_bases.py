@@ -12,6 +12,7 @@ vocabulary here is trained on Python stdlib text with `tokenizers` (998 entries)
 special tokens land at 998 (<|endoftext|>, eos = pad), 999 (<|beginoftext|>, bos) and 1000
 (<|mask|>, the fixture's mask_token_id); the copied config.json is given those eos/bos/pad ids.
 """
+
 from __future__ import annotations
 
 import functools
@@ -72,8 +73,9 @@ def trained_bpe() -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
             continue
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=N_BPE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=N_BPE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     tok.train_from_iterator(texts, trainer)
     model = json.loads(tok.to_str())["model"]
     merges = tuple(m if isinstance(m, str) else " ".join(m) for m in model["merges"])
@@ -83,8 +85,14 @@ def trained_bpe() -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
 
 
 def _added(content: str) -> dict:
-    return {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
-            "single_word": False, "special": True}
+    return {
+        "content": content,
+        "lstrip": False,
+        "normalized": False,
+        "rstrip": False,
+        "single_word": False,
+        "special": True,
+    }
 
 
 def dream_base(tmp_path: Path) -> Path:
@@ -98,13 +106,20 @@ def dream_base(tmp_path: Path) -> Path:
         "tokenizer_class": "DreamTokenizer",
         "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]},
         "added_tokens_decoder": {str(i): _added(t) for i, t in specials.items()},
-        "bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "unk_token": None, "mask_token": "<|mask|>",
-        "errors": "replace", "split_special_tokens": False, "clean_up_tokenization_spaces": False,
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "pad_token": EOS,
+        "unk_token": None,
+        "mask_token": "<|mask|>",
+        "errors": "replace",
+        "split_special_tokens": False,
+        "clean_up_tokenization_spaces": False,
         "model_max_length": 4096,
     }
     (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    (path / "special_tokens_map.json").write_text(json.dumps(
-        {"bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "mask_token": "<|mask|>"}))
+    (path / "special_tokens_map.json").write_text(
+        json.dumps({"bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "mask_token": "<|mask|>"})
+    )
     _patch_config(path, bos_token_id=N_BPE + 1, eos_token_id=N_BPE, pad_token_id=N_BPE)
     return path
 
@@ -120,8 +135,13 @@ def llada_base(tmp_path: Path, *, tokenizer_class: str = "PreTrainedTokenizerFas
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens([EOS, BOS, "<|mdm_mask|>"])  # ids 998, 999, 1000
     backend.save(str(path / "tokenizer.json"))
-    config = {"tokenizer_class": tokenizer_class, "bos_token": BOS, "eos_token": EOS, "pad_token": EOS,
-              "model_max_length": 4096}
+    config = {
+        "tokenizer_class": tokenizer_class,
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "pad_token": EOS,
+        "model_max_length": 4096,
+    }
     if tokenizer_class != "PreTrainedTokenizerFast":
         config["auto_map"] = {"AutoTokenizer": [None, f"tokenization_llada.{tokenizer_class}"]}
     (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
@@ -134,7 +154,9 @@ def llada_base(tmp_path: Path, *, tokenizer_class: str = "PreTrainedTokenizerFas
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character table."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, extra = {}, 0
     for b in range(256):
         if b in keep:
@@ -166,6 +188,6 @@ def slow_bpe_ids(path: Path, text: str, specials: dict[str, int]) -> list[int]:
                 rank, i = min(pairs)
                 if rank == float("inf"):
                     break
-                word[i:i + 2] = [word[i] + word[i + 1]]
+                word[i : i + 2] = [word[i] + word[i + 1]]
             ids += [vocab[w] for w in word]
     return ids

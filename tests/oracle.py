@@ -28,6 +28,7 @@ Two independent numeric paths are provided for ``h``:
 * :func:`oracle_h_mp`: mpmath at high precision (default 60 digits), naive formulas,
   ``d ~ 1e-25``; essentially exact. Used to validate :func:`oracle_h` itself.
 """
+
 from __future__ import annotations
 
 import math
@@ -84,8 +85,9 @@ def forward_probs(x: int, V: int, alpha: float, k: float, mask_id: int) -> torch
     return forward_row(one_hot(x, V), alpha, k, mask_id)
 
 
-def transition_matrix(V: int, alpha_t: float, alpha_s: float, k: float, mask_id: int,
-                      one_minus_ats: float | None = None) -> torch.Tensor:
+def transition_matrix(
+    V: int, alpha_t: float, alpha_s: float, k: float, mask_id: int, one_minus_ats: float | None = None
+) -> torch.Tensor:
     """Explicit ``Q_ts[e_s, e_t] = q(z_t = e_t | z_s = e_s)`` for ``alpha_s >= alpha_t``.
 
     ``a_ts = alpha_t / alpha_s``; ``1 - a_ts`` is computed as ``(alpha_s - alpha_t) / alpha_s``
@@ -99,8 +101,9 @@ def transition_matrix(V: int, alpha_t: float, alpha_s: float, k: float, mask_id:
     return a_ts * torch.eye(V, dtype=DTYPE) + one_minus_ats * pi.unsqueeze(0).expand(V, V)
 
 
-def _joint_rows(x_dist, z: int, alpha_t: float, alpha_s: float, k: float, mask_id: int,
-                one_minus_ats: float | None = None) -> torch.Tensor:
+def _joint_rows(
+    x_dist, z: int, alpha_t: float, alpha_s: float, k: float, mask_id: int, one_minus_ats: float | None = None
+) -> torch.Tensor:
     """Unnormalised ``u(e) = f_s(x_dist, e) * q(z_t = z | z_s = e)``."""
     x_dist = _as_row(x_dist)
     V = x_dist.shape[-1]
@@ -108,8 +111,7 @@ def _joint_rows(x_dist, z: int, alpha_t: float, alpha_s: float, k: float, mask_i
     return forward_row(x_dist, alpha_s, k, mask_id) * Q[:, z]
 
 
-def true_posterior_row(x: int, z: int, alpha_t: float, alpha_s: float, k: float,
-                       mask_id: int, V: int) -> torch.Tensor:
+def true_posterior_row(x: int, z: int, alpha_t: float, alpha_s: float, k: float, mask_id: int, V: int) -> torch.Tensor:
     """``q(z_s = . | z_t = z, x)`` by Bayes from the explicit kernel rows.
 
     Numerator ``q(z_s = e | x) Q_ts[e, z]``; denominator the forward marginal
@@ -124,8 +126,7 @@ def true_posterior_row(x: int, z: int, alpha_t: float, alpha_s: float, k: float,
     return num / den
 
 
-def model_posterior_row(p, z: int, alpha_t: float, alpha_s: float, k: float,
-                        mask_id: int) -> torch.Tensor:
+def model_posterior_row(p, z: int, alpha_t: float, alpha_s: float, k: float, mask_id: int) -> torch.Tensor:
     """``p_theta(z_s = . | z_t = z)`` from the "Reverse step" formula.
 
     ``∝ f_s(p, e) * (a_ts [z == e] + (1 - a_ts) pi(z))``, normalised over all V ids.
@@ -135,8 +136,7 @@ def model_posterior_row(p, z: int, alpha_t: float, alpha_s: float, k: float,
     return u / u.sum()
 
 
-def oracle_reverse_posterior(logits, z_t, alpha_t, alpha_s, k: float,
-                             mask_id: int) -> torch.Tensor:
+def oracle_reverse_posterior(logits, z_t, alpha_t, alpha_s, k: float, mask_id: int) -> torch.Tensor:
     """Dense ``[B, L, V]`` model posterior: :func:`model_posterior_row` at every position.
 
     ``alpha_t``, ``alpha_s``: per batch row (shape ``[B]`` or ``[B, 1]``).
@@ -150,8 +150,7 @@ def oracle_reverse_posterior(logits, z_t, alpha_t, alpha_s, k: float,
     for b in range(B):
         for l in range(L):
             p = model_probs(logits[b, l], mask_id)
-            out[b, l] = model_posterior_row(p, int(z_t[b, l]), float(at[b]), float(as_[b]),
-                                            k, mask_id)
+            out[b, l] = model_posterior_row(p, int(z_t[b, l]), float(at[b]), float(as_[b]), k, mask_id)
     return out
 
 
@@ -196,8 +195,9 @@ def _lagrange_at_zero(ds: Sequence[float], gs: Sequence[torch.Tensor]) -> torch.
     return total
 
 
-def kl_over_d(logits_row, z: int, x: int, alpha_t: float, d: float, k: float,
-              mask_id: int) -> tuple[torch.Tensor, float]:
+def kl_over_d(
+    logits_row, z: int, x: int, alpha_t: float, d: float, k: float, mask_id: int
+) -> tuple[torch.Tensor, float]:
     """``KL(q(z_s | z_t=z, x) || p_theta(z_s | z_t=z)) / d`` at ``alpha_s = alpha_t + d``.
 
     Returns ``(KL / d_eff, d_eff)`` with ``d_eff = alpha_s - alpha_t`` as represented in
@@ -216,8 +216,9 @@ def kl_over_d(logits_row, z: int, x: int, alpha_t: float, d: float, k: float,
     return _kl_from_unnormalised(u, w, z) / d_eff, d_eff
 
 
-def oracle_h(logits_row, z: int, x: int, alpha_t: float, k: float, mask_id: int,
-             rel_d: float = 1e-7, n_points: int = 3) -> torch.Tensor:
+def oracle_h(
+    logits_row, z: int, x: int, alpha_t: float, k: float, mask_id: int, rel_d: float = 1e-7, n_points: int = 3
+) -> torch.Tensor:
     """``h = lim_{d->0} KL(q(z_s | z_t, x) || p_theta(z_s | z_t)) / d``, torch float64.
 
     ``KL / d`` at ``d = rel_d * min(alpha_t, 1 - alpha_t) / 2^i`` (``i < n_points``),
@@ -228,23 +229,25 @@ def oracle_h(logits_row, z: int, x: int, alpha_t: float, k: float, mask_id: int,
     scale = min(alpha_t, 1.0 - alpha_t)
     ds, gs = [], []
     for i in range(n_points):
-        g, d_eff = kl_over_d(logits_row, z, x, alpha_t, rel_d * scale / 2.0 ** i, k, mask_id)
+        g, d_eff = kl_over_d(logits_row, z, x, alpha_t, rel_d * scale / 2.0**i, k, mask_id)
         ds.append(d_eff)
         gs.append(g)
     return _lagrange_at_zero(ds, gs)
 
 
 # ----------------------------------------------------------------------------- mpmath
-def oracle_h_mp(logits_row, z: int, x: int, alpha_t: float, k: float, mask_id: int,
-                dps: int = 60, rel_d: float = 1e-25) -> float:
+def oracle_h_mp(
+    logits_row, z: int, x: int, alpha_t: float, k: float, mask_id: int, dps: int = 60, rel_d: float = 1e-25
+) -> float:
     """Same definition as :func:`oracle_h`, in mpmath at ``dps`` digits (naive formulas).
 
     Builds ``pi``, ``q(z_s | x)``, ``Q_ts[:, z]``, both posteriors by normalising the
     Bayes numerators, the KL, at ``d`` and ``d/2``; Richardson ``2 g(d/2) - g(d)``.
     Returns a Python float.
     """
-    vals = [float(v) for v in (logits_row.detach().tolist() if isinstance(logits_row, torch.Tensor)
-                               else list(logits_row))]
+    vals = [
+        float(v) for v in (logits_row.detach().tolist() if isinstance(logits_row, torch.Tensor) else list(logits_row))
+    ]
     V = len(vals)
     with mpmath.workdps(dps):
         mpf = mpmath.mpf
@@ -269,9 +272,7 @@ def oracle_h_mp(logits_row, z: int, x: int, alpha_t: float, k: float, mask_id: i
             su = mpmath.fsum(u)
             assert abs(su - den) <= mpf(10) ** (-dps + 10) * (1 + abs(den)), "CK mismatch"
             sw = mpmath.fsum(w)
-            kl = mpmath.fsum(
-                (u[e] / den) * mpmath.log((u[e] / den) / (w[e] / sw)) for e in range(V) if u[e] > 0
-            )
+            kl = mpmath.fsum((u[e] / den) * mpmath.log((u[e] / den) / (w[e] / sw)) for e in range(V) if u[e] > 0)
             return kl / d
 
         d = mpf(rel_d) * min(a_t, 1 - a_t)

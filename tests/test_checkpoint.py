@@ -1,4 +1,5 @@
 """Checkpoints: atomic save, keep-last-N, killed saves, exact resume, recipe compatibility."""
+
 from __future__ import annotations
 
 import json
@@ -23,12 +24,19 @@ from xdlm_tune.train.run_checkpoint import TrainState, check_resume_compatible, 
 def weights_writer(payload: str):
     def write(d: Path) -> None:
         (d / "weights.txt").write_text(payload)
+
     return write
 
 
 def save(out, step, keep_last=3, **kw):
-    return save_checkpoint(out, step, keep_last=keep_last, state=TrainState(step=step, data={"batch": step}),
-                           write=weights_writer(f"w{step}"), **kw)
+    return save_checkpoint(
+        out,
+        step,
+        keep_last=keep_last,
+        state=TrainState(step=step, data={"batch": step}),
+        write=weights_writer(f"w{step}"),
+        **kw,
+    )
 
 
 def steps(out):
@@ -84,6 +92,7 @@ def test_killed_while_writing_loses_nothing(tmp_path):
         def write(d):
             (d / "weights.txt").write_text("partial")
             die()
+
         save_checkpoint(tmp_path, 20, keep_last=1, state=TrainState(step=20), write=write)
 
     in_child(killed_save)
@@ -105,8 +114,9 @@ def test_killed_while_pruning_or_swapping(tmp_path, monkeypatch):
     assert steps(tmp_path) == [20, 30] and all(p.name.startswith("checkpoint-") for p in tmp_path.iterdir())
 
     monkeypatch.setattr(ck.shutil, "rmtree", die)
-    in_child(lambda: save_checkpoint(tmp_path, 30, keep_last=3, state=TrainState(step=30),
-                                     write=weights_writer("again")))  # dies after a same-step swap
+    in_child(
+        lambda: save_checkpoint(tmp_path, 30, keep_last=3, state=TrainState(step=30), write=weights_writer("again"))
+    )  # dies after a same-step swap
     monkeypatch.undo()
     recover(tmp_path)
     assert steps(tmp_path) == [20, 30] and all(p.name.startswith("checkpoint-") for p in tmp_path.iterdir())
@@ -144,15 +154,32 @@ def test_recipe_compatibility(tmp_path):
     recipe = load_recipe(None, ["training.output_dir=runs/a"])
     path = save(tmp_path, 1, recipe=recipe)
     # run length, logging, saving, evaluation may change
-    check_resume_compatible(path, load_recipe(None, ["training.max_steps=999", "training.output_dir=runs/b",
-                                                     "eval.limit=3", "training.keep_last=5"]))
+    check_resume_compatible(
+        path,
+        load_recipe(
+            None, ["training.max_steps=999", "training.output_dir=runs/b", "eval.limit=3", "training.keep_last=5"]
+        ),
+    )
     with pytest.raises(CheckpointError) as e:
-        check_resume_compatible(path, load_recipe(None, ["diffusion.k=0.5", "data.seq_len=128",
-                                                         "training.per_device_batch_size=8",
-                                                         "model.name_or_path=other/model"]))
+        check_resume_compatible(
+            path,
+            load_recipe(
+                None,
+                [
+                    "diffusion.k=0.5",
+                    "data.seq_len=128",
+                    "training.per_device_batch_size=8",
+                    "model.name_or_path=other/model",
+                ],
+            ),
+        )
     msg = str(e.value)
-    for line in ("diffusion.k: 0.1 in the checkpoint, 0.5 now", "data.seq_len: 256 in the checkpoint, 128 now",
-                 "training.per_device_batch_size: 4 in the checkpoint, 8 now", "model.name_or_path"):
+    for line in (
+        "diffusion.k: 0.1 in the checkpoint, 0.5 now",
+        "data.seq_len: 256 in the checkpoint, 128 now",
+        "training.per_device_batch_size: 4 in the checkpoint, 8 now",
+        "model.name_or_path",
+    ):
         assert line in msg
     assert "training.max_steps" not in msg
 
@@ -187,8 +214,15 @@ class Run:
 
     def save(self, out):
         state = TrainState(step=self.step, data=self.loader.state_dict())
-        return save_checkpoint(out, self.step, keep_last=2, state=state, optimizer=self.opt, scheduler=self.sched,
-                               write=lambda d: torch.save(self.model.state_dict(), d / "model.pt"))
+        return save_checkpoint(
+            out,
+            self.step,
+            keep_last=2,
+            state=state,
+            optimizer=self.opt,
+            scheduler=self.sched,
+            write=lambda d: torch.save(self.model.state_dict(), d / "model.pt"),
+        )
 
     @classmethod
     def resume(cls, path):

@@ -1,5 +1,6 @@
 """The command line for a new user: one-paragraph errors (a test per kind of expected failure),
 --debug for the traceback, every subcommand's help, eval's closing message."""
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,14 @@ def test_no_hub_access_names_the_local_copies_and_debug_shows_the_traceback(tmp_
     cmd = [sys.executable, "-m", "xdlm_tune.cli", "eval", "--limit", "1", "--out", str(tmp_path / "ev")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert proc.returncode == 2
-    assert_one_paragraph(proc.stderr, "xdlm-tune eval", "'google-research-datasets/mbpp'", "Hugging Face Hub",
-                         "--data PATH", "HF_HUB_OFFLINE")
+    assert_one_paragraph(
+        proc.stderr,
+        "xdlm-tune eval",
+        "'google-research-datasets/mbpp'",
+        "Hugging Face Hub",
+        "--data PATH",
+        "HF_HUB_OFFLINE",
+    )
     debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConnectionError" in debug.stderr
 
@@ -58,8 +65,10 @@ def _gated_error() -> OSError:
         try:
             raise GatedRepoError(f"401 Client Error. Cannot access gated repo for url {url}.", response=response)
         except GatedRepoError as cause:
-            raise OSError("You are trying to access a gated repo.\nMake sure to have access to it at "
-                          "https://huggingface.co/meta-llama/Llama-3.1-8B.\n401 Client Error.") from cause
+            raise OSError(
+                "You are trying to access a gated repo.\nMake sure to have access to it at "
+                "https://huggingface.co/meta-llama/Llama-3.1-8B.\n401 Client Error."
+            ) from cause
     except OSError as err:
         return err
 
@@ -71,11 +80,27 @@ def test_gated_model_says_accept_and_log_in(capsys, monkeypatch, shared_data, tm
         raise _gated_error()
 
     monkeypatch.setattr(eval_run, "load_diffusion_model", gated)
-    rc, _, err = run_cli(capsys, "eval", "--data", str(shared_data / "mbpp.jsonl"), "--limit", "1", "--model",
-                         "meta-llama/Llama-3.1-8B", "--out", str(tmp_path))
+    rc, _, err = run_cli(
+        capsys,
+        "eval",
+        "--data",
+        str(shared_data / "mbpp.jsonl"),
+        "--limit",
+        "1",
+        "--model",
+        "meta-llama/Llama-3.1-8B",
+        "--out",
+        str(tmp_path),
+    )
     assert rc == 2
-    assert_one_paragraph(err, "xdlm-tune eval", "meta-llama/Llama-3.1-8B is a gated model",
-                         "https://huggingface.co/meta-llama/Llama-3.1-8B", "huggingface-cli login", "HF_TOKEN")
+    assert_one_paragraph(
+        err,
+        "xdlm-tune eval",
+        "meta-llama/Llama-3.1-8B is a gated model",
+        "https://huggingface.co/meta-llama/Llama-3.1-8B",
+        "huggingface-cli login",
+        "HF_TOKEN",
+    )
 
 
 def test_missing_files(capsys, tmp_path):
@@ -108,8 +133,12 @@ def test_bad_cli_values(capsys):
     assert rc == 2 and "--block-length (20) must divide --gen-length (48)" in err
     rc, _, err = run_cli(capsys, "run", RECIPE, "training.max_steps=abc")
     assert rc == 2
-    assert_one_paragraph(err, "xdlm-tune run", "training.max_steps: expected an integer, got 'abc'",
-                         "command-line override 'training.max_steps=abc'")
+    assert_one_paragraph(
+        err,
+        "xdlm-tune run",
+        "training.max_steps: expected an integer, got 'abc'",
+        "command-line override 'training.max_steps=abc'",
+    )
     assert "recipes/smollm2" not in err
 
 
@@ -125,15 +154,37 @@ def test_a_bug_keeps_its_traceback():
 # --------------------------------------------------------------------------- help
 
 
-@pytest.mark.parametrize("command, needles", [
-    ("train", ["Train an XDLM denoiser", "a YAML recipe", "section.key=value", "value read as YAML",
-               "example:\n  xdlm-tune train recipes/"]),
-    ("run", ["The whole pipeline for one recipe", "a YAML recipe", "section.key=value", "value",
-             "example:\n  xdlm-tune run recipes/"]),
-    ("demo", ["recipes/smollm2-135m-xdlm-lora.yaml", "runs/demo/demo.log", "--core", "examples:\n  xdlm-tune demo"]),
-    ("eval", ["Score a model on MBPP or HumanEval", "--data", "--steps", "examples:\n  xdlm-tune eval --data"]),
-    ("export", ["Merge a run's adapters", "--push-to-hub", "examples:\n  xdlm-tune export runs/"]),
-])
+@pytest.mark.parametrize(
+    "command, needles",
+    [
+        (
+            "train",
+            [
+                "Train an XDLM denoiser",
+                "a YAML recipe",
+                "section.key=value",
+                "value read as YAML",
+                "example:\n  xdlm-tune train recipes/",
+            ],
+        ),
+        (
+            "run",
+            [
+                "The whole pipeline for one recipe",
+                "a YAML recipe",
+                "section.key=value",
+                "value",
+                "example:\n  xdlm-tune run recipes/",
+            ],
+        ),
+        (
+            "demo",
+            ["recipes/smollm2-135m-xdlm-lora.yaml", "runs/demo/demo.log", "--core", "examples:\n  xdlm-tune demo"],
+        ),
+        ("eval", ["Score a model on MBPP or HumanEval", "--data", "--steps", "examples:\n  xdlm-tune eval --data"]),
+        ("export", ["Merge a run's adapters", "--push-to-hub", "examples:\n  xdlm-tune export runs/"]),
+    ],
+)
 def test_every_subcommand_help_says_what_it_does_its_arguments_and_an_example(capsys, command, needles):
     rc, out, _ = run_cli(capsys, command, "--help")
     assert rc == 0
@@ -155,8 +206,24 @@ def test_top_level_help_lists_commands_and_examples(capsys):
 def test_eval_closing_message_names_the_real_sample_files(capsys, shared_data, tmp_path):
     model = save_tiny_model(tmp_path / "tiny")
     out = tmp_path / "ev"
-    rc, stdout, _ = run_cli(capsys, "eval", "--data", str(shared_data / "mbpp.jsonl"), "--limit", "1", "--model",
-                            str(model), "--steps", "1", "--gen-length", "2", "--out", str(out))
+    rc, stdout, _ = run_cli(
+        capsys,
+        "eval",
+        "--data",
+        str(shared_data / "mbpp.jsonl"),
+        "--limit",
+        "1",
+        "--model",
+        str(model),
+        "--steps",
+        "1",
+        "--gen-length",
+        "2",
+        "--out",
+        str(out),
+    )
     assert rc == 0
-    assert f"[eval] samples: {out / 'samples.jsonl'}; table: {out / 'summary.md'}; plot: {out / 'pass_at_1.png'}" in stdout
+    assert (
+        f"[eval] samples: {out / 'samples.jsonl'}; table: {out / 'summary.md'}; plot: {out / 'pass_at_1.png'}" in stdout
+    )
     assert "*" not in stdout.splitlines()[-1]

@@ -1,4 +1,5 @@
 """The command line: one registry, the demo's settings as data, shipped recipes found from any folder."""
+
 from __future__ import annotations
 
 import importlib
@@ -55,7 +56,11 @@ def test_demo_settings_are_a_shipped_recipe_plus_overrides(monkeypatch, tmp_path
 
 def test_shipped_recipes_and_configs_resolve_from_any_folder(monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)
-    for name in ("recipes/llama3-8b-xdlm-lora-zero3.yaml", "llama3-8b-xdlm-lora-zero3.yaml", "llama3-8b-xdlm-lora-zero3"):
+    for name in (
+        "recipes/llama3-8b-xdlm-lora-zero3.yaml",
+        "llama3-8b-xdlm-lora-zero3.yaml",
+        "llama3-8b-xdlm-lora-zero3",
+    ):
         recipe = load_recipe(name)
         assert recipe.deepspeed.config == "deepspeed_configs/zero3.json"
         assert recipe.deepspeed.resolve()["zero_optimization"]["stage"] == 3

@@ -1,4 +1,5 @@
 """Recipe schema: loading, overrides, validation messages, round trips, shipped recipes."""
+
 from __future__ import annotations
 
 import subprocess
@@ -31,8 +32,14 @@ def error_of(path=None, overrides=()) -> str:
 
 def test_required_recipes_are_shipped():
     names = {p.name for p in RECIPES}
-    for n in ("smollm2-135m-xdlm-lora.yaml", "smollm2-135m-mdlm-lora.yaml", "smollm2-135m-udlm-lora.yaml",
-              "llama3-8b-xdlm-lora-zero3.yaml", "qwen2.5-7b-xdlm-lora-zero2.yaml", "llada-8b-xdlm-cpt-zero2.yaml"):
+    for n in (
+        "smollm2-135m-xdlm-lora.yaml",
+        "smollm2-135m-mdlm-lora.yaml",
+        "smollm2-135m-udlm-lora.yaml",
+        "llama3-8b-xdlm-lora-zero3.yaml",
+        "qwen2.5-7b-xdlm-lora-zero2.yaml",
+        "llada-8b-xdlm-cpt-zero2.yaml",
+    ):
         assert n in names
 
 
@@ -56,8 +63,12 @@ def test_smollm2_variants_differ_only_in_k_and_output_dir():
 
 def test_llada_recipe_is_the_papers_run():
     r = load_recipe(REPO / "recipes" / "llada-8b-xdlm-cpt-zero2.yaml")
-    assert (r.model.name_or_path, r.model.kind, r.adaptation.mask_id, r.adaptation.shift) == \
-        ("GSAI-ML/LLaDA-8B-Base", "diffusion", 126336, False)
+    assert (r.model.name_or_path, r.model.kind, r.adaptation.mask_id, r.adaptation.shift) == (
+        "GSAI-ML/LLaDA-8B-Base",
+        "diffusion",
+        126336,
+        False,
+    )
     assert not r.lora.enabled and r.data.source == "HuggingFaceFW/fineweb-edu" and r.data.streaming
     assert (r.data.mode, r.data.seq_len) == ("pretrain", 4096)
     t = r.training
@@ -82,12 +93,21 @@ def test_fixed_override_names():
 
 
 def test_overrides_follow_yaml_scalar_rules():
-    r = load_recipe(DEFAULT, [
-        "lora.target_modules=[q_proj, v_proj]", "adaptation.mask_id=5", "adaptation.mask_id=null",
-        "training.lr=2e-5", "diffusion.antithetic=false", "data.columns.text=content",
-        "training.output_dir=runs/a=b", "--training.seed=7", "training.resume=latest",
-        "adaptation.mask_token=[MASK]",
-    ])
+    r = load_recipe(
+        DEFAULT,
+        [
+            "lora.target_modules=[q_proj, v_proj]",
+            "adaptation.mask_id=5",
+            "adaptation.mask_id=null",
+            "training.lr=2e-5",
+            "diffusion.antithetic=false",
+            "data.columns.text=content",
+            "training.output_dir=runs/a=b",
+            "--training.seed=7",
+            "training.resume=latest",
+            "adaptation.mask_token=[MASK]",
+        ],
+    )
     assert r.adaptation.mask_token == "[MASK]"  # text fields take the text as typed
     assert r.lora.target_modules == ["q_proj", "v_proj"]
     assert r.adaptation.mask_id is None  # later overrides win
@@ -101,14 +121,17 @@ def test_overrides_without_a_file_start_from_defaults():
     assert load_recipe(None, ["diffusion.k=1"]).diffusion.k == 1.0
 
 
-@pytest.mark.parametrize("item, expected", [
-    ("diffusion.kk=0.5", "did you mean 'diffusion.k'"),
-    ("difusion.k=0.5", "did you mean 'diffusion'"),
-    ("training.max_step=2", "did you mean 'training.max_steps'"),
-    ("data.columns.txt=a", "did you mean 'data.columns.text'"),
-    ("diffusion.k.x=1", "diffusion.k is a value"),
-    ("diffusion.k", "section.key=value"),
-])
+@pytest.mark.parametrize(
+    "item, expected",
+    [
+        ("diffusion.kk=0.5", "did you mean 'diffusion.k'"),
+        ("difusion.k=0.5", "did you mean 'diffusion'"),
+        ("training.max_step=2", "did you mean 'training.max_steps'"),
+        ("data.columns.txt=a", "did you mean 'data.columns.text'"),
+        ("diffusion.k.x=1", "diffusion.k is a value"),
+        ("diffusion.k", "section.key=value"),
+    ],
+)
 def test_bad_override_keys(item, expected):
     assert expected in error_of(DEFAULT, [item])
 
@@ -122,42 +145,56 @@ def test_unknown_keys_in_file_name_path_and_closest_key(tmp_path):
     assert "trainig: unknown key; did you mean 'training'?" in msg
 
 
-@pytest.mark.parametrize("item, expected", [
-    ("diffusion.k=1.5", "diffusion.k: must be in [0, 1]"),
-    ("diffusion.k=-0.1", "diffusion.k: must be in [0, 1]"),
-    ("diffusion.eps=0", "diffusion.eps: must be in (0, 0.5)"),
-    ("diffusion.eps=0.5", "diffusion.eps: must be in (0, 0.5)"),
-    ("diffusion.schedule=linaer", "did you mean 'linear'"),
-    ("diffusion.loss_weighting=1", "diffusion.loss_weighting: must be one of 'elbo', 'unit'"),
-    ("model.kind=casual", "did you mean 'causal'"),
-    ("model.dtype=bf16", "did you mean 'bfloat16'"),
-    ("training.lr_scheduler=linear", "training.lr_scheduler: must be one of 'cosine', 'constant'"),
-    ("training.max_steps=0", "training.max_steps: must be a positive integer"),
-    ("training.per_device_batch_size=-1", "training.per_device_batch_size: must be a positive integer"),
-    ("training.max_steps=2.5", "training.max_steps: expected an integer"),
-    ("training.lr=fast", "training.lr: expected a number"),
-    ("training.lr=0", "training.lr: must be > 0"),
-    ("diffusion.antithetic=maybe", "diffusion.antithetic: expected true or false"),
-    ("lora.r=0", "lora.r: must be a positive integer"),
-    ("data.mode=sft", "python-stdlib is raw code"),
-    ("data.seq_len=1", "data.seq_len: must be an integer >= 2"),
-    ("deepspeed.zero_stage=4", "deepspeed.zero_stage: must be 0, 1, 2, 3"),
-    ("deepspeed.config=zero2.yaml", "must be a .json"),
-    ("data.data_files=x.jsonl", "does not apply to python-stdlib"),
-    ("model.name_or_path=null", "model.name_or_path: must not be null"),
-    ("eval.block_length=100", "eval.block_length: must be positive and divide gen_length"),
-])
+@pytest.mark.parametrize(
+    "item, expected",
+    [
+        ("diffusion.k=1.5", "diffusion.k: must be in [0, 1]"),
+        ("diffusion.k=-0.1", "diffusion.k: must be in [0, 1]"),
+        ("diffusion.eps=0", "diffusion.eps: must be in (0, 0.5)"),
+        ("diffusion.eps=0.5", "diffusion.eps: must be in (0, 0.5)"),
+        ("diffusion.schedule=linaer", "did you mean 'linear'"),
+        ("diffusion.loss_weighting=1", "diffusion.loss_weighting: must be one of 'elbo', 'unit'"),
+        ("model.kind=casual", "did you mean 'causal'"),
+        ("model.dtype=bf16", "did you mean 'bfloat16'"),
+        ("training.lr_scheduler=linear", "training.lr_scheduler: must be one of 'cosine', 'constant'"),
+        ("training.max_steps=0", "training.max_steps: must be a positive integer"),
+        ("training.per_device_batch_size=-1", "training.per_device_batch_size: must be a positive integer"),
+        ("training.max_steps=2.5", "training.max_steps: expected an integer"),
+        ("training.lr=fast", "training.lr: expected a number"),
+        ("training.lr=0", "training.lr: must be > 0"),
+        ("diffusion.antithetic=maybe", "diffusion.antithetic: expected true or false"),
+        ("lora.r=0", "lora.r: must be a positive integer"),
+        ("data.mode=sft", "python-stdlib is raw code"),
+        ("data.seq_len=1", "data.seq_len: must be an integer >= 2"),
+        ("deepspeed.zero_stage=4", "deepspeed.zero_stage: must be 0, 1, 2, 3"),
+        ("deepspeed.config=zero2.yaml", "must be a .json"),
+        ("data.data_files=x.jsonl", "does not apply to python-stdlib"),
+        ("model.name_or_path=null", "model.name_or_path: must not be null"),
+        ("eval.block_length=100", "eval.block_length: must be positive and divide gen_length"),
+    ],
+)
 def test_bad_values_name_the_field(item, expected):
     assert expected in error_of(DEFAULT, [item])
 
 
 def test_cross_field_rules():
-    assert "model.quantization: a quantized base can only be trained with LoRA" in \
-        error_of(DEFAULT, ["model.quantization=nf4", "lora.enabled=false"])
-    assert "already bidirectional" in error_of(DEFAULT, ["model.kind=diffusion", "adaptation.attention_annealing_steps=10"])
+    assert "model.quantization: a quantized base can only be trained with LoRA" in error_of(
+        DEFAULT, ["model.quantization=nf4", "lora.enabled=false"]
+    )
+    assert "already bidirectional" in error_of(
+        DEFAULT, ["model.kind=diffusion", "adaptation.attention_annealing_steps=10"]
+    )
     assert "only applies to data.mode: sft" in error_of(DEFAULT, ["data.max_prompt_len=10"])
-    msg = error_of(None, ["data.source=mbpp-train", "data.mode=sft", "data.data_files=x.jsonl",
-                          "data.seq_len=64", "data.max_prompt_len=64"])
+    msg = error_of(
+        None,
+        [
+            "data.source=mbpp-train",
+            "data.mode=sft",
+            "data.data_files=x.jsonl",
+            "data.seq_len=64",
+            "data.max_prompt_len=64",
+        ],
+    )
     assert "data.max_prompt_len: must be in [1, seq_len)" in msg
     assert "path of mbpp.jsonl" in error_of(None, ["data.source=mbpp-train"])
 
@@ -178,9 +215,17 @@ def test_yaml_details(tmp_path):
 
 
 def test_save_recipe_round_trips_non_defaults(tmp_path):
-    r = load_recipe(DEFAULT, ["lora.target_modules=[q_proj]", "training.resume=true", "diffusion.chunk_size=512",
-                              "training.max_grad_norm=null", "data.source=json",
-                              "data.data_files=[a.jsonl, b.jsonl]"])
+    r = load_recipe(
+        DEFAULT,
+        [
+            "lora.target_modules=[q_proj]",
+            "training.resume=true",
+            "diffusion.chunk_size=512",
+            "training.max_grad_norm=null",
+            "data.source=json",
+            "data.data_files=[a.jsonl, b.jsonl]",
+        ],
+    )
     assert load_recipe(save_recipe(r, tmp_path / "x" / "r.yaml")) == r
     assert flatten(r.to_dict())["data.columns.text"] == "text"
 
@@ -188,7 +233,9 @@ def test_save_recipe_round_trips_non_defaults(tmp_path):
 def test_deepspeed_resolve(monkeypatch):
     monkeypatch.chdir(REPO)  # recipe paths are relative to the working directory
     assert load_recipe(DEFAULT).deepspeed.resolve() is None
-    ds = load_recipe(REPO / "recipes" / "llama3-8b-xdlm-lora-zero3.yaml", ["deepspeed.zero_stage=2"]).deepspeed.resolve()
+    ds = load_recipe(
+        REPO / "recipes" / "llama3-8b-xdlm-lora-zero3.yaml", ["deepspeed.zero_stage=2"]
+    ).deepspeed.resolve()
     assert ds["zero_optimization"]["stage"] == 2 and ds["train_micro_batch_size_per_gpu"] == "auto"
     assert load_recipe(None, ["deepspeed.zero_stage=1"]).deepspeed.resolve()["zero_optimization"] == {"stage": 1}
     with pytest.raises(RecipeError, match="deepspeed.config: nope.json not found"):
@@ -216,9 +263,11 @@ def test_schedule_names_match_the_diffusion_core():
 
 def test_loading_a_recipe_imports_no_model_code():
     # Errors must come before any model (or torch) loads: the schema stands alone.
-    code = ("import sys; from xdlm_tune.config import load_recipe; load_recipe(sys.argv[1]); "
-            "bad = [m for m in ('torch', 'transformers', 'datasets', 'peft') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys; from xdlm_tune.config import load_recipe; load_recipe(sys.argv[1]); "
+        "bad = [m for m in ('torch', 'transformers', 'datasets', 'peft') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code, str(DEFAULT)], check=True, cwd=REPO)
 
 

@@ -1,4 +1,5 @@
 """The README's recipe reference is generated from the schema's field docstrings and kept in sync."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,15 +16,22 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_readme_reference_is_the_generated_one():
     text = README.read_text()
     assert docs.splice(text, docs.reference()) == text, (
-        "README.md's recipe reference is stale: run python -m xdlm_tune.config.docs --write README.md")
+        "README.md's recipe reference is stale: run python -m xdlm_tune.config.docs --write README.md"
+    )
     assert docs.main(["--check", str(README)]) == 0
 
 
 def test_every_field_has_help_and_appears_in_the_reference():
     assert docs.undocumented() == []
     ref = docs.reference()
-    for key in ("`data.columns.messages`", "`eval.prompt_format`", "`eval.final_step`", "`training.resume`",
-                "`deepspeed.zero_stage`", "`export.push_to_hub`"):
+    for key in (
+        "`data.columns.messages`",
+        "`eval.prompt_format`",
+        "`eval.final_step`",
+        "`training.resume`",
+        "`deepspeed.zero_stage`",
+        "`export.push_to_hub`",
+    ):
         assert key in ref
     assert "merge_lora" not in ref  # no field, no documentation of it
     helps = docs.field_help(EvalConfig)
@@ -33,8 +41,10 @@ def test_every_field_has_help_and_appears_in_the_reference():
 
 def test_a_field_without_help_is_named(tmp_path, monkeypatch):
     src = tmp_path / "fake_schema.py"
-    src.write_text('from dataclasses import dataclass\n\n\n@dataclass\nclass Section:\n    """A section."""\n\n'
-                   '    documented: int = 1\n    """Has help."""\n    forgotten: bool = False  # a comment is not help\n')
+    src.write_text(
+        'from dataclasses import dataclass\n\n\n@dataclass\nclass Section:\n    """A section."""\n\n'
+        '    documented: int = 1\n    """Has help."""\n    forgotten: bool = False  # a comment is not help\n'
+    )
     spec = importlib.util.spec_from_file_location("fake_schema", src)
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "fake_schema", module)
@@ -46,7 +56,9 @@ def test_a_field_without_help_is_named(tmp_path, monkeypatch):
 
 def test_check_fails_on_a_stale_copy_and_write_repairs_it(tmp_path, capsys):
     stale = tmp_path / "README.md"
-    stale.write_text(README.read_text().replace("| `diffusion.k` | float | `0.1` |", "| `diffusion.k` | float | `0.5` |"))
+    stale.write_text(
+        README.read_text().replace("| `diffusion.k` | float | `0.1` |", "| `diffusion.k` | float | `0.5` |")
+    )
     assert docs.main(["--check", str(stale)]) == 1
     assert "--write" in capsys.readouterr().err
     assert docs.main(["--write", str(stale)]) == 0

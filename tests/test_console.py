@@ -1,5 +1,6 @@
 """Quiet, readable run output: tqdm-aware lines, one final bar in a log, no bar on a finished
 resume, and none of the warnings a user cannot act on (a demo-like tiny run, end to end)."""
+
 from __future__ import annotations
 
 import os
@@ -51,8 +52,17 @@ def test_progress_of_a_run_resumed_at_its_last_step_prints_no_bar(capsys):
     assert "train:" not in out.err
 
 
-NOISE = ("Setting accelerator to CPU", "is_gradient_checkpointing", "FutureWarning", "DeprecationWarning",
-         "kernels-community", "gemm_4bit", "Warning", "WARNING", "Traceback")
+NOISE = (
+    "Setting accelerator to CPU",
+    "is_gradient_checkpointing",
+    "FutureWarning",
+    "DeprecationWarning",
+    "kernels-community",
+    "gemm_4bit",
+    "Warning",
+    "WARNING",
+    "Traceback",
+)
 
 _DRIVER = r"""
 import sys
@@ -78,9 +88,22 @@ def test_a_demo_like_run_prints_no_noise(tmp_path, shared_data):
     tiny = save_tiny_model(tmp_path / "tiny", max_position_embeddings=4096)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "XDLM_TUNE_CACHE": str(tmp_path / "cache")}
     env.pop("DS_ACCELERATOR", None)
-    proc = subprocess.run([sys.executable, "-c", _DRIVER, str(REPO / "recipes" / "smollm2-135m-xdlm-lora.yaml"),
-                           str(tiny), str(tmp_path / "run"), str(shared_data / "mbpp.jsonl").rsplit("/", 1)[0]],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=1200)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _DRIVER,
+            str(REPO / "recipes" / "smollm2-135m-xdlm-lora.yaml"),
+            str(tiny),
+            str(tmp_path / "run"),
+            str(shared_data / "mbpp.jsonl").rsplit("/", 1)[0],
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
     log = proc.stdout
     assert proc.returncode == 0, log
     for noise in NOISE:

@@ -1,4 +1,5 @@
 """Data pipelines: offline corpora, packing, SFT masks, errors, deterministic resumable order."""
+
 from __future__ import annotations
 
 import json
@@ -39,10 +40,17 @@ def tok() -> PreTrainedTokenizerFast:
     t = Tokenizer(models.BPE())
     t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     t.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>", "<|pad|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    corpus = ["def f(x):\n    return x + 1\n", "import os\nprint('hello world')\n",
-              "Write a function to find the sum. Your code should pass these tests:\nassert f(1) == 2\n"] * 30
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=["<|endoftext|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = [
+        "def f(x):\n    return x + 1\n",
+        "import os\nprint('hello world')\n",
+        "Write a function to find the sum. Your code should pass these tests:\nassert f(1) == 2\n",
+    ] * 30
     t.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<|endoftext|>", pad_token="<|pad|>")
 
@@ -126,13 +134,22 @@ def test_pretrain_blocks_from_stdlib(tok):
     assert (blocks == tok.eos_token_id).sum() >= 3  # 4 files, EOS-separated (the last may be cut off)
     ev = list(bundle.eval_batches(4, max_batches=2))
     assert len(ev) == 2 and ev[0]["input_ids"].shape == (4, 64)
-    assert [e["input_ids"].tolist() for e in ev] == [e["input_ids"].tolist() for e in bundle.eval_batches(4, max_batches=2)]
+    assert [e["input_ids"].tolist() for e in ev] == [
+        e["input_ids"].tolist() for e in bundle.eval_batches(4, max_batches=2)
+    ]
 
 
 def test_sft_on_mbpp_masks_prompt_and_padding(tok, shared_data):
-    cfg = recipe("data.source=mbpp-train", "data.mode=sft", f"data.data_files={shared_data / 'mbpp.jsonl'}",
-                 "data.seq_len=512", "data.max_prompt_len=384", "data.eval_holdout=4", "data.max_records=12",
-                 "data.pad_answer_with_eos=false").data
+    cfg = recipe(
+        "data.source=mbpp-train",
+        "data.mode=sft",
+        f"data.data_files={shared_data / 'mbpp.jsonl'}",
+        "data.seq_len=512",
+        "data.max_prompt_len=384",
+        "data.eval_holdout=4",
+        "data.max_records=12",
+        "data.pad_answer_with_eos=false",
+    ).data
     bundle = build_data(cfg, tok, batch_size=4, seed=3)
     batch = next(iter(bundle.train))
     loss, prompt, attn = batch["loss_mask"], batch["prompt_mask"], batch["attention_mask"].bool()
@@ -153,8 +170,9 @@ def test_sft_pads_answers_with_eos_and_trains_on_them(tok, tmp_path):
     text + EOS repeated to the end, and all of it (EOS padding included) carries loss."""
     assert recipe().data.pad_answer_with_eos
     rows = [{"prompt": f"q{i} ", "answer": "a" * (i + 1)} for i in range(6)]
-    cfg = recipe(f"data.source={jsonl(tmp_path / 'p.jsonl', rows)}", "data.mode=sft", "data.eval_holdout=1",
-                 "data.seq_len=24").data
+    cfg = recipe(
+        f"data.source={jsonl(tmp_path / 'p.jsonl', rows)}", "data.mode=sft", "data.eval_holdout=1", "data.seq_len=24"
+    ).data
     bundle = build_data(cfg, tok, batch_size=5)
     batch = next(iter(bundle.train))
     eos = tok.eos_token_id
@@ -163,28 +181,47 @@ def test_sft_pads_answers_with_eos_and_trains_on_them(tok, tmp_path):
     for ids, loss in zip(batch["input_ids"], batch["loss_mask"]):
         answer = ids[loss].tolist()
         text = answer[: answer.index(eos)]
-        assert set(answer[len(text):]) == {eos} and len(answer) - len(text) >= 1
+        assert set(answer[len(text) :]) == {eos} and len(answer) - len(text) >= 1
         assert set(tok.decode(text)) == {"a"}
     assert bundle.eval[0]["input_ids"][-1] == eos and len(bundle.eval[0]["input_ids"]) == 24
     # a cut answer gets no EOS; pretraining ignores the option
     assert encode_pair([1], [5, 6, 7], seq_len=3, max_prompt_len=None, where="r", eos_pad=2)["input_ids"] == [1, 5, 6]
-    assert encode_pair([1], [5, 2], seq_len=5, max_prompt_len=None, where="r", eos_pad=2)["input_ids"] == [1, 5, 2, 2, 2]
+    assert encode_pair([1], [5, 2], seq_len=5, max_prompt_len=None, where="r", eos_pad=2)["input_ids"] == [
+        1,
+        5,
+        2,
+        2,
+        2,
+    ]
 
 
 def test_sft_chat_messages(tok, tmp_path):
-    tok = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, eos_token="<|endoftext|>", pad_token="<|pad|>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok.backend_tokenizer, eos_token="<|endoftext|>", pad_token="<|pad|>"
+    )
     tok.chat_template = CHAT_TEMPLATE
-    rows = [{"messages": [{"role": "user", "content": f"add {i}"}, {"role": "assistant", "content": f"x + {i}"}]}
-            for i in range(6)]
-    cfg = recipe(f"data.source={jsonl(tmp_path / 'chat.jsonl', rows)}", "data.mode=sft",
-                 "data.columns.messages=messages", "data.eval_holdout=1", "data.seq_len=64").data
+    rows = [
+        {"messages": [{"role": "user", "content": f"add {i}"}, {"role": "assistant", "content": f"x + {i}"}]}
+        for i in range(6)
+    ]
+    cfg = recipe(
+        f"data.source={jsonl(tmp_path / 'chat.jsonl', rows)}",
+        "data.mode=sft",
+        "data.columns.messages=messages",
+        "data.eval_holdout=1",
+        "data.seq_len=64",
+    ).data
     batch = next(iter(build_data(cfg, tok, batch_size=2).train))
     for i in range(2):
         assert tok.decode(batch["input_ids"][i][batch["prompt_mask"][i]]).endswith("<|assistant|>")
         assert tok.decode(batch["input_ids"][i][batch["loss_mask"][i]]).startswith("x + ")
     bad = [{"messages": [{"role": "user", "content": "hi"}]}] * 3
-    cfg = recipe(f"data.source={jsonl(tmp_path / 'bad.jsonl', bad)}", "data.mode=sft",
-                 "data.columns.messages=messages", "data.eval_holdout=1").data
+    cfg = recipe(
+        f"data.source={jsonl(tmp_path / 'bad.jsonl', bad)}",
+        "data.mode=sft",
+        "data.columns.messages=messages",
+        "data.eval_holdout=1",
+    ).data
     with pytest.raises(DataError, match="last message must be the assistant"):
         build_data(cfg, tok, batch_size=1)
 
@@ -203,21 +240,39 @@ def test_clear_errors(tok, tmp_path):
     with pytest.raises(DataError, match="is empty"):
         build_data(recipe(f"data.source={empty}").data, tok, batch_size=1)
     with pytest.raises(DataError, match="nothing left to train on"):
-        build_data(recipe(f"data.source={src}", "data.columns.text=content", "data.eval_holdout=5").data, tok, batch_size=1)
+        build_data(
+            recipe(f"data.source={src}", "data.columns.text=content", "data.eval_holdout=5").data, tok, batch_size=1
+        )
     with pytest.raises(DataError, match="fewer than one block"):
-        build_data(recipe(f"data.source={src}", "data.columns.text=content", "data.eval_holdout=0",
-                          "data.seq_len=100000").data, tok, batch_size=1)
+        build_data(
+            recipe(
+                f"data.source={src}", "data.columns.text=content", "data.eval_holdout=0", "data.seq_len=100000"
+            ).data,
+            tok,
+            batch_size=1,
+        )
     with pytest.raises(DataError, match="fewer than one global batch"):
-        build_data(recipe(f"data.source={src}", "data.columns.text=content", "data.eval_holdout=1",
-                          "data.seq_len=16").data, tok, batch_size=1000)
+        build_data(
+            recipe(f"data.source={src}", "data.columns.text=content", "data.eval_holdout=1", "data.seq_len=16").data,
+            tok,
+            batch_size=1000,
+        )
 
     long = jsonl(tmp_path / "long.jsonl", [{"prompt": "word " * 200, "answer": "ok"}] * 3)
     with pytest.raises(DataError, match=r"prompt is \d+ tokens and data.seq_len is 32.*no room for the answer"):
-        build_data(recipe(f"data.source={long}", "data.mode=sft", "data.seq_len=32", "data.eval_holdout=0").data,
-                   tok, batch_size=1)
+        build_data(
+            recipe(f"data.source={long}", "data.mode=sft", "data.seq_len=32", "data.eval_holdout=0").data,
+            tok,
+            batch_size=1,
+        )
     # ... which max_prompt_len fixes by keeping the end of the prompt
-    bundle = build_data(recipe(f"data.source={long}", "data.mode=sft", "data.seq_len=32", "data.max_prompt_len=16",
-                               "data.eval_holdout=0").data, tok, batch_size=1)
+    bundle = build_data(
+        recipe(
+            f"data.source={long}", "data.mode=sft", "data.seq_len=32", "data.max_prompt_len=16", "data.eval_holdout=0"
+        ).data,
+        tok,
+        batch_size=1,
+    )
     assert next(iter(bundle.train))["prompt_mask"].sum() == 16
 
     with pytest.raises(DataError, match="data.source: could not load"):
@@ -270,8 +325,12 @@ def test_ranks_split_the_single_process_global_batch():
 
 def test_stream_loader_resumes_exactly_across_epochs(tok, tmp_path):
     rows = [{"text": f"def f{i}(x):\n    return x * {i}\n" * (1 + i % 3)} for i in range(20)]
-    cfg = recipe(f"data.source={jsonl(tmp_path / 'c.jsonl', rows)}", "data.streaming=true", "data.seq_len=32",
-                 "data.eval_holdout=2").data
+    cfg = recipe(
+        f"data.source={jsonl(tmp_path / 'c.jsonl', rows)}",
+        "data.streaming=true",
+        "data.seq_len=32",
+        "data.eval_holdout=2",
+    ).data
     full_loader = build_data(cfg, tok, batch_size=3).train
     it = iter(full_loader)
     full = [next(it)["input_ids"] for _ in range(30)]
@@ -291,13 +350,31 @@ def test_stream_loader_resumes_exactly_across_epochs(tok, tmp_path):
 
 def test_stream_sft(tok, tmp_path):
     rows = [{"prompt": f"q{i} ", "answer": f"a{i}"} for i in range(7)]
-    cfg = recipe(f"data.source={jsonl(tmp_path / 's.jsonl', rows)}", "data.streaming=true", "data.mode=sft",
-                 "data.eval_holdout=1", "data.pad_answer_with_eos=false").data
+    cfg = recipe(
+        f"data.source={jsonl(tmp_path / 's.jsonl', rows)}",
+        "data.streaming=true",
+        "data.mode=sft",
+        "data.eval_holdout=1",
+        "data.pad_answer_with_eos=false",
+    ).data
     batch = next(iter(build_data(cfg, tok, batch_size=2).train))
     assert tok.decode(batch["input_ids"][0][batch["loss_mask"][0]]) == "a1" + tok.eos_token
-    padded = build_data(recipe(*(f"data.{k}={v}" for k, v in [("source", cfg.source), ("streaming", "true"),
-                                                                ("mode", "sft"), ("eval_holdout", 1), ("seq_len", 16)])).data,
-                        tok, batch_size=2)
+    padded = build_data(
+        recipe(
+            *(
+                f"data.{k}={v}"
+                for k, v in [
+                    ("source", cfg.source),
+                    ("streaming", "true"),
+                    ("mode", "sft"),
+                    ("eval_holdout", 1),
+                    ("seq_len", 16),
+                ]
+            )
+        ).data,
+        tok,
+        batch_size=2,
+    )
     ids = next(iter(padded.train))["input_ids"][0].tolist()
     assert len(ids) == 16 and ids[-1] == tok.eos_token_id
 
@@ -308,7 +385,10 @@ def cached_smollm2_tokenizer():
     from transformers import AutoTokenizer
 
     # where xdlm_tune.model.load converts the embedded model (not imported: peft is slow to load)
-    base = os.environ.get("XDLM_TUNE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xdlm-tune"
+    base = (
+        os.environ.get("XDLM_TUNE_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xdlm-tune"
+    )
     for folder in sorted(Path(base).expanduser().glob("smollm2-135m-*"), reverse=True):
         if (folder / "tokenizer.json").is_file():
             return AutoTokenizer.from_pretrained(folder)
@@ -320,13 +400,17 @@ def cached_smollm2_tokenizer():
 
 def test_shipped_recipes_data_with_the_real_tokenizer(shared_data):
     real = cached_smollm2_tokenizer()
-    cfg = load_recipe(Path(__file__).parents[1] / "recipes" / "smollm2-135m-xdlm-lora.yaml",
-                      ["data.eval_holdout=2", "data.max_records=3"]).data
+    cfg = load_recipe(
+        Path(__file__).parents[1] / "recipes" / "smollm2-135m-xdlm-lora.yaml",
+        ["data.eval_holdout=2", "data.max_records=3"],
+    ).data
     bundle = build_data(cfg, real, batch_size=2)
     assert next(iter(bundle.train))["input_ids"].shape == (2, 256)
     # every MBPP train problem fits the SFT recipe (no "no room for the answer" error)
-    cfg = load_recipe(Path(__file__).parents[1] / "recipes" / "smollm2-135m-xdlm-lora-mbpp-sft.yaml",
-                      [f"data.data_files={shared_data / 'mbpp.jsonl'}"]).data
+    cfg = load_recipe(
+        Path(__file__).parents[1] / "recipes" / "smollm2-135m-xdlm-lora-mbpp-sft.yaml",
+        [f"data.data_files={shared_data / 'mbpp.jsonl'}"],
+    ).data
     bundle = build_data(cfg, real, batch_size=2)
     assert len(bundle.train.dataset) + len(bundle.eval) == 374
     assert max(bundle.train.dataset["prompt_len"]) <= cfg.max_prompt_len
@@ -357,8 +441,9 @@ def test_tokenized_builtin_data_is_reused_only_when_nothing_changed(tok, monkeyp
     assert "data: reused the tokenized python-stdlib" in capsys.readouterr().out
     assert again.train.dataset["input_ids"] == first.train.dataset["input_ids"]
     assert [e["input_ids"] for e in again.eval] == [e["input_ids"] for e in first.eval]
-    assert [b["input_ids"].tolist() for b, _ in zip(again.train, range(3))] == \
-        [b["input_ids"].tolist() for b, _ in zip(first.train, range(3))]
+    assert [b["input_ids"].tolist() for b, _ in zip(again.train, range(3))] == [
+        b["input_ids"].tolist() for b, _ in zip(first.train, range(3))
+    ]
     # Other data settings, other records or another tokenizer: encoded afresh.
     build_data(recipe("data.seq_len=32", "data.eval_holdout=2", "data.max_records=4").data, tok, batch_size=3)
     build_data(recipe("data.seq_len=64", "data.eval_holdout=2", "data.max_records=5").data, tok, batch_size=3)
@@ -367,7 +452,10 @@ def test_tokenized_builtin_data_is_reused_only_when_nothing_changed(tok, monkeyp
 
 
 def _other_tokenizer(tok):
-    other = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok.backend_tokenizer.to_str()),
-                                    eos_token="<|endoftext|>", pad_token="<|pad|>")
+    other = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(tok.backend_tokenizer.to_str()),
+        eos_token="<|endoftext|>",
+        pad_token="<|pad|>",
+    )
     other.add_tokens(["<|mask|>"])
     return other

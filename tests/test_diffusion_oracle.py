@@ -4,6 +4,7 @@ Covers ``xdlm_loss`` / ``fused_xdlm_loss`` (the per-token NELBO integrand ``h``)
 ``reverse_posterior`` against posteriors built from the explicit kernel rows of XDLM.md,
 the MDLM / one-hot limits, input validation and low-precision numerics.
 """
+
 from __future__ import annotations
 
 import math
@@ -75,8 +76,9 @@ def test_oracle_rows_are_consistent(k, mask_id):
     torch.testing.assert_close(Q.sum(1), torch.ones(V, dtype=torch.float64), rtol=0, atol=1e-14)
     x = (mask_id + 1) % V
     # q(z_t | x) = sum_e q(z_s = e | x) Q_ts[e, .]
-    torch.testing.assert_close(forward_probs(x, V, a_s, k, mask_id) @ Q,
-                               forward_probs(x, V, a_t, k, mask_id), rtol=0, atol=1e-14)
+    torch.testing.assert_close(
+        forward_probs(x, V, a_s, k, mask_id) @ Q, forward_probs(x, V, a_t, k, mask_id), rtol=0, atol=1e-14
+    )
     for z in range(V):
         if forward_probs(x, V, a_t, k, mask_id)[z] == 0:
             continue
@@ -84,8 +86,11 @@ def test_oracle_rows_are_consistent(k, mask_id):
         assert abs(row.sum().item() - 1) < 1e-13 and (row >= 0).all()
         # the model posterior with the one-hot of x IS the true posterior
         torch.testing.assert_close(
-            model_posterior_row(torch.nn.functional.one_hot(torch.tensor(x), V).double(), z,
-                                a_t, a_s, k, mask_id), row, rtol=0, atol=1e-14)
+            model_posterior_row(torch.nn.functional.one_hot(torch.tensor(x), V).double(), z, a_t, a_s, k, mask_id),
+            row,
+            rtol=0,
+            atol=1e-14,
+        )
 
 
 @pytest.mark.parametrize("k", KS)
@@ -126,7 +131,8 @@ def test_xdlm_loss_matches_oracle(D, k, mask_id):
             got = h[b, l].item()
             assert abs(got - ref) <= 1e-6 * abs(ref) + 1e-10 * _scale(a), (
                 f"k={k} mask_id={mask_id} alpha={a} z-kind={kind} x={int(x0[b, l])} "
-                f"z={int(z[b, l])} logits={logits[b, l].tolist()}: got {got!r}, oracle {ref!r}")
+                f"z={int(z[b, l])} logits={logits[b, l].tolist()}: got {got!r}, oracle {ref!r}"
+            )
     # alpha given as [B, 1] means the same thing
     h2 = D.xdlm_loss(logits, z, x0, alpha[:, None], k=k, mask_id=mask_id)
     torch.testing.assert_close(h2, h, rtol=0, atol=0)
@@ -136,8 +142,7 @@ def test_xdlm_loss_matches_oracle(D, k, mask_id):
 @pytest.mark.parametrize("k", KS)
 def test_xdlm_loss_grad_matches_oracle(D, k, mask_id):
     alphas = [1e-3, 0.4, 0.999]
-    logits, x0, z, alpha, kinds = _make_case(k, mask_id, alphas, seed=5 + int(10 * k) + mask_id,
-                                             L_per_kind=1)
+    logits, x0, z, alpha, kinds = _make_case(k, mask_id, alphas, seed=5 + int(10 * k) + mask_id, L_per_kind=1)
     lg = logits.clone().requires_grad_(True)
     D.xdlm_loss(lg, z, x0, alpha, k=k, mask_id=mask_id).sum().backward()
     for b, a in enumerate(alphas):
@@ -148,14 +153,13 @@ def test_xdlm_loss_grad_matches_oracle(D, k, mask_id):
             assert ref[mask_id] == 0
             tol = 1e-6 * ref.abs().max().item() + 1e-9 * _scale(a)
             assert (got - ref).abs().max().item() <= tol, (
-                f"k={k} mask_id={mask_id} alpha={a} z-kind={kind}: grad {got.tolist()} "
-                f"vs oracle {ref.tolist()}")
+                f"k={k} mask_id={mask_id} alpha={a} z-kind={kind}: grad {got.tolist()} vs oracle {ref.tolist()}"
+            )
 
 
 # ----------------------------------------------------------------------------- 2. limits
 @pytest.mark.parametrize("scale", [3.0, 60.0])
-@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5)],
-                         ids=["f64", "f32"])
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5)], ids=["f64", "f32"])
 @pytest.mark.parametrize("mask_id", MASK_IDS)
 def test_k0_is_mdlm(D, mask_id, dtype, rtol, scale):
     """k = 0: h = -log p(x) / (1 - alpha) at z == mask, 0 at z == x (explicit MDLM loss).
@@ -163,8 +167,7 @@ def test_k0_is_mdlm(D, mask_id, dtype, rtol, scale):
     scale 60: logit gaps of a few hundred, p(x) underflows in float32 but log p(x) does not.
     """
     alphas = [1e-3, 0.2, 0.5, 0.8, 0.999]
-    logits, x0, z, alpha, kinds = _make_case(0.0, mask_id, alphas, seed=3, L_per_kind=4,
-                                             scale=scale, dtype=dtype)
+    logits, x0, z, alpha, kinds = _make_case(0.0, mask_id, alphas, seed=3, L_per_kind=4, scale=scale, dtype=dtype)
     alpha = alpha.to(dtype)  # the reference uses the same (rounded) alpha
     h = D.xdlm_loss(logits, z, x0, alpha, k=0.0, mask_id=mask_id)
     assert h.dtype == dtype
@@ -186,14 +189,15 @@ def test_k0_is_mdlm(D, mask_id, dtype, rtol, scale):
 def test_h_nonnegative(D, k, dtype):
     g = torch.Generator().manual_seed(7)
     mask_id = V - 1
-    alphas = torch.cat([torch.tensor([1e-3, 0.999]),
-                        torch.rand(6, generator=g, dtype=torch.float64) * 0.998 + 1e-3]).tolist()
+    alphas = torch.cat(
+        [torch.tensor([1e-3, 0.999]), torch.rand(6, generator=g, dtype=torch.float64) * 0.998 + 1e-3]
+    ).tolist()
     for scale in (0.5, 3.0, 12.0):
-        logits, x0, z, alpha, kinds = _make_case(k, mask_id, alphas, seed=int(scale * 10),
-                                                 L_per_kind=6, scale=scale, dtype=dtype)
+        logits, x0, z, alpha, kinds = _make_case(
+            k, mask_id, alphas, seed=int(scale * 10), L_per_kind=6, scale=scale, dtype=dtype
+        )
         # also p close to (but not exactly) the one-hot of x at a few positions
-        logits[:, ::3] = logits[:, ::3].scatter_add(
-            -1, x0[:, ::3, None], torch.full_like(logits[:, ::3, :1], 8.0))
+        logits[:, ::3] = logits[:, ::3].scatter_add(-1, x0[:, ::3, None], torch.full_like(logits[:, ::3, :1], 8.0))
         h = D.xdlm_loss(logits, z, x0, alpha.to(dtype), k=k, mask_id=mask_id)
         assert torch.isfinite(h).all()
         sc = torch.tensor([_scale(a) for a in alphas], dtype=torch.float64)[:, None]
@@ -243,8 +247,7 @@ def test_fused_matches_unfused(D, k):
     # loss_mask: selected positions unchanged, the others finite
     loss_mask = torch.rand(B, L, generator=g) < 0.5
     loss_mask[0, 0] = True
-    h = D.fused_xdlm_loss(hidden, W, z, x0, alpha, k=k, mask_id=mask_id, loss_mask=loss_mask,
-                          chunk_size=2)
+    h = D.fused_xdlm_loss(hidden, W, z, x0, alpha, k=k, mask_id=mask_id, loss_mask=loss_mask, chunk_size=2)
     torch.testing.assert_close(h[loss_mask], ref[loss_mask], rtol=1e-10, atol=1e-12)
     assert torch.isfinite(h).all()
 
@@ -263,8 +266,7 @@ def test_fused_grad_matches_unfused(D, k):
     h1, W1 = hidden.clone().requires_grad_(True), W.clone().requires_grad_(True)
     (D.xdlm_loss(h1 @ W1.T, z, x0, alpha, k=k, mask_id=mask_id) * weights).sum().backward()
     h2, W2 = hidden.clone().requires_grad_(True), W.clone().requires_grad_(True)
-    (D.fused_xdlm_loss(h2, W2, z, x0, alpha, k=k, mask_id=mask_id, chunk_size=3)
-     * weights).sum().backward()
+    (D.fused_xdlm_loss(h2, W2, z, x0, alpha, k=k, mask_id=mask_id, chunk_size=3) * weights).sum().backward()
     torch.testing.assert_close(h2.grad, h1.grad, rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(W2.grad, W1.grad, rtol=1e-9, atol=1e-11)
 
@@ -287,8 +289,7 @@ def test_reverse_posterior_matches_oracle(D, k, mask_id):
     probs = D.reverse_posterior(logits, z, a_t, a_s, k=k, mask_id=mask_id)
     assert probs.shape == (B, L, V) and probs.dtype == torch.float64
     assert (probs >= 0).all()
-    torch.testing.assert_close(probs.sum(-1), torch.ones(B, L, dtype=torch.float64),
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(B, L, dtype=torch.float64), rtol=0, atol=1e-12)
     ref = oracle_reverse_posterior(logits, z, a_t, a_s, k, mask_id)
     torch.testing.assert_close(probs, ref, rtol=0, atol=1e-10)
     probs2 = D.reverse_posterior(logits, z, a_t[:, None], a_s[:, None], k=k, mask_id=mask_id)
@@ -331,8 +332,7 @@ def test_bad_k(D, k):
     with pytest.raises(ValueError, match=r"\bk\b"):
         D.reverse_posterior(logits, z, alpha, alpha + 0.1, k=k, mask_id=V - 1)
     with pytest.raises(ValueError, match=r"\bk\b"):
-        D.fused_xdlm_loss(logits, torch.eye(V, dtype=torch.float64), z, x0, alpha, k=k,
-                          mask_id=V - 1)
+        D.fused_xdlm_loss(logits, torch.eye(V, dtype=torch.float64), z, x0, alpha, k=k, mask_id=V - 1)
     with pytest.raises(ValueError, match=r"\bk\b"):
         D.forward_noise(x0, alpha, k=k, mask_id=V - 1, vocab_size=V)
 
@@ -345,8 +345,7 @@ def test_bad_mask_id(D, mask_id):
     with pytest.raises(ValueError, match="mask_id"):
         D.reverse_posterior(logits, z, alpha, alpha + 0.1, k=0.1, mask_id=mask_id)
     with pytest.raises(ValueError, match="mask_id"):
-        D.fused_xdlm_loss(logits, torch.eye(V, dtype=torch.float64), z, x0, alpha, k=0.1,
-                          mask_id=mask_id)
+        D.fused_xdlm_loss(logits, torch.eye(V, dtype=torch.float64), z, x0, alpha, k=0.1, mask_id=mask_id)
     with pytest.raises(ValueError, match="mask_id"):
         D.forward_noise(x0, alpha, k=0.1, mask_id=mask_id, vocab_size=V)
 
@@ -359,8 +358,7 @@ def test_bad_alpha(D, bad):
     with pytest.raises(ValueError, match="alpha"):
         D.xdlm_loss(logits, z, x0, alpha, k=0.1, mask_id=V - 1)
     with pytest.raises(ValueError, match="alpha"):
-        D.fused_xdlm_loss(logits, torch.eye(V, dtype=torch.float64), z, x0, alpha, k=0.1,
-                          mask_id=V - 1)
+        D.fused_xdlm_loss(logits, torch.eye(V, dtype=torch.float64), z, x0, alpha, k=0.1, mask_id=V - 1)
     with pytest.raises(ValueError, match="alpha"):
         D.forward_noise(x0, alpha, k=0.1, mask_id=V - 1, vocab_size=V)
     good = torch.tensor([0.2, 0.5], dtype=torch.float64)
@@ -383,8 +381,7 @@ def test_shape_and_dtype_mismatch(D):
     with pytest.raises(ValueError, match="x0|z_t|shape"):
         D.xdlm_loss(logits, z, x0[:, :-1], alpha, k=0.1, mask_id=V - 1)
     with pytest.raises(ValueError, match="alpha|shape"):
-        D.xdlm_loss(logits, z, x0, torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64), k=0.1,
-                    mask_id=V - 1)
+        D.xdlm_loss(logits, z, x0, torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64), k=0.1, mask_id=V - 1)
     with pytest.raises((TypeError, ValueError), match="z_t"):
         D.xdlm_loss(logits, z.double(), x0, alpha, k=0.1, mask_id=V - 1)
 
@@ -395,8 +392,9 @@ def test_shape_and_dtype_mismatch(D):
 def test_float32_extreme_alpha_finite(D, k, scale):
     alphas = [1e-4, 0.5, 1 - 1e-4]
     for mask_id in MASK_IDS:
-        logits, x0, z, alpha, kinds = _make_case(k, mask_id, alphas, seed=81, L_per_kind=3,
-                                                 scale=scale, dtype=torch.float32)
+        logits, x0, z, alpha, kinds = _make_case(
+            k, mask_id, alphas, seed=81, L_per_kind=3, scale=scale, dtype=torch.float32
+        )
         a32 = alpha.float()
         h = D.xdlm_loss(logits, z, x0, a32, k=k, mask_id=mask_id)
         assert h.dtype == torch.float32 and torch.isfinite(h).all(), h
@@ -412,8 +410,10 @@ def test_float32_extreme_alpha_finite(D, k, scale):
 
 
 UNDERFLOW = pytest.mark.parametrize(
-    "dtype,gap", [(torch.float32, 50.0), (torch.float32, 110.0), (torch.float64, 110.0),
-                  (torch.float64, 800.0)], ids=["f32-gap50", "f32-gap110", "f64-gap110", "f64-gap800"])
+    "dtype,gap",
+    [(torch.float32, 50.0), (torch.float32, 110.0), (torch.float64, 110.0), (torch.float64, 800.0)],
+    ids=["f32-gap50", "f32-gap110", "f64-gap110", "f64-gap800"],
+)
 
 
 @UNDERFLOW
@@ -435,7 +435,11 @@ def test_xdlm_loss_underflow(D, k, dtype, gap):
         for l in range(3):
             ref = oracle_h_mp(logits[b, l].double(), int(z[b, l]), 3, a, k, mask_id)
             assert abs(h[b, l].item() - ref) <= rtol * abs(ref) + atol * _scale(a), (
-                a, int(z[b, l]), h[b, l].item(), ref)
+                a,
+                int(z[b, l]),
+                h[b, l].item(),
+                ref,
+            )
 
 
 @UNDERFLOW
@@ -455,12 +459,11 @@ def test_reverse_posterior_underflow(D, k, dtype, gap):
     a_s = torch.tensor([0.6, 0.95], dtype=dtype)
     probs = D.reverse_posterior(logits, z, a_t, a_s, k=k, mask_id=mask_id)
     assert torch.isfinite(probs).all(), (
-        f"k={k} {dtype} gap={gap}: z_t=3 (p(z_t) underflows), rows {probs[:, 0].tolist()}")
-    torch.testing.assert_close(probs.sum(-1).double(), torch.ones(2, 3, dtype=torch.float64),
-                               rtol=0, atol=1e-5)
+        f"k={k} {dtype} gap={gap}: z_t=3 (p(z_t) underflows), rows {probs[:, 0].tolist()}"
+    )
+    torch.testing.assert_close(probs.sum(-1).double(), torch.ones(2, 3, dtype=torch.float64), rtol=0, atol=1e-5)
     if k == 0:
-        torch.testing.assert_close(probs[:, 0].double(),
-                                   torch.eye(V, dtype=torch.float64)[[3, 3]], rtol=0, atol=1e-6)
+        torch.testing.assert_close(probs[:, 0].double(), torch.eye(V, dtype=torch.float64)[[3, 3]], rtol=0, atol=1e-6)
     else:
         lg64 = logits.double()
         ref = oracle_reverse_posterior(lg64, z, a_t.double(), a_s.double(), k, mask_id)
@@ -476,10 +479,15 @@ def test_float32_accuracy(D, k):
     h = D.xdlm_loss(logits.float(), z, x0, alpha.float(), k=k, mask_id=mask_id)
     for b, a in enumerate(alphas):
         for l in range(len(kinds)):
-            ref = oracle_h_mp(logits.float()[b, l].double(), int(z[b, l]), int(x0[b, l]),
-                              float(torch.tensor(a, dtype=torch.float32)), k, mask_id)
-            assert abs(h[b, l].item() - ref) <= 1e-3 * abs(ref) + 1e-5 * _scale(a), (
-                a, kinds[l], h[b, l].item(), ref)
+            ref = oracle_h_mp(
+                logits.float()[b, l].double(),
+                int(z[b, l]),
+                int(x0[b, l]),
+                float(torch.tensor(a, dtype=torch.float32)),
+                k,
+                mask_id,
+            )
+            assert abs(h[b, l].item() - ref) <= 1e-3 * abs(ref) + 1e-5 * _scale(a), (a, kinds[l], h[b, l].item(), ref)
 
 
 @pytest.mark.parametrize("k", [0.0, 0.1, 1.0])

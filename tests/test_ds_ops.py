@@ -1,5 +1,6 @@
 """DeepSpeed's CPU op build: a stale torch extensions lock is cleared, a live one is waited for and
 named, concurrent first runs build once, and one folder is used however the toolkit starts."""
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _holder(lock: Path, seconds: float = 60.0) -> subprocess.Popen:
     """A process that holds `lock` open, as torch's FileBaton does during a build."""
-    proc = subprocess.Popen([sys.executable, "-c", f"import os, time; fd = os.open({str(lock)!r}, os.O_RDONLY); "
-                             f"print('held', flush=True); time.sleep({seconds})"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import os, time; fd = os.open({str(lock)!r}, os.O_RDONLY); "
+            f"print('held', flush=True); time.sleep({seconds})",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -76,8 +85,12 @@ def test_a_compiler_still_working_in_the_folder_counts_as_a_live_build(tmp_path)
     build = tmp_path / OP
     build.mkdir()
     (build / "lock").touch()
-    proc = subprocess.Popen([sys.executable, "-c", "import time; print('in', flush=True); time.sleep(60)"], cwd=build,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('in', flush=True); time.sleep(60)"],
+        cwd=build,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "in"
         assert proc.pid in lock_holders(build / "lock")[0]
@@ -100,10 +113,12 @@ def test_a_build_that_ends_while_waiting_is_not_treated_as_stale(tmp_path):
 
 
 def test_build_slot_lets_one_process_in_at_a_time(tmp_path):
-    code = ("import sys, time; sys.path.insert(0, {root!r}); from pathlib import Path; "
-            "from xdlm_tune.train.ds_ops import build_slot\n"
-            "with build_slot(Path({dir!r})):\n"
-            "    t0 = time.time(); time.sleep(0.8); print(t0, time.time(), flush=True)\n")
+    code = (
+        "import sys, time; sys.path.insert(0, {root!r}); from pathlib import Path; "
+        "from xdlm_tune.train.ds_ops import build_slot\n"
+        "with build_slot(Path({dir!r})):\n"
+        "    t0 = time.time(); time.sleep(0.8); print(t0, time.time(), flush=True)\n"
+    )
     code = code.format(root=str(ROOT), dir=str(tmp_path))
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     spans = sorted(tuple(map(float, p.communicate(timeout=60)[0].split())) for p in procs)
@@ -118,9 +133,17 @@ def test_deepspeed_op_builds_once_despite_a_stale_lock_and_a_concurrent_run(tmp_
     The op is first built (or found) in the usual folder, which the later DeepSpeed tests reuse,
     then copied: the test itself compiles nothing."""
     pytest.importorskip("deepspeed")
-    usual = subprocess.run([sys.executable, "-c", "from xdlm_tune.train.ds_ops import prepare_deepspeed_ops; "
-                            "print('BUILT', prepare_deepspeed_ops())"], capture_output=True, text=True, cwd=ROOT,
-                           timeout=600)
+    usual = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from xdlm_tune.train.ds_ops import prepare_deepspeed_ops; print('BUILT', prepare_deepspeed_ops())",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert usual.returncode == 0, usual.stdout[-2000:] + usual.stderr[-3000:]
     cached = Path(usual.stdout.split("BUILT ")[-1].strip())
     env = dict(os.environ)
@@ -129,10 +152,16 @@ def test_deepspeed_op_builds_once_despite_a_stale_lock_and_a_concurrent_run(tmp_
     (root / OP).mkdir(parents=True, exist_ok=True)
     (root / OP / "lock").touch()  # what a build killed with SIGKILL leaves behind
     env["TORCH_EXTENSIONS_DIR"] = str(root)
-    code = ("import logging; logging.basicConfig(level=logging.INFO); "
-            "from xdlm_tune.train.ds_ops import prepare_deepspeed_ops; print('BUILT', prepare_deepspeed_ops())")
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, env=env, cwd=ROOT) for _ in range(2)]
+    code = (
+        "import logging; logging.basicConfig(level=logging.INFO); "
+        "from xdlm_tune.train.ds_ops import prepare_deepspeed_ops; print('BUILT', prepare_deepspeed_ops())"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0 and f"BUILT {root / OP}" in out, out[-3000:]

@@ -1,4 +1,5 @@
 """The evaluation harness: generation -> extraction -> sandboxed execution -> metrics, resume, ranks."""
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,9 @@ def test_correct_answers_pass_and_wrong_ones_fail(problems, tiny, tmp_path, monk
 
     def fake(em, chunk, steps, cfg):
         calls.append((steps, [p.task_id for p in chunk]))
-        return [(p.reference + "\n[DONE]\nleftover" if i % 2 == 0 else "def oops(:\n") for i, p in enumerate(chunk)], [steps] * len(chunk)
+        return [(p.reference + "\n[DONE]\nleftover" if i % 2 == 0 else "def oops(:\n") for i, p in enumerate(chunk)], [
+            steps
+        ] * len(chunk)
 
     monkeypatch.setattr(harness, "diffusion_generations", fake)
     cfg = GenerationConfig(batch_size=4)
@@ -70,11 +73,12 @@ def test_interrupted_run_resumes_without_duplicates(problems, tiny, tmp_path, mo
 
 
 def test_ranks_split_the_problems_and_summary_merges_them(problems, tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr(harness, "diffusion_generations", lambda em, chunk, s, cfg: (["x = 1\n"] * len(chunk), [s] * len(chunk)))
+    monkeypatch.setattr(
+        harness, "diffusion_generations", lambda em, chunk, s, cfg: (["x = 1\n"] * len(chunk), [s] * len(chunk))
+    )
     cfg = GenerationConfig(batch_size=4)
     for rank in range(2):
-        run_evaluation([tiny], problems, steps=[4], cfg=cfg, out_dir=tmp_path, rank=rank, world_size=2,
-                       progress=False)
+        run_evaluation([tiny], problems, steps=[4], cfg=cfg, out_dir=tmp_path, rank=rank, world_size=2, progress=False)
     a, b = _rows(tmp_path / "samples.rank0.jsonl"), _rows(tmp_path / "samples.rank1.jsonl")
     assert {r["task_id"] for r in a}.isdisjoint({r["task_id"] for r in b})
     assert summarize_run(tmp_path)["samples"] == len(problems)

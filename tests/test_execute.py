@@ -3,6 +3,7 @@
 Everything a test program starts is bounded (a fixed number of children that sleep), so a
 sandbox bug cannot flood the shared machine.
 """
+
 from __future__ import annotations
 
 import ast
@@ -19,7 +20,10 @@ from xdlm_tune.evaluation import STATUSES, ExecResult, execute, execute_many
 
 EVALUATION = Path(__file__).resolve().parents[1] / "xdlm_tune" / "evaluation"
 # The security boundary: the parent, the screen, and what the child runs.
-BOUNDARY = [EVALUATION / name for name in ("execute.py", "screen.py", "sandbox_runner.py", "sandbox_guards.py")]
+BOUNDARY = [
+    EVALUATION / name
+    for name in ("execute.py", "screen.py", "sandbox_runner.py", "sandbox_guards.py", "sandbox_limits.py")
+]
 
 
 def _alive(pid: int) -> bool:
@@ -44,7 +48,9 @@ def test_execute_imports_only_the_standard_library(path):
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             imported.add(node.module.split(".")[0])
     # sandbox_guards is the runner's sibling, imported by file location in the child.
-    assert imported - {"sandbox_guards"} <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+    assert imported - {"sandbox_guards", "sandbox_limits"} <= set(sys.stdlib_module_names), imported - set(
+        sys.stdlib_module_names
+    )
     assert len(path.read_text().splitlines()) <= 420, "keep each file of the boundary readable in one sitting"
     # And the public import path pulls in no torch (the test process has it already: ask a fresh one).
     code = "import sys; from xdlm_tune.evaluation import execute; assert 'torch' not in sys.modules"
@@ -63,13 +69,22 @@ def test_execute_imports_only_the_standard_library(path):
         ("def add(a, b)\n    return a + b\n", "assert add(2, 3) == 5\n", "error", "SyntaxError"),
         ("raise ValueError('bad')\n", "assert True\n", "error", "ValueError: bad"),
         ("assert 1 == 2, 'in the program'\n", "assert True\n", "wrong_answer", "in the program"),
-        ("import sys\nsys.setrecursionlimit(100)\ndef f(n):\n    return f(n + 1)\n", "f(0)\n", "error", "RecursionError"),
+        (
+            "import sys\nsys.setrecursionlimit(100)\ndef f(n):\n    return f(n + 1)\n",
+            "f(0)\n",
+            "error",
+            "RecursionError",
+        ),
         ("print('x' * 10_000_000)\n", "assert True\n", "passed", ""),  # stdout is discarded
         ("import os\nos.environ['A'] = '1'\n", "assert os.environ['A'] == '1'\n", "passed", ""),
         ("if __name__ == '__main__':\n    raise SystemExit(3)\n", "assert True\n", "passed", ""),
         # The program's module is importable by name: pickle and dataclasses work.
-        ("import dataclasses, pickle\n@dataclasses.dataclass\nclass P:\n    x: int\n",
-         "assert pickle.loads(pickle.dumps(P(1))) == P(1)\n", "passed", ""),
+        (
+            "import dataclasses, pickle\n@dataclasses.dataclass\nclass P:\n    x: int\n",
+            "assert pickle.loads(pickle.dumps(P(1))) == P(1)\n",
+            "passed",
+            "",
+        ),
         ("import numpy\n", "assert numpy.arange(4).sum() == 6\n", "passed", ""),
     ],
 )
@@ -321,8 +336,13 @@ def test_network_is_blocked(listener, connect):
 def test_network_namespace_blocks_even_without_python_guards(listener):
     """Where the kernel lets the child unshare its network namespace, that alone blocks it."""
     own_ns = os.readlink("/proc/self/ns/net")
-    probe = execute(f"import os\nassert os.readlink('/proc/self/ns/net') != {own_ns!r}\n", "", timeout=10,
-                    _guards=False, _screen=False)
+    probe = execute(
+        f"import os\nassert os.readlink('/proc/self/ns/net') != {own_ns!r}\n",
+        "",
+        timeout=10,
+        _guards=False,
+        _screen=False,
+    )
     if probe.status != "passed":
         pytest.skip("this kernel/user cannot create a network namespace; Python guards only")
     port = listener.getsockname()[1]

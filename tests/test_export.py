@@ -1,5 +1,6 @@
 """Export: merged Hub folders that plain transformers loads (in a process without xdlm-tune), the
 generated modeling file, the model card, the Hub upload's errors, reloading for training, runs."""
+
 from __future__ import annotations
 
 import ast
@@ -55,7 +56,10 @@ CASES = {
     "qwen2": (False, dict()),
     "gemma2": (True, dict(reserved=True)),
 }
-EVAL = {"XDLM k=0.3": {"mbpp pass@1 (32 steps)": 0.15, "mbpp pass@1 (64 steps)": 0.2}, "base": {"mbpp pass@1 (32 steps)": 0.07}}
+EVAL = {
+    "XDLM k=0.3": {"mbpp pass@1 (32 steps)": 0.15, "mbpp pass@1 (64 steps)": 0.2},
+    "base": {"mbpp pass@1 (32 steps)": 0.07},
+}
 
 
 def trained(family: str, shift: bool, seed: int = 0, **tok_kwargs):
@@ -85,15 +89,20 @@ def inputs(mask_id: int):
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 # Cached / threshold variants of diffusion_generate, checked against the project's generate.
-CACHED = {"xdlm_dual": dict(alg="xdlm", cache="dual", revise_prompt=True),
-          "confidence_prefix_tau": dict(alg="confidence", cache="prefix", refresh_every=2, threshold=0.05)}
+CACHED = {
+    "xdlm_dual": dict(alg="xdlm", cache="dual", revise_prompt=True),
+    "confidence_prefix_tau": dict(alg="confidence", cache="prefix", refresh_every=2, threshold=0.05),
+}
 
-CHILD = r'''
+CHILD = r"""
 import importlib.util, json, sys
 sys.path.extend(sys.argv[1].split(":"))  # site-packages only: no .pth hooks, so no editable xdlm_tune
 assert importlib.util.find_spec("xdlm_tune") is None, "xdlm_tune is importable in the clean process"
@@ -130,7 +139,7 @@ for case in json.loads(sys.argv[2]):
     results[case["name"]] = res
 torch.save({k: {n: v for n, v in r.items() if isinstance(v, torch.Tensor)} for k, r in results.items()}, sys.argv[3])
 print(json.dumps({k: {n: v for n, v in r.items() if isinstance(v, str)} for k, r in results.items()}))
-'''
+"""
 
 
 def run_clean(tmp: Path, cases: list[dict]) -> tuple[dict, dict]:
@@ -138,10 +147,21 @@ def run_clean(tmp: Path, cases: list[dict]) -> tuple[dict, dict]:
     site = ":".join(dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]))
     script, out = tmp / "child.py", tmp / "child_results.pt"
     script.write_text(f"CACHED = {CACHED!r}\n" + CHILD)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp), "HF_HOME": str(tmp / "hf"),
-           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-I", "-S", str(script), site, json.dumps(cases), str(out)],
-                          cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp),
+        "HF_HOME": str(tmp / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", str(script), site, json.dumps(cases), str(out)],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return torch.load(out, weights_only=True), json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -153,8 +173,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def exported(tmp_path_factory):
     """Each family trained, exported, and loaded back in one clean subprocess."""
     tmp = tmp_path_factory.mktemp("export")
-    recipe = load_recipe(None, [f"diffusion.k={K}", "data.source=python-stdlib", "eval.steps=[4]",
-                                "eval.gen_length=8", "eval.block_length=4", "eval.sampler=confidence"])
+    recipe = load_recipe(
+        None,
+        [
+            f"diffusion.k={K}",
+            "data.source=python-stdlib",
+            "eval.steps=[4]",
+            "eval.gen_length=8",
+            "eval.block_length=4",
+            "eval.sampler=confidence",
+        ],
+    )
     (tmp / "plot.png").write_bytes(b"\x89PNG\r\n\x1a\n fake plot")
     ref, cases = {}, []
     for family, (shift, tok_kwargs) in CASES.items():
@@ -163,27 +192,50 @@ def exported(tmp_path_factory):
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=attn).logits
         out = export_model(
-            model, tok, tmp / family, mask_id=mask_id, k=K, shift=shift, recipe=recipe, eval_summary=EVAL,
-            plot_path=tmp / "plot.png", base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
-            training_data="the Python standard library (pretrain)", generation={"alg": "xdlm"},
+            model,
+            tok,
+            tmp / family,
+            mask_id=mask_id,
+            k=K,
+            shift=shift,
+            recipe=recipe,
+            eval_summary=EVAL,
+            plot_path=tmp / "plot.png",
+            base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+            training_data="the Python standard library (pretrain)",
+            generation={"alg": "xdlm"},
         )
         with torch.no_grad():  # the caller's LoRA model is untouched
             assert torch.equal(model(input_ids=ids, attention_mask=attn).logits, logits)
         kw = dict(mask_id=mask_id, shift=shift, k=K, attention_mask=prompt_mask, temperature=0.0)
-        gens = {alg: generate(model, prompts, steps=STEPS, gen_length=GEN, block_length=BLOCK, sampler=alg, **kw)
-                for alg in ALGS}
+        gens = {
+            alg: generate(model, prompts, steps=STEPS, gen_length=GEN, block_length=BLOCK, sampler=alg, **kw)
+            for alg in ALGS
+        }
         gens["defaults"] = generate(model, prompts, steps=4, gen_length=8, block_length=4, sampler="xdlm", **kw)
-        gens["xdlm_revise"] = generate(model, prompts, steps=STEPS, gen_length=GEN, block_length=BLOCK, sampler="xdlm",
-                                       revise_prompt=True, **kw)
+        gens["xdlm_revise"] = generate(
+            model, prompts, steps=STEPS, gen_length=GEN, block_length=BLOCK, sampler="xdlm", revise_prompt=True, **kw
+        )
         cached = [] if family == "gemma2" else list(CACHED)  # gemma2's sliding window is refused by the cache
         for name in cached:
             extra = dict(CACHED[name])
-            gens[name] = generate(model, prompts, steps=STEPS, gen_length=GEN, block_length=BLOCK,
-                                  sampler=extra.pop("alg"), **extra, **kw)
+            gens[name] = generate(
+                model, prompts, steps=STEPS, gen_length=GEN, block_length=BLOCK, sampler=extra.pop("alg"), **extra, **kw
+            )
         ref[family] = dict(model=model, tok=tok, mask_id=mask_id, shift=shift, logits=logits, gens=gens, dir=out)
         torch.save(dict(ids=ids, attn=attn, prompts=prompts, prompt_mask=prompt_mask), tmp / f"{family}.pt")
-        cases.append(dict(name=family, dir=str(out), inputs=str(tmp / f"{family}.pt"), algs=ALGS,
-                          gen=GEN, steps=STEPS, block=BLOCK, cached=cached))
+        cases.append(
+            dict(
+                name=family,
+                dir=str(out),
+                inputs=str(tmp / f"{family}.pt"),
+                algs=ALGS,
+                gen=GEN,
+                steps=STEPS,
+                block=BLOCK,
+                cached=cached,
+            )
+        )
     t0 = time.perf_counter()
     tensors, classes = run_clean(tmp, cases)
     return dict(ref=ref, child=tensors, classes=classes, tmp=tmp, recipe=recipe, child_s=time.perf_counter() - t0)
@@ -236,8 +288,10 @@ def test_mask_row_survives_the_merge(exported, family):
     assert settings["mask_id"] == m and settings["shift"] == ref["shift"] and settings["k"] == K
     config = json.loads((ref["dir"] / "config.json").read_text())
     assert config["is_causal"] is False and config["mask_token_id"] == m
-    assert config["auto_map"] == {"AutoModel": "modeling_xdlm.XDLMForCausalLM",
-                                  "AutoModelForCausalLM": "modeling_xdlm.XDLMForCausalLM"}
+    assert config["auto_map"] == {
+        "AutoModel": "modeling_xdlm.XDLMForCausalLM",
+        "AutoModelForCausalLM": "modeling_xdlm.XDLMForCausalLM",
+    }
     mask_token = ref["tok"].convert_ids_to_tokens(m)  # <|mask|> added, or a reserved token reused
     assert json.loads((ref["dir"] / "tokenizer_config.json").read_text())["mask_token"] == mask_token
     assert settings["mask_token"] == mask_token
@@ -256,10 +310,20 @@ def test_model_card(exported):
     assert "```yaml\nmodel:\n  name_or_path: smollm2-135m" in card and "diffusion:\n  k: 0.3" in card
     assert 'alg="xdlm"' in card and "trust_remote_code=True" in card
     assert read_settings(out)["recipe"] == exported["recipe"].to_dict()
-    assert read_settings(out)["generation"] == {"alg": "xdlm", "max_new_tokens": 8, "steps": 4, "block_length": 4,
-                                                "temperature": 0.0, "top_p": 1.0, "revise_prompt": False,
-                                                "final_step": "none", "cache": "none", "refresh": "step",
-                                                "refresh_every": None, "threshold": None}
+    assert read_settings(out)["generation"] == {
+        "alg": "xdlm",
+        "max_new_tokens": 8,
+        "steps": 4,
+        "block_length": 4,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "revise_prompt": False,
+        "final_step": "none",
+        "cache": "none",
+        "refresh": "step",
+        "refresh_every": None,
+        "threshold": None,
+    }
 
 
 # --------------------------------------------------------------------------- the generated modeling file
@@ -273,8 +337,11 @@ def test_modeling_file_regenerates_byte_for_byte(exported, family):
 
 def test_generated_code_is_the_projects_own():
     text = modeling_source("LlamaForCausalLM")
-    generated = {n.name if hasattr(n, "name") else ast.unparse(n.targets[0]): ast.get_source_segment(text, n)
-                 for n in ast.parse(text).body if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Assign))}
+    generated = {
+        n.name if hasattr(n, "name") else ast.unparse(n.targets[0]): ast.get_source_segment(text, n)
+        for n in ast.parse(text).body
+        if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Assign))
+    }
     expected = {}
     for rel in modeling.SOURCES:
         source = (modeling._PACKAGE / rel).read_text()
@@ -283,7 +350,14 @@ def test_generated_code_is_the_projects_own():
                 name = node.name if hasattr(node, "name") else ast.unparse(node.targets[0])
                 expected[name] = ast.get_source_segment(source, node)
     assert generated == expected  # same names, same text: nothing added, dropped or edited
-    assert {"generate", "reverse_posterior", "make_schedule", "SamplerSettings", "_revision_quota", "XDLMForCausalLM"} <= set(generated)
+    assert {
+        "generate",
+        "reverse_posterior",
+        "make_schedule",
+        "SamplerSettings",
+        "_revision_quota",
+        "XDLMForCausalLM",
+    } <= set(generated)
     assert "from transformers import LlamaForCausalLM as _XDLMBase" in text
     assert "xdlm_tune" not in "".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     assert text == modeling_source("LlamaForCausalLM")
@@ -329,7 +403,9 @@ def test_push_without_network_is_a_clear_error_and_keeps_the_export(exported, mo
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
     t0 = time.perf_counter()
-    with pytest.raises(PushError, match=r"(?s)could not upload .* to someone/tiny-xdlm on http://127\.0\.0\.1:\d+.*is intact"):
+    with pytest.raises(
+        PushError, match=r"(?s)could not upload .* to someone/tiny-xdlm on http://127\.0\.0\.1:\d+.*is intact"
+    ):
         push_to_hub(out, "someone/tiny-xdlm", private=True)
     assert time.perf_counter() - t0 < 30
     assert tree_digest(out) == before
@@ -353,7 +429,9 @@ def test_export_loads_back_as_a_diffusion_base_for_training(exported):
     weight, bias, softcap = output_projection(model)
     logits = denoiser_hidden(model, ids, attn, shift=False) @ weight.T
     with torch.no_grad():
-        trained_logits = ref["model"](input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0)).logits
+        trained_logits = ref["model"](
+            input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0)
+        ).logits
     torch.testing.assert_close(logits, trained_logits, atol=1e-4, rtol=1e-4)  # the new LoRA starts at zero
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -363,7 +441,9 @@ def test_export_loads_back_as_a_diffusion_base_for_training(exported):
     plain = prepare_model(ref["dir"], kind="diffusion", trust_remote_code=True)
     assert (plain.mask_id, plain.shift) == (ref["mask_id"], True)
     # ... and the further-trained model exports again, with the same generated code.
-    again = export_model(model, prepared.tokenizer, exported["tmp"] / "again", mask_id=prepared.mask_id, k=K, shift=True)
+    again = export_model(
+        model, prepared.tokenizer, exported["tmp"] / "again", mask_id=prepared.mask_id, k=K, shift=True
+    )
     assert (again / MODELING_FILE).read_text() == modeling_source("LlamaForCausalLM")
     reloaded = load_export(again).model
     model.eval()
@@ -405,8 +485,12 @@ def test_qlora_export_merges_into_the_unquantised_base(tmp_path):
     exported = prepare_model(out, kind="diffusion", trust_remote_code=True).model
     ids, attn, _, _ = inputs(qlora.mask_id)
     with torch.no_grad():
-        torch.testing.assert_close(exported(input_ids=ids, attention_mask=attn).logits,
-                                   full.model.eval()(input_ids=ids, attention_mask=attn).logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            exported(input_ids=ids, attention_mask=attn).logits,
+            full.model.eval()(input_ids=ids, attention_mask=attn).logits,
+            atol=1e-4,
+            rtol=1e-4,
+        )
 
 
 # --------------------------------------------------------------------------- runs and checkpoints
@@ -419,8 +503,17 @@ def test_export_main_from_a_training_run(tmp_path, saved_as, monkeypatch, capsys
     base = tmp_path / "base"
     tiny_model("llama").save_pretrained(base)
     tiny_tokenizer().save_pretrained(base)
-    recipe = load_recipe(None, [f"model.name_or_path={base}", "lora.r=4", "lora.alpha=8", f"diffusion.k={K}",
-                                f"training.output_dir={tmp_path / 'run'}", f"lora.enabled={saved_as != 'model'}"])
+    recipe = load_recipe(
+        None,
+        [
+            f"model.name_or_path={base}",
+            "lora.r=4",
+            "lora.alpha=8",
+            f"diffusion.k={K}",
+            f"training.output_dir={tmp_path / 'run'}",
+            f"lora.enabled={saved_as != 'model'}",
+        ],
+    )
     prepared = prepare_model(base, lora=recipe.lora.to_dict())
     model = prepared.model
     with torch.no_grad():
@@ -430,8 +523,10 @@ def test_export_main_from_a_training_run(tmp_path, saved_as, monkeypatch, capsys
     model.eval()
 
     def write(d: Path) -> None:
-        save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad},
-                  d / "trainable.safetensors")  # the resume-only file, which export ignores
+        save_file(
+            {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad},
+            d / "trainable.safetensors",
+        )  # the resume-only file, which export ignores
         if saved_as == "adapter":
             model.save_pretrained(d / "adapter", save_embedding_layers=False)
             prepared.tokenizer.save_pretrained(d / "adapter")
@@ -458,8 +553,12 @@ def test_export_main_from_a_training_run(tmp_path, saved_as, monkeypatch, capsys
     assert plain.config.is_causal is False
     ids, attn, _, _ = inputs(prepared.mask_id)
     with torch.no_grad():
-        torch.testing.assert_close(plain(input_ids=ids, attention_mask=attn).logits,
-                                   model(input_ids=ids, attention_mask=attn).logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            plain(input_ids=ids, attention_mask=attn).logits,
+            model(input_ids=ids, attention_mask=attn).logits,
+            atol=1e-4,
+            rtol=1e-4,
+        )
 
 
 def test_export_main_errors(tmp_path, capsys):
@@ -470,11 +569,29 @@ def test_export_main_errors(tmp_path, capsys):
 def test_card_snippets_load_the_hub_repo_when_pushed_else_the_folder(tmp_path):
     from xdlm_tune.export.card import model_card
 
-    settings = {"k": 0.1, "mask_id": 7, "mask_token": "<|mask|>", "shift": True, "schedule": "linear", "eps": 1e-3,
-                "generation": {"alg": "confidence", "max_new_tokens": 8, "steps": 4, "block_length": 8,
-                               "temperature": 0.0, "top_p": 1.0}}
-    common = dict(base_model="smollm2-135m", training_data="x", settings=settings, architecture="LlamaForCausalLM",
-                  dtype="float32")
+    settings = {
+        "k": 0.1,
+        "mask_id": 7,
+        "mask_token": "<|mask|>",
+        "shift": True,
+        "schedule": "linear",
+        "eps": 1e-3,
+        "generation": {
+            "alg": "confidence",
+            "max_new_tokens": 8,
+            "steps": 4,
+            "block_length": 8,
+            "temperature": 0.0,
+            "top_p": 1.0,
+        },
+    }
+    common = dict(
+        base_model="smollm2-135m",
+        training_data="x",
+        settings=settings,
+        architecture="LlamaForCausalLM",
+        dtype="float32",
+    )
     pushed = model_card(name="you/mine", repo_id="you/mine", folder=str(tmp_path / "export"), **common)
     assert "repo = 'you/mine'\n" in pushed and "name_or_path: you/mine\n" in pushed
     assert str(tmp_path) not in pushed

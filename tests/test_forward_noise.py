@@ -4,6 +4,7 @@
 ``pi(e) = k / V + (1 - k) [e == m]`` (XDLM.md, "Forward"), independently per token, with
 ``alpha`` per batch row. Frequencies are checked with a chi-square statistic at fixed seeds.
 """
+
 from __future__ import annotations
 
 import mpmath
@@ -58,7 +59,8 @@ def test_forward_noise_frequencies(D, k, mask_id):
         pval = _chi2_pvalue(counts, probs)
         assert pval > 1e-6, (
             f"k={k} mask_id={mask_id} x={x} alpha={a}: counts {counts.tolist()} vs expected "
-            f"{(probs * N).round().tolist()} (chi-square p={pval:.2e})")
+            f"{(probs * N).round().tolist()} (chi-square p={pval:.2e})"
+        )
 
 
 @pytest.mark.parametrize("k", [0.1, 0.5])
@@ -70,8 +72,7 @@ def test_forward_noise_mixed_tokens(D, k):
     g = torch.Generator().manual_seed(99)
     ids = torch.tensor([e for e in range(V) if e != mask_id])
     x0 = ids[torch.randint(len(ids), (B, L), generator=g)]
-    z = D.forward_noise(x0, torch.tensor(alphas)[:, None], k=k, mask_id=mask_id, vocab_size=V,
-                        generator=g)
+    z = D.forward_noise(x0, torch.tensor(alphas)[:, None], k=k, mask_id=mask_id, vocab_size=V, generator=g)
     for b, a in enumerate(alphas):
         keep = (z[b] == x0[b]).sum()
         masked = (z[b] == mask_id).sum()
@@ -88,8 +89,7 @@ def test_forward_noise_independent_positions(D):
     B, L = 64, 64
     x0 = torch.zeros(B, L, dtype=torch.long)
     g = torch.Generator().manual_seed(5)
-    z = D.forward_noise(x0, torch.full((B,), 0.5), k=0.0, mask_id=mask_id, vocab_size=V,
-                        generator=g)
+    z = D.forward_noise(x0, torch.full((B,), 0.5), k=0.0, mask_id=mask_id, vocab_size=V, generator=g)
     kept = (z == 0).double()
     # every row and every column has both kept and masked tokens (P(fail) ~ 64 * 2^-63)
     assert (kept.mean(1) > 0).all() and (kept.mean(1) < 1).all()
@@ -101,8 +101,7 @@ def test_forward_noise_k0_only_mask(D):
     mask_id = 4
     g = torch.Generator().manual_seed(0)
     x0 = torch.randint(4, (3, 500), generator=g)
-    z = D.forward_noise(x0, torch.tensor([0.2, 0.5, 0.9]), k=0.0, mask_id=mask_id,
-                        vocab_size=V, generator=g)
+    z = D.forward_noise(x0, torch.tensor([0.2, 0.5, 0.9]), k=0.0, mask_id=mask_id, vocab_size=V, generator=g)
     assert ((z == x0) | (z == mask_id)).all()
 
 
@@ -130,8 +129,7 @@ def test_forward_noise_large_vocab_uniform_part(D):
     N = 200000
     x0 = torch.zeros(1, N, dtype=torch.long)
     g = torch.Generator().manual_seed(3)
-    z = D.forward_noise(x0, torch.tensor([0.2]), k=1.0, mask_id=mask_id, vocab_size=Vb,
-                        generator=g)
+    z = D.forward_noise(x0, torch.tensor([0.2]), k=1.0, mask_id=mask_id, vocab_size=Vb, generator=g)
     counts = torch.bincount(z[0], minlength=Vb)
     probs = forward_probs(0, Vb, 0.2, 1.0, mask_id)
     assert _chi2_pvalue(counts, probs) > 1e-6, counts.tolist()
@@ -165,12 +163,18 @@ def test_schedule_derivative_is_finite_difference(D, name, dtype):
     t = torch.linspace(eps + 0.01, 1.0 - 0.01, 97, dtype=torch.float64)
     step = 1e-5 if dtype == torch.float64 else 2e-3
     fd = -(s.alpha((t + step).to(dtype)).double() - s.alpha((t - step).to(dtype)).double()) / (
-        (t + step).to(dtype).double() - (t - step).to(dtype).double())
+        (t + step).to(dtype).double() - (t - step).to(dtype).double()
+    )
     got = s.neg_dalpha_dt(t.to(dtype)).double()
     rtol = 1e-6 if dtype == torch.float64 else 2e-3
     scale = got.abs().max().item()
     assert ((got - fd).abs() <= rtol * got.abs() + rtol * 1e-2 * scale).all(), (
-        name, dtype, (got - fd).abs().max().item(), got, fd)
+        name,
+        dtype,
+        (got - fd).abs().max().item(),
+        got,
+        fd,
+    )
 
 
 def test_linear_schedule_formula(D):
@@ -179,5 +183,4 @@ def test_linear_schedule_formula(D):
         s = D.make_schedule("linear", eps=eps)
         t = torch.linspace(eps, 1.0, 101, dtype=torch.float64)
         torch.testing.assert_close(s.alpha(t), 1 - (1 - eps) * t, rtol=1e-12, atol=1e-15)
-        torch.testing.assert_close(s.neg_dalpha_dt(t), torch.full_like(t, 1 - eps),
-                                   rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(s.neg_dalpha_dt(t), torch.full_like(t, 1 - eps), rtol=1e-12, atol=1e-15)

@@ -1,4 +1,5 @@
 """fused_xdlm_loss == xdlm_loss on materialised logits, in value and gradient (float64, tight)."""
+
 from __future__ import annotations
 
 import pytest
@@ -60,8 +61,10 @@ def test_fused_arbitrary_upstream_gradient_recomputes_exactly(k):
     ref = _reference(hidden, weight, bias, z, x0, alpha, k)
     fused = fused_xdlm_loss(hidden, weight, z, x0, alpha, k=k, mask_id=MASK, bias=bias, chunk_size=4)
     probe = torch.randn(B, L, dtype=torch.float64)
-    for a, b in zip(_grads((probe * fused).sum() + (fused ** 2).sum(), hidden, weight, bias),
-                    _grads((probe * ref).sum() + (ref ** 2).sum(), hidden, weight, bias)):
+    for a, b in zip(
+        _grads((probe * fused).sum() + (fused**2).sum(), hidden, weight, bias),
+        _grads((probe * ref).sum() + (ref**2).sum(), hidden, weight, bias),
+    ):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
@@ -70,8 +73,9 @@ def test_fused_loss_mask_bias_and_softcap(k):
     hidden, weight, bias, z, x0, alpha = _inputs(k, bias=True, seed=3)
     loss_mask = torch.rand(B, L, generator=torch.Generator().manual_seed(1)) > 0.4
     ref = _reference(hidden, weight, bias, z, x0, alpha, k, softcap=3.0, loss_mask=loss_mask)
-    fused = fused_xdlm_loss(hidden, weight, z, x0, alpha, k=k, mask_id=MASK, bias=bias, logit_softcap=3.0,
-                            loss_mask=loss_mask, chunk_size=3)
+    fused = fused_xdlm_loss(
+        hidden, weight, z, x0, alpha, k=k, mask_id=MASK, bias=bias, logit_softcap=3.0, loss_mask=loss_mask, chunk_size=3
+    )
     torch.testing.assert_close(fused, ref, rtol=1e-10, atol=1e-12)
     assert (fused[~loss_mask] == 0).all()
     for a, b in zip(_grads(fused.sum(), hidden, weight, bias), _grads(ref.sum(), hidden, weight, bias)):

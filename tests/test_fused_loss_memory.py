@@ -1,5 +1,6 @@
 """The fused loss at its memory floor: trainable rows of a frozen head (LoRA's mask row), the
 vocabulary-block weight gradient of low-precision heads, budget-sized reused chunk buffers."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,7 +18,9 @@ def _grads(out, tensors):
 
 def _rows(weight, ids, seed=5):
     g = torch.Generator().manual_seed(seed)
-    return (weight.detach()[ids] + 0.5 * torch.randn(len(ids), weight.shape[1], generator=g, dtype=weight.dtype)).requires_grad_()
+    return (
+        weight.detach()[ids] + 0.5 * torch.randn(len(ids), weight.shape[1], generator=g, dtype=weight.dtype)
+    ).requires_grad_()
 
 
 @pytest.mark.parametrize("k", [0.0, 0.1, 0.5, 1.0])
@@ -31,10 +34,23 @@ def test_weight_rows_match_peft_index_copy(k, extras):
     softcap = 2.5 if extras else None
     mask = (torch.rand(B, L, generator=torch.Generator().manual_seed(3)) > 0.3) if extras else None
     w = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64)
-    for objective in (lambda h: (w[:, None] * h).mean(), lambda h: (h ** 2).sum()):  # single pass; recompute
+    for objective in (lambda h: (w[:, None] * h).mean(), lambda h: (h**2).sum()):  # single pass; recompute
         ref = _reference(hidden, base.index_copy(0, ids, rows), bias, z, x0, alpha, k, softcap=softcap, loss_mask=mask)
-        fused = fused_xdlm_loss(hidden, base, z, x0, alpha, k=k, mask_id=MASK, chunk_size=4, bias=bias,
-                                logit_softcap=softcap, loss_mask=mask, token_weight=w, weight_rows=(ids, rows))
+        fused = fused_xdlm_loss(
+            hidden,
+            base,
+            z,
+            x0,
+            alpha,
+            k=k,
+            mask_id=MASK,
+            chunk_size=4,
+            bias=bias,
+            logit_softcap=softcap,
+            loss_mask=mask,
+            token_weight=w,
+            weight_rows=(ids, rows),
+        )
         torch.testing.assert_close(fused, ref, rtol=1e-10, atol=1e-12)
         for a, b in zip(_grads(objective(fused), (hidden, rows, bias)), _grads(objective(ref), (hidden, rows, bias))):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
@@ -64,8 +80,21 @@ def test_vocab_block_weight_gradient_is_exact(k, monkeypatch):
     n = int(mask.sum()) if k > 0 else int((mask & (z == MASK)).sum())
     block_mib = 5 * 4 * n / 2**20  # 5 vocabulary columns per block: 13 = 5 + 5 + 3
     ref = _reference(hidden, weight.index_copy(0, ids, rows), bias, z, x0, alpha, k, softcap=3.0, loss_mask=mask)
-    fused = fused_xdlm_loss(hidden, weight, z, x0, alpha, k=k, mask_id=MASK, bias=bias, logit_softcap=3.0,
-                            loss_mask=mask, weight_rows=(ids, rows), chunk_size=4, chunk_mib=block_mib)
+    fused = fused_xdlm_loss(
+        hidden,
+        weight,
+        z,
+        x0,
+        alpha,
+        k=k,
+        mask_id=MASK,
+        bias=bias,
+        logit_softcap=3.0,
+        loss_mask=mask,
+        weight_rows=(ids, rows),
+        chunk_size=4,
+        chunk_mib=block_mib,
+    )
     torch.testing.assert_close(fused, ref, rtol=1e-10, atol=1e-12)
     for a, b in zip(_grads(fused.sum(), (hidden, weight, bias, rows)), _grads(ref.sum(), (hidden, weight, bias, rows))):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
@@ -93,8 +122,11 @@ class _Allocations(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs))
-                  if isinstance(t, torch.Tensor) and t.device.type != "meta"}
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in torch.utils._pytree.tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor) and t.device.type != "meta"
+        }
         for t in torch.utils._pytree.tree_leaves(out):
             if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
                 self.sizes.append(t.numel())
@@ -143,7 +175,9 @@ def test_chunk_size_comes_from_the_memory_budget():
     with pytest.raises(ValueError, match="chunk_mib"):
         fused_xdlm_loss(hidden, weight, z, x0, alpha, k=0.1, mask_id=MASK, chunk_mib=0)
     with pytest.raises(ValueError, match="weight_rows"):
-        fused_xdlm_loss(hidden, weight, z, x0, alpha, k=0.1, mask_id=MASK, weight_rows=(torch.tensor([V]), torch.zeros(1, H)))
+        fused_xdlm_loss(
+            hidden, weight, z, x0, alpha, k=0.1, mask_id=MASK, weight_rows=(torch.tensor([V]), torch.zeros(1, H))
+        )
     with pytest.raises(ValueError, match="backend"):
         fused_xdlm_loss(hidden, weight, z, x0, alpha, k=0.1, mask_id=MASK, backend="cuda")
 
@@ -171,15 +205,22 @@ def test_objective_gives_lora_the_same_gradients_without_a_vocab_by_hidden_buffe
     z = x0.clone()
     z[:, ::3] = mask_id
     z[1, 1] = 7
-    inputs = dict(z_t=z, x0=x0, attention_mask=torch.ones_like(x0), alpha=torch.tensor([0.3, 0.8]),
-                  loss_mask=torch.ones_like(x0, dtype=torch.bool), token_weight=torch.tensor([1.0, 2.0]))
+    inputs = dict(
+        z_t=z,
+        x0=x0,
+        attention_mask=torch.ones_like(x0),
+        alpha=torch.tensor([0.3, 0.8]),
+        loss_mask=torch.ones_like(x0, dtype=torch.bool),
+        token_weight=torch.tensor([1.0, 2.0]),
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     new = objective(**inputs)
     g_new = torch.autograd.grad((new * inputs["token_weight"][:, None]).sum(), params, allow_unused=True)
     w_merged, bias, softcap = output_projection(model)  # PEFT's merged [V, H] weight, as before
     hidden = denoiser_hidden(model, z, inputs["attention_mask"], shift=False)
-    old = fused_xdlm_loss(hidden, w_merged, z, x0, inputs["alpha"], k=0.1, mask_id=mask_id, bias=bias,
-                          logit_softcap=softcap)
+    old = fused_xdlm_loss(
+        hidden, w_merged, z, x0, inputs["alpha"], k=0.1, mask_id=mask_id, bias=bias, logit_softcap=softcap
+    )
     g_old = torch.autograd.grad((old * inputs["token_weight"][:, None]).sum(), params, allow_unused=True)
     torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-6)
     delta = [n for n, p in model.named_parameters() if p.requires_grad and "trainable_tokens_delta" in n]
@@ -189,6 +230,8 @@ def test_objective_gives_lora_the_same_gradients_without_a_vocab_by_hidden_buffe
             assert a is None or (a == 0).all(), name
         else:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
-    assert any(g is not None and g.abs().sum() > 0 for (n, _), g in
-               zip([(n, p) for n, p in model.named_parameters() if p.requires_grad], g_new)
-               if "trainable_tokens_delta" in n and "embed" in n)  # the mask row gets its gradient
+    assert any(
+        g is not None and g.abs().sum() > 0
+        for (n, _), g in zip([(n, p) for n, p in model.named_parameters() if p.requires_grad], g_new)
+        if "trainable_tokens_delta" in n and "embed" in n
+    )  # the mask row gets its gradient

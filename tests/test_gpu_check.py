@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.sh and gpu_check.py, the parts that run without a GPU: arguments, the
 linear extrapolation to the real depth, the report, and the script's refusal without CUDA."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -21,7 +22,11 @@ _spec.loader.exec_module(gc)
 def test_arguments_are_checked_with_a_clear_message(capsys):
     args = gc.parse_args(["lora", "--layers", "2", "4", "--json", "x.json"])
     assert (args.shape, args.layers, args.seq) == ("llama3-8b", [2, 4], 2048)
-    for bad, word in ((["--layers", "3"], "--layers"), (["--layers", "2", "2"], "--layers"), (["--steps", "0"], "--steps")):
+    for bad, word in (
+        (["--layers", "3"], "--layers"),
+        (["--layers", "2", "2"], "--layers"),
+        (["--steps", "0"], "--steps"),
+    ):
         with pytest.raises(SystemExit) as e:
             gc.parse_args(["lora", *bad, "--json", "x.json"])
         assert e.value.code == 2 and word in capsys.readouterr().err
@@ -50,8 +55,17 @@ def test_report_names_the_device_and_labels_the_extrapolation(tmp_path):
     (work / "pytest.txt").write_text("7 passed in 30s\n")
     (work / "loss_memory.md").write_text("| V x H x tokens | head |\n|---|---|\n| 128256x4096x4096 | frozen |\n")
     pts = [gc.Point(2, 10.0, 0.5, 2048), gc.Point(4, 14.0, 0.9, 2048)]
-    (work / "lora.json").write_text(json.dumps({"shape": "llama3-8b", "tokens": 2048, "config": "hidden 4096",
-                                                "points": [p.__dict__ for p in pts], "extrapolation": gc.extrapolate(pts, 32)}))
+    (work / "lora.json").write_text(
+        json.dumps(
+            {
+                "shape": "llama3-8b",
+                "tokens": 2048,
+                "config": "hidden 4096",
+                "points": [p.__dict__ for p in pts],
+                "extrapolation": gc.extrapolate(pts, 32),
+            }
+        )
+    )
     out = gc.write_report(work, str(tmp_path / "r.md"))
     text = out.read_text()
     assert text.startswith("# benchmarks/gpu_check.sh on NVIDIA H200")
@@ -66,8 +80,9 @@ def test_report_names_the_device_and_labels_the_extrapolation(tmp_path):
 def test_script_stops_at_once_without_cuda():
     before = set((REPO / "benchmarks" / "results").iterdir())
     t0 = time.monotonic()
-    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh")], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr and time.monotonic() - t0 < 60
     assert set((REPO / "benchmarks" / "results").iterdir()) == before
     bad = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--bogus"], capture_output=True, text=True)

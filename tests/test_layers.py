@@ -1,5 +1,6 @@
 """The floors of DESIGN.md, checked on the import statements: train, evaluation and export stand
 side by side (none imports another); the math imports no transformers; the executor no torch."""
+
 from __future__ import annotations
 
 import ast
@@ -33,8 +34,12 @@ def files_of(subpackage: str) -> list[Path]:
 @pytest.mark.parametrize("floor", SIDE_BY_SIDE)
 def test_train_evaluation_and_export_do_not_import_each_other(floor):
     others = [f"xdlm_tune.{o}" for o in SIDE_BY_SIDE if o != floor]
-    bad = {f"{p.relative_to(PACKAGE.parent)}: {name}" for p in files_of(floor) for name in imported_modules(p)
-           if any(name == o or name.startswith(o + ".") for o in others)}
+    bad = {
+        f"{p.relative_to(PACKAGE.parent)}: {name}"
+        for p in files_of(floor)
+        for name in imported_modules(p)
+        if any(name == o or name.startswith(o + ".") for o in others)
+    }
     assert not bad, f"xdlm_tune.{floor} imports a module of the same floor: {sorted(bad)}"
 
 
@@ -46,7 +51,11 @@ def test_the_math_imports_no_transformers_and_the_executor_no_torch():
     allowed = tuple(f"xdlm_tune.evaluation.{name}" for name in boundary)
     for name in boundary:
         imported = imported_modules(PACKAGE / "evaluation" / f"{name}.py")
-        bad = {n for n in imported if n.split(".")[0] == "torch" or (n.startswith("xdlm_tune") and not n.startswith(allowed))}
+        bad = {
+            n
+            for n in imported
+            if n.split(".")[0] == "torch" or (n.startswith("xdlm_tune") and not n.startswith(allowed))
+        }
         assert not bad, (name, bad)
 
 
@@ -58,6 +67,10 @@ def test_relative_imports_are_resolved():  # the checker above must see `from ..
 def test_the_floors_below_train_evaluation_and_export_import_none_of_them(module):
     paths = files_of(module) if (PACKAGE / module).is_dir() else [PACKAGE / module]
     above = [f"xdlm_tune.{o}" for o in (*SIDE_BY_SIDE, "pipeline", "cli", "demo")]
-    bad = {f"{p.name}: {name}" for p in paths for name in imported_modules(p)
-           if any(name == o or name.startswith(o + ".") for o in above)}
+    bad = {
+        f"{p.name}: {name}"
+        for p in paths
+        for name in imported_modules(p)
+        if any(name == o or name.startswith(o + ".") for o in above)
+    }
     assert not bad, sorted(bad)

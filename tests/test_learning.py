@@ -15,6 +15,7 @@ temperature 0, samplers confidence and xdlm. The guard samples the same trained 
 shift off (shift in training, not in sampling): validity must collapse, so this test sees the
 alignment of training and sampling and not only that some loss went down.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -52,8 +53,18 @@ def is_valid(prompt: list[int], answer: list[int]) -> bool:
 def validity(model, k: float, sampler: str, *, shift: bool = True, n: int = 128) -> float:
     g = torch.Generator().manual_seed(123)  # held-out prompts: another stream than training's
     prompts = [draw(g)[0] for _ in range(n)]
-    out = generate(model, torch.tensor(prompts), steps=STEPS, gen_length=GEN_LEN, sampler=sampler, k=k,
-                   mask_id=MASK, shift=shift, eos_id=EOS, temperature=0.0)
+    out = generate(
+        model,
+        torch.tensor(prompts),
+        steps=STEPS,
+        gen_length=GEN_LEN,
+        sampler=sampler,
+        k=k,
+        mask_id=MASK,
+        shift=shift,
+        eos_id=EOS,
+        temperature=0.0,
+    )
     return sum(is_valid(p, a) for p, a in zip(prompts, out[:, PROMPT_LEN:].tolist())) / n
 
 
@@ -73,8 +84,10 @@ def train(model, k: float):
     g = torch.Generator().manual_seed(0)
     model.train()
     for step in range(TRAIN_STEPS):
-        examples = [encode_pair(*draw(g), seq_len=PROMPT_LEN + GEN_LEN, max_prompt_len=None, where="synthetic",
-                                eos_pad=EOS) for _ in range(BATCH)]
+        examples = [
+            encode_pair(*draw(g), seq_len=PROMPT_LEN + GEN_LEN, max_prompt_len=None, where="synthetic", eos_pad=EOS)
+            for _ in range(BATCH)
+        ]
         batch = collate(examples)
         nz = noise(batch["input_ids"], batch["loss_mask"], key=(step,), rows=range(BATCH), n_rows=BATCH)
         inputs = step_inputs(batch, nz, torch.device("cpu"))

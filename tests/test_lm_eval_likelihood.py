@@ -4,6 +4,7 @@ The exact bound enumerates every noise level of the target (every masked subset 
 z_t in V^T and a Gauss-Legendre rule over t for k > 0), with h from the oracle (KL / d from explicit
 posterior rows, tests/oracle.py) and the logits of a float64 copy of the model.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -73,8 +74,15 @@ def exact_bound(model, context, target, mask_id, shift, k, eps=1e-3, nodes=16) -
 
 
 def _mc(model, context, target, mask_id, shift, k, mc_num):
-    draws = nelbo_draws(model, context, target, mask_id=mask_id, shift=shift, vocab_size=model.config.vocab_size,
-                        settings=BoundSettings(k=k, mc_num=mc_num, batch_size=4096, seed=7))
+    draws = nelbo_draws(
+        model,
+        context,
+        target,
+        mask_id=mask_id,
+        shift=shift,
+        vocab_size=model.config.vocab_size,
+        settings=BoundSettings(k=k, mc_num=mc_num, batch_size=4096, seed=7),
+    )
     return float(draws.mean()), float(draws.std() / math.sqrt(mc_num))
 
 
@@ -129,8 +137,14 @@ def test_context_is_never_noised_and_errors_are_clear():
         return original(*args, **kwargs)
 
     model.forward = spy
-    nelbo_draws(model, [5, 9, 17], [23, 42], mask_id=mask_id, shift=True,
-                settings=BoundSettings(k=0.5, mc_num=64, batch_size=32))
+    nelbo_draws(
+        model,
+        [5, 9, 17],
+        [23, 42],
+        mask_id=mask_id,
+        shift=True,
+        settings=BoundSettings(k=0.5, mc_num=64, batch_size=32),
+    )
     assert len(calls) == 2 and all(bool((c[:, :3] == torch.tensor([5, 9, 17])).all()) for c in calls)
     with pytest.raises(ValueError, match="no tokens"):
         nelbo_draws(model, [5], [], mask_id=mask_id, shift=True, settings=BoundSettings())

@@ -1,4 +1,5 @@
 """The lm-eval model `xdlm`: generate_until through our sampler, loglikelihood from the bound, the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -36,10 +37,20 @@ def test_generate_until_is_our_sampler_cut_at_until(tiny_dir, caplog):
     assert "rounded up to 12" in caplog.text  # 10 -> a multiple of block_length 4
     for p, text in zip(prompts, out):  # each prompt alone, exactly as generate() does it
         ids = torch.tensor([tok(p, add_special_tokens=False)["input_ids"]])
-        seq = generate(lm.em.model, ids, steps=6, gen_length=12, block_length=4, sampler="xdlm", k=lm.k,
-                       mask_id=lm.em.mask_id, shift=lm.em.shift, eos_id=tok.eos_token_id,
-                       stop_sequences=[tok(s, add_special_tokens=False)["input_ids"] for s in until])
-        alone = tok.decode(seq[0, ids.shape[1]:], skip_special_tokens=True)
+        seq = generate(
+            lm.em.model,
+            ids,
+            steps=6,
+            gen_length=12,
+            block_length=4,
+            sampler="xdlm",
+            k=lm.k,
+            mask_id=lm.em.mask_id,
+            shift=lm.em.shift,
+            eos_id=tok.eos_token_id,
+            stop_sequences=[tok(s, add_special_tokens=False)["input_ids"] for s in until],
+        )
+        alone = tok.decode(seq[0, ids.shape[1] :], skip_special_tokens=True)
         cut = min([alone.find(s) for s in until if s in alone] or [len(alone)])
         assert text == alone[:cut]
         assert not any(s in text for s in until)
@@ -57,8 +68,17 @@ def test_bad_model_args_name_the_field(tiny_dir):
 
 
 def test_cache_and_threshold_model_args_reach_the_sampler(tiny_dir):
-    lm = XDLMLM(pretrained=str(tiny_dir), steps=4, sampler="xdlm", cache="dual", refresh="block",
-                refresh_every="2", threshold="0.9", revise_prompt="true", device="cpu")
+    lm = XDLMLM(
+        pretrained=str(tiny_dir),
+        steps=4,
+        sampler="xdlm",
+        cache="dual",
+        refresh="block",
+        refresh_every="2",
+        threshold="0.9",
+        revise_prompt="true",
+        device="cpu",
+    )
     s = lm.sampling
     assert (s.cache, s.refresh, s.refresh_every, s.threshold, s.revise_prompt) == ("dual", "block", 2, 0.9, True)
     with pytest.raises(ModelArgError, match="cache"):
@@ -80,9 +100,10 @@ def test_loglikelihood_ranks_the_true_continuation_after_training(tiny_dir):
         t = sched.sample_t(16, antithetic=True, generator=gen)
         z = forward_noise(x0, sched.alpha(t), k=lm.k, mask_id=lm.em.mask_id, vocab_size=lm.vocab_size, generator=gen)
         ids = torch.cat([torch.tensor(ctx_ids).expand(16, -1), z], 1)
-        logits = model(input_ids=ids).logits[:, len(ctx_ids) - 1:-1]  # shift: token i from position i - 1
-        loss = (sched.neg_dalpha_dt(t)[:, None] * xdlm_loss(logits, z, x0, sched.alpha(t), k=lm.k,
-                                                             mask_id=lm.em.mask_id)).mean()
+        logits = model(input_ids=ids).logits[:, len(ctx_ids) - 1 : -1]  # shift: token i from position i - 1
+        loss = (
+            sched.neg_dalpha_dt(t)[:, None] * xdlm_loss(logits, z, x0, sched.alpha(t), k=lm.k, mask_id=lm.em.mask_id)
+        ).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -113,10 +134,22 @@ def test_cli_runs_offline_tasks_and_writes_results(tiny_dir, tmp_path, shared_da
     """`xdlm-tune lm-eval` on the shipped tasks (generation and likelihood), results where lm-eval writes them."""
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     out = tmp_path / "results"
-    rc = main(["--model_args", f"pretrained={tiny_dir},steps=4,gen_length=8,mc_num=4,max_length=64",
-               "--tasks", "mbpp_local,pydocs_mc,pydocs_ppl", "--limit", "2", "--confirm_run_unsafe_code",
-               "--metadata", json.dumps({"mbpp_path": str(shared_data / "mbpp.jsonl")}),
-               "--output_path", str(out), "--log_samples"])
+    rc = main(
+        [
+            "--model_args",
+            f"pretrained={tiny_dir},steps=4,gen_length=8,mc_num=4,max_length=64",
+            "--tasks",
+            "mbpp_local,pydocs_mc,pydocs_ppl",
+            "--limit",
+            "2",
+            "--confirm_run_unsafe_code",
+            "--metadata",
+            json.dumps({"mbpp_path": str(shared_data / "mbpp.jsonl")}),
+            "--output_path",
+            str(out),
+            "--log_samples",
+        ]
+    )
     assert rc == 0
     (result,) = out.rglob("results_*.json")
     res = json.loads(result.read_text())["results"]
@@ -135,13 +168,31 @@ def test_two_processes_give_the_one_process_results(tiny_dir, tmp_path):
 
     from xdlm_tune.launch import free_port
 
-    args = ["--model_args", f"pretrained={tiny_dir},mc_num=4,max_length=64", "--tasks", "pydocs_mc,pydocs_ppl",
-            "--limit", "4"]
+    args = [
+        "--model_args",
+        f"pretrained={tiny_dir},mc_num=4,max_length=64",
+        "--tasks",
+        "pydocs_mc,pydocs_ppl",
+        "--limit",
+        "4",
+    ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1"}
     results = []
     for n, out in ((1, tmp_path / "one"), (2, tmp_path / "two")):
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                  "--num_machines", "1", "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
+        launch = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--main_process_ip",
+            "127.0.0.1",
+            "--main_process_port",
+            str(free_port()),
+        ]
         cmd = (launch if n == 2 else [sys.executable]) + ["-m", "xdlm_tune.lm_eval", *args, "--output_path", str(out)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]

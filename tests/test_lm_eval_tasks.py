@@ -5,6 +5,7 @@ dataset's reference (all must pass in both) or a broken one (none may pass in ei
 builds the prompts, cuts nothing (the stand-in stops where a model would), scores with the task's
 metric (our sandboxed executor) and aggregates; our harness extracts, executes and scores itself.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,8 +60,14 @@ def broken(doc) -> str:
 def _lm_eval_scores(make, mbpp_file: Path):
     lm = Replay(make)
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"mbpp_path": str(mbpp_file)})
-    res = lm_eval.simple_evaluate(model=lm, tasks=["mbpp_local"], task_manager=manager, log_samples=True,
-                                  samples={"mbpp_local": [i - 11 for i in TASK_IDS]}, confirm_run_unsafe_code=True)
+    res = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=["mbpp_local"],
+        task_manager=manager,
+        log_samples=True,
+        samples={"mbpp_local": [i - 11 for i in TASK_IDS]},
+        confirm_run_unsafe_code=True,
+    )
     per_task = {s["doc"]["task_id"]: s["pass_at_1"] for s in res["samples"]["mbpp_local"]}
     return per_task, res["results"]["mbpp_local"]["pass_at_1,none"], lm.prompts
 
@@ -146,12 +153,17 @@ def test_any_task_reads_a_local_file_as_the_readme_says(tmp_path, monkeypatch):
         "task: my_ppl\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
         f"    test: {TASKS_DIR / 'pydocs.jsonl'}\n"
         "output_type: loglikelihood_rolling\ntest_split: test\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
-        "metric_list:\n  - metric: bits_per_byte\n    aggregation: bits_per_byte\n    higher_is_better: false\n")
+        "metric_list:\n  - metric: bits_per_byte\n    aggregation: bits_per_byte\n    higher_is_better: false\n"
+    )
     manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
     res = lm_eval.simple_evaluate(model=FixedLikelihood(), tasks=["my_ppl"], task_manager=manager, limit=5)
     assert res["results"]["my_ppl"]["bits_per_byte,none"] == pytest.approx(1 / math.log(2))  # 1 nat per byte
-    mc = lm_eval.simple_evaluate(model=FixedLikelihood(), tasks=["pydocs_mc"], limit=40,
-                                 task_manager=TaskManager(include_path=str(TASKS_DIR), include_defaults=False))
+    mc = lm_eval.simple_evaluate(
+        model=FixedLikelihood(),
+        tasks=["pydocs_mc"],
+        limit=40,
+        task_manager=TaskManager(include_path=str(TASKS_DIR), include_defaults=False),
+    )
     # Under this scorer the shortest choice wins (the first of equals), and every choice ties per byte
     # (acc_norm takes the first); the continuations are " " + module name.
     docs = _utils().pydocs_mc_dataset()["test"]

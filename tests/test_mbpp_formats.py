@@ -7,6 +7,7 @@ OpenCompass as vendored in MzeroMiko/LLaDA-XDLM, no meta template, as its LLaDAB
 on `mbpp_gen_830460`'s rounds; the extraction cases are the outputs of OpenCompass's
 `MBPPEvaluator._process_answer` (run with the `regex` module it uses).
 """
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,11 @@ def test_formats_score_as_upstream(mbpp):
     """Reference programs, written the way each format's shots teach, pass; broken ones fail.
     OpenCompass and lm-eval run the asserts only (no test_setup_code), with 10 s and 3 s limits."""
     ids = [11, 12, 13, 14]
-    for fmt, wrap in (("original", lambda c: c + "\n[DONE]"), ("opencompass", lambda c: f" '{c}' \n[DONE] \n\n "),
-                      ("lm-eval", lambda c: c + "\n[DONE]")):
+    for fmt, wrap in (
+        ("original", lambda c: c + "\n[DONE]"),
+        ("opencompass", lambda c: f" '{c}' \n[DONE] \n\n "),
+        ("lm-eval", lambda c: c + "\n[DONE]"),
+    ):
         problems = load_mbpp(mbpp, ids=ids, prompt_format=fmt)
         assert {p.timeout for p in problems} == {{"original": None, "opencompass": 10.0, "lm-eval": 3.0}[fmt]}
         good = check_generations(problems, [wrap(p.reference) for p in problems], workers=2)
@@ -59,8 +63,16 @@ def test_formats_score_as_upstream(mbpp):
         broken = [wrap("def nothing():\n    return None") for _ in problems]
         assert all(r["status"] != "passed" for r in check_generations(problems, broken, workers=2))
     oc = load_mbpp(mbpp, ids=[11], prompt_format="opencompass")[0]
-    assert oc.special_tokens and oc.test_code == "\n".join(json.loads(
-        next(line for line in mbpp.read_text().splitlines() if json.loads(line)["task_id"] == 11))["test_list"]) + "\n"
+    assert (
+        oc.special_tokens
+        and oc.test_code
+        == "\n".join(
+            json.loads(next(line for line in mbpp.read_text().splitlines() if json.loads(line)["task_id"] == 11))[
+                "test_list"
+            ]
+        )
+        + "\n"
+    )
 
 
 def test_unknown_format_and_humaneval_format_are_refused(mbpp, shared_data):

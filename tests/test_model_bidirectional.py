@@ -1,4 +1,5 @@
 """Bidirectional conversion, padding invariance, shift and attention annealing on tiny models of every family."""
+
 from __future__ import annotations
 
 import pytest

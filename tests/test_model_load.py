@@ -1,4 +1,5 @@
 """Loading: sources, the atomic cache of the embedded model, and remote-code diffusion bases."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -92,7 +93,7 @@ def test_load_base_from_a_local_folder_sets_a_pad_token(tmp_path):
 
 # A small already-bidirectional denoiser with its own modeling file, like LLaDA / Dream:
 # registered only under AutoModel, and its outputs carry logits but no hidden states.
-MODELING = '''
+MODELING = """
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -153,7 +154,7 @@ class TinyDiffModel(PreTrainedModel):
         for block in self.blocks:
             x = block(x, attention_mask)
         return CausalLMOutput(logits=self.ff_out(self.ln_f(x)))
-'''
+"""
 
 MASK_ID = 127
 
@@ -186,7 +187,11 @@ def test_remote_code_diffusion_base(remote_diffusion_dir):
         prepare_model(remote_diffusion_dir, kind="diffusion", trust_remote_code=True, shift=False)
 
     prepared = prepare_model(
-        remote_diffusion_dir, kind="diffusion", trust_remote_code=True, mask_id=MASK_ID, shift=False,
+        remote_diffusion_dir,
+        kind="diffusion",
+        trust_remote_code=True,
+        mask_id=MASK_ID,
+        shift=False,
         lora={"r": 4},
     )
     assert prepared.kind == "diffusion" and prepared.family == "tinydiff" and prepared.mask_id == MASK_ID

@@ -1,4 +1,5 @@
 """LoRA / QLoRA with a trainable mask row, output projection through PEFT, gradient checkpointing."""
+
 from __future__ import annotations
 
 import logging
@@ -208,8 +209,19 @@ def test_fused_xdlm_loss_trains_a_tiny_denoiser(family):
         weight, bias, softcap = output_projection(model)
         hidden = denoiser_hidden(model, z_t, mask, shift=True)
         rate = schedule.neg_dalpha_dt(t)
-        h = fused_xdlm_loss(hidden, weight, z_t, x0, schedule.alpha(t), k=k, mask_id=mask_id,
-                            loss_mask=mask, bias=bias, logit_softcap=softcap, token_weight=rate)
+        h = fused_xdlm_loss(
+            hidden,
+            weight,
+            z_t,
+            x0,
+            schedule.alpha(t),
+            k=k,
+            mask_id=mask_id,
+            loss_mask=mask,
+            bias=bias,
+            logit_softcap=softcap,
+            token_weight=rate,
+        )
         loss = (rate[:, None] * h).sum() / mask.sum()
         opt.zero_grad()
         loss.backward()

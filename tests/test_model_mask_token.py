@@ -1,4 +1,5 @@
 """Mask-token choice, addition with mean-initialised rows, and the safety checks."""
+
 from __future__ import annotations
 
 import pytest

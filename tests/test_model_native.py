@@ -1,6 +1,7 @@
 """LLaDA and Dream as native bidirectional Llama / Qwen2 models: reference logits of the original
 code, padding invariance, the config mapping and its refusals, tokenizers without shipped code,
 bf16 and nf4 loading."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,10 @@ def native():
     out = {}
     for name in FAMILIES:
         path = fixture(name)
-        out[name] = (load_native(path, read_config_dict(path), dtype=torch.float32).eval(),
-                     torch.load(path / "reference.pt", weights_only=True))
+        out[name] = (
+            load_native(path, read_config_dict(path), dtype=torch.float32).eval(),
+            torch.load(path / "reference.pt", weights_only=True),
+        )
     return out
 
 
@@ -75,7 +78,7 @@ def test_a_padded_batch_equals_each_sequence_alone(native, name):
     ids = ref["input_ids"]
     lengths = [16, 11, 6]
     with torch.no_grad():
-        alone = [model(input_ids=ids[i:i + 1, :n]).logits[0] for i, n in enumerate(lengths)]
+        alone = [model(input_ids=ids[i : i + 1, :n]).logits[0] for i, n in enumerate(lengths)]
         for side in ("left", "right"):
             batch = torch.full_like(ids, 2)
             mask = torch.zeros_like(ids)
@@ -92,7 +95,9 @@ def test_a_padded_batch_equals_each_sequence_alone(native, name):
             torch.testing.assert_close((hidden @ weight.T)[mask.bool()], out[mask.bool()], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("make,cls,shift", [(llada_base, "LlamaForCausalLM", False), (dream_base, "Qwen2ForCausalLM", True)])
+@pytest.mark.parametrize(
+    "make,cls,shift", [(llada_base, "LlamaForCausalLM", False), (dream_base, "Qwen2ForCausalLM", True)]
+)
 def test_prepare_model_picks_the_native_path_from_config_json_alone(tmp_path, make, cls, shift):
     """Checked on folders laid out as the Hub repos are, minus every .py file: no trust_remote_code,
     mask id from config.mask_token_id, the family's shift, which a recipe can override."""
@@ -113,11 +118,22 @@ def test_prepare_model_picks_the_native_path_from_config_json_alone(tmp_path, ma
         prepare_model(path, kind="causal")
 
 
-LLADA_REFUSED = [("block_type", "sequential"), ("activation_type", "gelu"), ("rope", False), ("alibi", True),
-                 ("layer_norm_type", "default"), ("include_bias", True), ("include_qkv_bias", True),
-                 ("attention_layer_norm", True), ("block_group_size", 2), ("scale_logits", True),
-                 ("input_emb_norm", True), ("bias_for_layer_norm", True), ("residual_dropout", 0.1),
-                 ("layer_norm_with_affine", False)]
+LLADA_REFUSED = [
+    ("block_type", "sequential"),
+    ("activation_type", "gelu"),
+    ("rope", False),
+    ("alibi", True),
+    ("layer_norm_type", "default"),
+    ("include_bias", True),
+    ("include_qkv_bias", True),
+    ("attention_layer_norm", True),
+    ("block_group_size", 2),
+    ("scale_logits", True),
+    ("input_emb_norm", True),
+    ("bias_for_layer_norm", True),
+    ("residual_dropout", 0.1),
+    ("layer_norm_with_affine", False),
+]
 
 
 @pytest.mark.parametrize("field,value", LLADA_REFUSED)
@@ -132,8 +148,13 @@ def test_unsupported_llada_configs_are_refused_with_the_field_named(field, value
 
 def test_llada_config_mapping():
     """The issue's mapping, field by field, and the embedding rows as vocab_size."""
-    raw = {**read_config_dict(fixture("llada-a")), "vocab_size": 1000, "weight_tying": True, "n_kv_heads": None,
-           "multi_query_attention": True}
+    raw = {
+        **read_config_dict(fixture("llada-a")),
+        "vocab_size": 1000,
+        "weight_tying": True,
+        "n_kv_heads": None,
+        "multi_query_attention": True,
+    }
     c = native_config(raw)
     assert (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.num_hidden_layers) == (64, 4, 1, 2)
     assert (c.intermediate_size, c.vocab_size, c.tie_word_embeddings, c.rms_norm_eps) == (96, 1024, True, 1e-5)
@@ -158,8 +179,13 @@ def test_dream_tokenizer_loads_without_its_code_and_gives_dreamtokenizers_ids(tm
     assert (tok.eos_token, tok.bos_token, tok.pad_token, tok.mask_token) == (EOS, BOS, EOS, "<|mask|>")
     assert (tok.eos_token_id, tok.bos_token_id, tok.mask_token_id) == (N_BPE, N_BPE + 1, MASK_ID)
     specials = {EOS: N_BPE, BOS: N_BPE + 1, "<|mask|>": MASK_ID}
-    for text in ["def f(x):\n    return x + 1\n", "Héllo  wörld\r\n\tcafé 12345 <|mask|><|endoftext|> it's",
-                 " leading  spaces\n\n\nend", "e\u0301 (decomposed) 你好", "assert add(2, 3) == 5\r\n"]:
+    for text in [
+        "def f(x):\n    return x + 1\n",
+        "Héllo  wörld\r\n\tcafé 12345 <|mask|><|endoftext|> it's",
+        " leading  spaces\n\n\nend",
+        "e\u0301 (decomposed) 你好",
+        "assert add(2, 3) == 5\r\n",
+    ]:
         ids = tok(text, add_special_tokens=False)["input_ids"]
         assert ids == slow_bpe_ids(path, text, specials), text
         assert tok.decode(ids) == __import__("unicodedata").normalize("NFC", text)
@@ -176,7 +202,11 @@ def test_llada_tokenizer_json_loads_as_a_fast_tokenizer(tmp_path, cls_name):
     raw = Tokenizer.from_file(str(path / "tokenizer.json"))
     for text in ["def f(x):\n    return x + 1\n", "<|mdm_mask|> and <|endoftext|>"]:
         assert tok(text, add_special_tokens=False)["input_ids"] == raw.encode(text, add_special_tokens=False).ids
-    assert (tok.eos_token_id, tok.bos_token_id, tok.convert_tokens_to_ids("<|mdm_mask|>")) == (N_BPE, N_BPE + 1, MASK_ID)
+    assert (tok.eos_token_id, tok.bos_token_id, tok.convert_tokens_to_ids("<|mdm_mask|>")) == (
+        N_BPE,
+        N_BPE + 1,
+        MASK_ID,
+    )
 
 
 def test_a_custom_tokenizer_without_tokenizer_json_is_a_clear_error(tmp_path):

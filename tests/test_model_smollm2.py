@@ -1,4 +1,5 @@
 """End to end on the real embedded SmolLM2-135M-Instruct (slow: tens of seconds on CPU each)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -44,8 +45,17 @@ def xdlm_objective(model, x0, mask, z_t, t, *, k, mask_id, shift, schedule):
     weight, bias, softcap = output_projection(model)
     rate = schedule.neg_dalpha_dt(t)
     h = fused_xdlm_loss(
-        hidden, weight, z_t, x0, schedule.alpha(t), k=k, mask_id=mask_id, loss_mask=mask,
-        bias=bias, logit_softcap=softcap, token_weight=rate,
+        hidden,
+        weight,
+        z_t,
+        x0,
+        schedule.alpha(t),
+        k=k,
+        mask_id=mask_id,
+        loss_mask=mask,
+        bias=bias,
+        logit_softcap=softcap,
+        token_weight=rate,
     )
     return (rate[:, None] * h).sum() / mask.sum()
 

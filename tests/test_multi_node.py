@@ -3,6 +3,7 @@
 ZeRO-2 and ZeRO-3. The run takes the same steps as one process with the same global batch,
 saves, and resumes on both nodes; a node killed mid-run makes the other exit with a clear error
 within a bounded time. Slow (each launch starts two Python processes)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -27,10 +28,31 @@ BOUND_S = 120  # a surviving node must exit within this after its peer died
 
 
 def _node_cmd(rank: int, port: int, script: Path, recipe: Path, out: Path, *overrides: str) -> list[str]:
-    return [str(ACCELERATE), "launch", "--multi_gpu", "--num_machines", "2", "--num_processes", "2",
-            "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
-            "--rdzv_backend", "static", "--mixed_precision", "no", "--dynamo_backend", "no",
-            str(script), str(recipe), f"training.output_dir={out}", *overrides]
+    return [
+        str(ACCELERATE),
+        "launch",
+        "--multi_gpu",
+        "--num_machines",
+        "2",
+        "--num_processes",
+        "2",
+        "--machine_rank",
+        str(rank),
+        "--main_process_ip",
+        "127.0.0.1",
+        "--main_process_port",
+        str(port),
+        "--rdzv_backend",
+        "static",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(script),
+        str(recipe),
+        f"training.output_dir={out}",
+        *overrides,
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -42,8 +64,17 @@ def launch_two_nodes(recipe: Path, out: Path, *overrides: str) -> list[dict]:
     script = out.parent / "launched.py"
     script.write_text(LAUNCHED)
     port = free_port()
-    procs = [subprocess.Popen(_node_cmd(r, port, script, recipe, out, *overrides), cwd=REPO, env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            _node_cmd(r, port, script, recipe, out, *overrides),
+            cwd=REPO,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
     logs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
     for r, (p, log) in enumerate(zip(procs, logs)):
         assert p.returncode == 0, f"node {r} failed:\n{log[-6000:]}"
@@ -92,14 +123,29 @@ def test_a_killed_node_makes_the_other_exit_with_a_clear_error(tiny, tmp_path):
     out, marks = tmp_path / "run", tmp_path / "marks"
     marks.mkdir()
     port = free_port()
-    long_run = ("deepspeed.config=deepspeed_configs/zero2.json", "training.per_device_batch_size=2",
-                "training.max_steps=100000", "training.eval_every=0", "training.save_every=0", "training.log_every=1")
+    long_run = (
+        "deepspeed.config=deepspeed_configs/zero2.json",
+        "training.per_device_batch_size=2",
+        "training.max_steps=100000",
+        "training.eval_every=0",
+        "training.save_every=0",
+        "training.log_every=1",
+    )
     procs = []
     for r in (0, 1):
         cmd = _node_cmd(r, port, script, tiny, out, *long_run)
-        cmd[cmd.index(str(script)) + 1:cmd.index(str(script)) + 1] = [str(marks)]  # node.py MARKS RECIPE ...
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, start_new_session=True))
+        cmd[cmd.index(str(script)) + 1 : cmd.index(str(script)) + 1] = [str(marks)]  # node.py MARKS RECIPE ...
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                cwd=REPO,
+                env=_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        )
     try:
         deadline = time.monotonic() + TIMEOUT
         metrics = out / "metrics.jsonl"

@@ -1,6 +1,7 @@
 """LLaDA- and Dream-format bases end to end: a LoRA run of a few steps through the real training
 loop, `xdlm-tune export`, and the export reloaded (plain transformers, remote-code
 `diffusion_generate`, and again as a diffusion base for training)."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,10 @@ from xdlm_tune.train.dry_run import stand_in_recipe
 from xdlm_tune.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = {"llada": (llada_base, "LlamaForCausalLM", "llama", False),
-         "dream": (dream_base, "Qwen2ForCausalLM", "qwen2", True)}
+CASES = {
+    "llada": (llada_base, "LlamaForCausalLM", "llama", False),
+    "dream": (dream_base, "Qwen2ForCausalLM", "qwen2", True),
+}
 
 
 @pytest.fixture(scope="module", params=list(CASES))
@@ -99,10 +102,22 @@ def test_the_export_reproduces_the_trained_model(run):
         torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=1e-4)
     prompts, pmask = ids[:, :6], mask[:, :6]
     for alg in ("confidence", "xdlm"):
-        ref = generate(trained, prompts, attention_mask=pmask, steps=4, gen_length=8, block_length=4, sampler=alg,
-                       k=0.1, mask_id=mask_id, shift=shift, temperature=0.0)
-        got = remote.diffusion_generate(prompts, attention_mask=pmask, max_new_tokens=8, steps=4, block_length=4,
-                                        temperature=0.0, alg=alg)
+        ref = generate(
+            trained,
+            prompts,
+            attention_mask=pmask,
+            steps=4,
+            gen_length=8,
+            block_length=4,
+            sampler=alg,
+            k=0.1,
+            mask_id=mask_id,
+            shift=shift,
+            temperature=0.0,
+        )
+        got = remote.diffusion_generate(
+            prompts, attention_mask=pmask, max_new_tokens=8, steps=4, block_length=4, temperature=0.0, alg=alg
+        )
         assert torch.equal(got, ref), alg
 
 
@@ -119,8 +134,12 @@ def test_a_full_fine_tune_of_the_llada_recipe_exports_and_reloads(tmp_path):
     """The paper's recipe (full fine-tune, no LoRA) on its dry-run stand-in, an LLaDA-format
     checkpoint: the saved model/ folder is a Llama, and the export equals the trained model."""
     torch.set_num_threads(1)
-    recipe, _ = stand_in_recipe(load_recipe(REPO / "recipes" / "llada-8b-xdlm-cpt-zero2.yaml",
-                                            ["deepspeed.config=null", "deepspeed.zero_stage=null"]), tmp_path)
+    recipe, _ = stand_in_recipe(
+        load_recipe(
+            REPO / "recipes" / "llada-8b-xdlm-cpt-zero2.yaml", ["deepspeed.config=null", "deepspeed.zero_stage=null"]
+        ),
+        tmp_path,
+    )
     assert json.loads((Path(recipe.model.name_or_path) / "config.json").read_text())["model_type"] == "llada"
     recipe.training.mixed_precision = "no"
     result = train(recipe.validate())
@@ -133,8 +152,12 @@ def test_a_full_fine_tune_of_the_llada_recipe_exports_and_reloads(tmp_path):
     ids, mask = batch()
     ids = ids % mask_id
     with torch.no_grad():
-        torch.testing.assert_close(plain(input_ids=ids, attention_mask=mask).logits,
-                                   trained(input_ids=ids, attention_mask=mask).logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            plain(input_ids=ids, attention_mask=mask).logits,
+            trained(input_ids=ids, attention_mask=mask).logits,
+            atol=1e-4,
+            rtol=1e-4,
+        )
 
 
 def test_the_eval_cli_evaluates_a_native_base_as_a_diffusion_model(tmp_path, shared_data, capsys):
@@ -145,8 +168,27 @@ def test_the_eval_cli_evaluates_a_native_base_as_a_diffusion_model(tmp_path, sha
     torch.set_num_threads(1)
     base = llada_base(tmp_path)
     out = tmp_path / "eval"
-    assert eval_main(["--benchmark", "mbpp", "--data", str(shared_data / "mbpp.jsonl"), "--limit", "2",
-                      "--model", str(base), "--steps", "4", "--gen-length", "8", "--out", str(out)]) == 0
+    assert (
+        eval_main(
+            [
+                "--benchmark",
+                "mbpp",
+                "--data",
+                str(shared_data / "mbpp.jsonl"),
+                "--limit",
+                "2",
+                "--model",
+                str(base),
+                "--steps",
+                "4",
+                "--gen-length",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and {r["steps"] for r in rows} == {4}
     assert "| " in (out / "summary.md").read_text()

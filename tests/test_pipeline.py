@@ -1,4 +1,5 @@
 """`xdlm-tune run`: train -> eval -> export -> sample the export, end to end on a tiny local model."""
+
 from __future__ import annotations
 
 import json
@@ -13,19 +14,33 @@ from xdlm_tune.pipeline import run_pipeline
 def test_run_pipeline_end_to_end(shared_data, tmp_path):
     model_dir = save_tiny_model(tmp_path / "tiny")
     run_dir = tmp_path / "run"
-    res = run_pipeline("recipes/smollm2-135m-xdlm-lora.yaml", [
-        f"model.name_or_path={model_dir}", f"training.output_dir={run_dir}", "training.max_steps=2",
-        "training.eval_every=1", "training.save_every=2", "training.eval_batches=1", "data.seq_len=32",
-        "data.max_records=8", "data.eval_holdout=2", "eval.limit=2", "eval.steps=[2]", "eval.gen_length=4",
-        "eval.block_length=4", "eval.batch_size=2", f"eval.data_dir={shared_data}", "diffusion.schedule=cosine",
-    ])
+    res = run_pipeline(
+        "recipes/smollm2-135m-xdlm-lora.yaml",
+        [
+            f"model.name_or_path={model_dir}",
+            f"training.output_dir={run_dir}",
+            "training.max_steps=2",
+            "training.eval_every=1",
+            "training.save_every=2",
+            "training.eval_batches=1",
+            "data.seq_len=32",
+            "data.max_records=8",
+            "data.eval_holdout=2",
+            "eval.limit=2",
+            "eval.steps=[2]",
+            "eval.gen_length=4",
+            "eval.block_length=4",
+            "eval.batch_size=2",
+            f"eval.data_dir={shared_data}",
+            "diffusion.schedule=cosine",
+        ],
+    )
     # Train: checkpoints and a held-out ELBO at steps 0, 1, 2.
     metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert sorted(m["step"] for m in metrics if "eval/nelbo" in m) == [0, 1, 2]
     # Eval: the AR baseline row and the trained model's row, 2 problems each.
     rows = [json.loads(l) for l in (run_dir / "eval" / "mbpp" / "samples.jsonl").read_text().splitlines()]
-    assert sorted((r["label"], r["steps"]) for r in rows) == sorted(
-        [("base (AR)", None)] * 2 + [("xdlm k=0.1", 2)] * 2)
+    assert sorted((r["label"], r["steps"]) for r in rows) == sorted([("base (AR)", None)] * 2 + [("xdlm k=0.1", 2)] * 2)
     assert (run_dir / "eval" / "mbpp" / "pass_at_1.png").is_file()
     # The run's schedule reaches the sampler (evaluation) and the export's config (diffusion_generate).
     used = {json.dumps(r["sampler"], sort_keys=True) for r in rows if r["steps"] is not None}

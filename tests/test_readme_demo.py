@@ -4,6 +4,7 @@ The demo writes its console output to runs/demo/demo.log; benchmarks/results/dem
 committed copy of the run the README block was pasted from. The comparison logic itself is checked
 on fixtures: it must fail on any drift and pass on rounding and wall-clock differences only.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -40,7 +41,8 @@ def test_readme_block_matches_the_committed_demo_log():
     readme = (REPO / "README.md").read_text()
     assert check.COMMITTED_LOG.is_file(), (
         f"{check.COMMITTED_LOG} is missing: run `make demo`, then `python benchmarks/check_readme_demo.py "
-        "runs/demo/demo.log --update && cp runs/demo/demo.log benchmarks/results/demo_cpu.log`")
+        "runs/demo/demo.log --update && cp runs/demo/demo.log benchmarks/results/demo_cpu.log`"
+    )
     log = check.COMMITTED_LOG.read_text()
     assert check.drift(readme, log) == [], "\n".join(check.drift(readme, log))
 
@@ -53,22 +55,29 @@ def test_the_block_written_from_a_log_passes_and_is_what_a_terminal_showed():
 
 def test_rounded_numbers_and_other_timings_pass():
     block = check.readme_lines(LOG).replace("6.0715", "6.07").replace("5.6241 nats/token (8", "5.62 nats/token (8")
-    slower = (LOG.replace("done in 306 s", "done in 512 s").replace("111 tokens/s", "64 tokens/s")
-              .replace("[02:41<00:00,  5.37s/step", "[04:10<00:00,  8.33s/step").replace("tok_s=111", "tok_s=64"))
+    slower = (
+        LOG.replace("done in 306 s", "done in 512 s")
+        .replace("111 tokens/s", "64 tokens/s")
+        .replace("[02:41<00:00,  5.37s/step", "[04:10<00:00,  8.33s/step")
+        .replace("tok_s=111", "tok_s=64")
+    )
     assert check.drift(readme_with(block), slower) == []
     fast = slower.replace("8.33s/step", "1.20step/s")
     assert check.drift(readme_with(block), fast) == []
 
 
-@pytest.mark.parametrize("change", [
-    ("6.0715", "6.2767"),                                  # another held-out NELBO (the issue's case)
-    ("5.6241 nats/token (8", "5.6289 nats/token (8"),      # a change beyond the README's rounding
-    ("_def__tuple__tuple__", "_def__tuple__"),            # another sample
-    ("loss=5.7391", "loss=5.7392"),                        # the final bar's loss
-    ("| 0 | 1 | 1 | 0 |", "| 0 | 0 | 2 | 0 |"),            # another outcome breakdown
-    ("def fibonacci(n):\n", ""),                           # a line missing
-    ("runs/demo\n", "runs/demo\nxdlm-tune train: a new banner line\n"),  # a line added
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        ("6.0715", "6.2767"),  # another held-out NELBO (the issue's case)
+        ("5.6241 nats/token (8", "5.6289 nats/token (8"),  # a change beyond the README's rounding
+        ("_def__tuple__tuple__", "_def__tuple__"),  # another sample
+        ("loss=5.7391", "loss=5.7392"),  # the final bar's loss
+        ("| 0 | 1 | 1 | 0 |", "| 0 | 0 | 2 | 0 |"),  # another outcome breakdown
+        ("def fibonacci(n):\n", ""),  # a line missing
+        ("runs/demo\n", "runs/demo\nxdlm-tune train: a new banner line\n"),  # a line added
+    ],
+)
 def test_any_drift_fails(change, tmp_path, capsys):
     block = check.readme_lines(LOG).replace("6.0715", "6.07")  # rounded in the README
     drifted = LOG.replace(*change)

@@ -1,6 +1,7 @@
 """Remote-code diffusion bases, called strictly: only the keywords a forward accepts (the sampler,
 the denoiser, evaluation), prompts grouped by length when there are no position_ids, the dry
 run's strict stand-in, and a clear error for remote code that cannot load."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,18 @@ from xdlm_tune.train import entry
 from xdlm_tune.train.dry_run import _diffusion_stand_in
 
 REPO = Path(__file__).resolve().parents[1]
-LLADA_FORWARD = ["input_ids", "inputs_embeds", "attention_mask", "attention_bias", "past_key_values", "labels",
-                 "use_cache", "output_attentions", "output_hidden_states", "return_dict"]
+LLADA_FORWARD = [
+    "input_ids",
+    "inputs_embeds",
+    "attention_mask",
+    "attention_bias",
+    "past_key_values",
+    "labels",
+    "use_cache",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +40,9 @@ def strict(tmp_path_factory):
     """The dry run's remote-code stand-in (LLaDA's forward signature), prepared with LoRA."""
     torch.set_num_threads(1)
     path, mask_id = _diffusion_stand_in(tmp_path_factory.mktemp("strict") / "model", mask_token=None)
-    prepared = prepare_model(path, kind="diffusion", trust_remote_code=True, mask_id=mask_id, shift=False,
-                             lora={"r": 4})
+    prepared = prepare_model(
+        path, kind="diffusion", trust_remote_code=True, mask_id=mask_id, shift=False, lora={"r": 4}
+    )
     return prepared
 
 
@@ -54,7 +66,10 @@ def test_a_native_model_accepts_everything(tmp_path):
     from tiny_models import tiny_model
 
     model = attach_lora(tiny_model("llama"), mask_id=5, r=4)
-    assert accepts(model, "position_ids") and accepted_kwargs(model, position_ids=1, foo=2) == {"position_ids": 1, "foo": 2}
+    assert accepts(model, "position_ids") and accepted_kwargs(model, position_ids=1, foo=2) == {
+        "position_ids": 1,
+        "foo": 2,
+    }
 
 
 def test_the_sampler_calls_a_strict_model_and_refuses_a_padded_batch(strict):
@@ -65,7 +80,7 @@ def test_the_sampler_calls_a_strict_model_and_refuses_a_padded_batch(strict):
     kw = dict(steps=4, gen_length=8, block_length=4, mask_id=strict.mask_id, shift=False, temperature=0.0)
     for sampler in ("confidence", "xdlm", "ancestral"):
         batch = generate(model, prompts, sampler=sampler, **kw)
-        alone = torch.cat([generate(model, prompts[i:i + 1], sampler=sampler, **kw) for i in range(3)])
+        alone = torch.cat([generate(model, prompts[i : i + 1], sampler=sampler, **kw) for i in range(3)])
         assert torch.equal(batch, alone) and not (batch[:, 5:] == strict.mask_id).any(), sampler
     mask = torch.ones_like(prompts)
     mask[1, :2] = 0
@@ -99,7 +114,10 @@ class _Tok:
 def test_evaluation_groups_prompts_of_equal_length_for_a_model_without_position_ids(strict):
     """Checked against each problem generated alone: prompts of mixed lengths (which one padded
     batch could not give this model) come back in order with the same answers."""
-    problems = [Problem(benchmark="t", task_id=str(i), prompt="x" * n, test_code="", reference="") for i, n in enumerate([4, 6, 4, 5, 6, 4])]
+    problems = [
+        Problem(benchmark="t", task_id=str(i), prompt="x" * n, test_code="", reference="")
+        for i, n in enumerate([4, 6, 4, 5, 6, 4])
+    ]
     em = EvalModel(model=strict.model.eval(), tokenizer=_Tok(), label="strict", mask_id=strict.mask_id, shift=False)
     cfg = GenerationConfig(sampling=SamplerSettings(gen_length=8, block_length=4, sampler="confidence"), batch_size=2)
     together, nfe = diffusion_generations(em, problems, 4, cfg)
@@ -110,8 +128,15 @@ def test_evaluation_groups_prompts_of_equal_length_for_a_model_without_position_
 def test_dry_run_of_a_remote_code_diffusion_recipe_uses_the_strict_stand_in(capsys):
     """A diffusion base that is neither LLaDA nor Dream: one step, the held-out ELBO and a
     checkpoint through the strict stand-in (the dry run would have caught LLaDA's TypeErrors)."""
-    code = entry.main([str(REPO / "recipes" / "llada-8b-xdlm-cpt-zero2.yaml"), "model.name_or_path=someone/remote-dlm",
-                       "deepspeed.config=null", "deepspeed.zero_stage=null", "--dry-run"])
+    code = entry.main(
+        [
+            str(REPO / "recipes" / "llada-8b-xdlm-cpt-zero2.yaml"),
+            "model.name_or_path=someone/remote-dlm",
+            "deepspeed.config=null",
+            "deepspeed.zero_stage=null",
+            "--dry-run",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "dry run OK" in out and "xdlm_standin stand-in" in out and "nan" not in out
 
@@ -141,9 +166,15 @@ class BrokenModel(PreTrainedModel):
 
 def test_remote_code_that_cannot_load_is_a_clear_error_naming_its_model_type(tmp_path):
     (tmp_path / "modeling_broken.py").write_text(textwrap.dedent(BROKEN))
-    (tmp_path / "config.json").write_text(json.dumps({
-        "model_type": "brokendlm", "architectures": ["BrokenModel"],
-        "auto_map": {"AutoConfig": "modeling_broken.BrokenConfig", "AutoModel": "modeling_broken.BrokenModel"}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "brokendlm",
+                "architectures": ["BrokenModel"],
+                "auto_map": {"AutoConfig": "modeling_broken.BrokenConfig", "AutoModel": "modeling_broken.BrokenModel"},
+            }
+        )
+    )
     save_file({"wte.weight": torch.zeros(16, 8)}, tmp_path / "model.safetensors")
     with pytest.raises(RuntimeError, match=r"model_type 'brokendlm'.*trust_remote_code.*llada, Dream load natively"):
         prepare_model(tmp_path, kind="diffusion", trust_remote_code=True, mask_id=3, shift=False)

@@ -8,6 +8,7 @@ float32, 0 at the block's first step, unused budget carried to the next step of 
 candidates are decoded positions up to the block end whose argmax differs, most confident first).
 It shares no code with `generate`'s vectorised implementation.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,13 +36,22 @@ def sticky_logits(seed: int, flip: float = 0.2):
         logits = 2.0 * torch.randn(B, L, V, generator=g)
         stick = (torch.rand(B, L, generator=g) > flip) & (ids != MASK)
         logits += 20.0 * torch.nn.functional.one_hot(ids.clamp(max=V - 1), V) * stick[..., None]
-        return logits[:, L - keep:]
+        return logits[:, L - keep :]
 
     return fn
 
 
-def oracle(prompt: torch.Tensor, fn, *, steps: int, gen: int, block: int, k: float, revise_prompt: bool,
-           prompt_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, list[list[int]]]:
+def oracle(
+    prompt: torch.Tensor,
+    fn,
+    *,
+    steps: int,
+    gen: int,
+    block: int,
+    k: float,
+    revise_prompt: bool,
+    prompt_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, list[list[int]]]:
     """The authors' rule, one row at a time; returns the tokens and each row's edits per step."""
     B, P = prompt.shape
     x = torch.cat([prompt, torch.full((B, gen), MASK)], 1)
@@ -69,8 +79,11 @@ def oracle(prompt: torch.Tensor, fn, *, steps: int, gen: int, block: int, k: flo
                 masked = [j for j in range(lo, hi) if x[b, j] == MASK]
                 for j in sorted(masked, key=lambda j: -conf[j])[: n[i]]:
                     new[b, j] = pred[j]
-                cands = [j for j in range(hi) if x[b, j] != MASK and real[b, j] and (j >= P or revise_prompt)
-                         and pred[j] != x[b, j]]
+                cands = [
+                    j
+                    for j in range(hi)
+                    if x[b, j] != MASK and real[b, j] and (j >= P or revise_prompt) and pred[j] != x[b, j]
+                ]
                 allowed = quota[i] + carry[b]
                 chosen = sorted(cands, key=lambda j: -conf[j])[:allowed]
                 carry[b] = allowed - len(chosen)
@@ -87,7 +100,9 @@ def test_revision_quota_by_hand():
     assert _revision_quota(torch.tensor([2, 2, 2, 2]), 0.5).tolist() == [0, 4, 2, 2]
     # The paper's setting: 256 tokens in 32 steps at k = 0.1: acc = 8 i, budget int(8 i / 9).
     q = _revision_quota(torch.full((32,), 8), 0.1)
-    assert q.cumsum(0).tolist() == [0] + [int(np.float32(8 * i) * np.float32(0.1) / np.float32(0.9)) for i in range(2, 33)]
+    assert q.cumsum(0).tolist() == [0] + [
+        int(np.float32(8 * i) * np.float32(0.1) / np.float32(0.9)) for i in range(2, 33)
+    ]
     # Uneven reveals (remainder first) at k = 0.3: 10 tokens in 4 steps -> 3 3 2 2.
     assert _revision_quota(torch.tensor([3, 3, 2, 2]), 0.3).cumsum(0).tolist() == [0, 2, 3, 4]
 
@@ -97,8 +112,18 @@ def test_revision_quota_by_hand():
 def test_xdlm_budget_matches_the_authors_rule_step_by_step(gen, block, steps, k, revise_prompt):
     prompt = torch.randint(1, MASK, (3, 5), generator=torch.Generator().manual_seed(gen + steps))
     want, edits = oracle(prompt, sticky_logits(7), steps=steps, gen=gen, block=block, k=k, revise_prompt=revise_prompt)
-    got = generate(None, prompt, steps=steps, gen_length=gen, block_length=block, sampler="xdlm", k=k,
-                   mask_id=MASK, revise_prompt=revise_prompt, logits_fn=sticky_logits(7))
+    got = generate(
+        None,
+        prompt,
+        steps=steps,
+        gen_length=gen,
+        block_length=block,
+        sampler="xdlm",
+        k=k,
+        mask_id=MASK,
+        revise_prompt=revise_prompt,
+        logits_fn=sticky_logits(7),
+    )
     assert torch.equal(got, want)
     assert sum(map(sum, edits)) > 0  # the trace exercised revisions
     if revise_prompt:
@@ -112,8 +137,17 @@ def test_budget_is_per_block_not_global():
     prompt = torch.randint(1, MASK, (4, 3), generator=torch.Generator().manual_seed(3))
     kw = dict(steps=8, gen=16, block=4, k=0.3, revise_prompt=False)
     per_block, edits = oracle(prompt, sticky_logits(11), **kw)
-    got = generate(None, prompt, steps=8, gen_length=16, block_length=4, sampler="xdlm", k=0.3, mask_id=MASK,
-                   logits_fn=sticky_logits(11))
+    got = generate(
+        None,
+        prompt,
+        steps=8,
+        gen_length=16,
+        block_length=4,
+        sampler="xdlm",
+        k=0.3,
+        mask_id=MASK,
+        logits_fn=sticky_logits(11),
+    )
     assert torch.equal(got, per_block)
     # Per block of 4 in 2 steps at k = 0.3 the budget is int(4 * 0.3 / 0.7) = 1 at the block's second
     # step and never more: at most one edit per block, whatever the earlier blocks left unused.
@@ -125,29 +159,60 @@ def test_revise_prompt_never_touches_padding():
     mask = torch.ones(2, 6, dtype=torch.long)
     mask[1, :3] = 0
     prompt[1, :3] = PAD
-    got = generate(None, prompt, steps=6, gen_length=6, sampler="xdlm", k=0.5, mask_id=MASK, revise_prompt=True,
-                   attention_mask=mask, logits_fn=sticky_logits(2, flip=0.9))
+    got = generate(
+        None,
+        prompt,
+        steps=6,
+        gen_length=6,
+        sampler="xdlm",
+        k=0.5,
+        mask_id=MASK,
+        revise_prompt=True,
+        attention_mask=mask,
+        logits_fn=sticky_logits(2, flip=0.9),
+    )
     assert torch.equal(got[1, :3], prompt[1, :3])
     assert not torch.equal(got[:, :6], prompt)
 
 
 def test_revision_at_temperature_needs_the_new_token_at_least_as_likely():
     """At temperature > 0 a sampled token less probable than the current one is never written over it."""
+
     def fn(ids, attention_mask, keep):  # every decoded token is already the model's favourite
         logits = torch.zeros(*ids.shape, V)
         logits.scatter_(-1, ids.clamp(max=V - 1)[..., None], 3.0)
-        return logits[:, ids.shape[1] - keep:]
+        return logits[:, ids.shape[1] - keep :]
 
     prompt = torch.ones(16, 2, dtype=torch.long)
     g = torch.Generator().manual_seed(0)
-    out = generate(None, prompt, steps=4, gen_length=8, sampler="xdlm", k=0.9, temperature=5.0, mask_id=MASK,
-                   generator=g, logits_fn=fn)
+    out = generate(
+        None,
+        prompt,
+        steps=4,
+        gen_length=8,
+        sampler="xdlm",
+        k=0.9,
+        temperature=5.0,
+        mask_id=MASK,
+        generator=g,
+        logits_fn=fn,
+    )
     # The first step's reveals sample from the uniform-over-non-mask logits of masked positions...
     assert not (out == MASK).any()
     # ...and afterwards no decoded token is replaced: each would be less likely than the current one.
     g2 = torch.Generator().manual_seed(0)
-    conf = generate(None, prompt, steps=4, gen_length=8, sampler="confidence", k=0.9, temperature=5.0,
-                    mask_id=MASK, generator=g2, logits_fn=fn)
+    conf = generate(
+        None,
+        prompt,
+        steps=4,
+        gen_length=8,
+        sampler="confidence",
+        k=0.9,
+        temperature=5.0,
+        mask_id=MASK,
+        generator=g2,
+        logits_fn=fn,
+    )
     assert torch.equal(out, conf)
 
 
@@ -160,8 +225,17 @@ def test_final_step_ancestral_adds_one_pass_per_block(blocks):
         return torch.randn(ids.shape[0], keep, V, generator=torch.Generator().manual_seed(calls[0]))
 
     prompt = torch.ones(3, 2, dtype=torch.long)
-    kw = dict(steps=4, gen_length=8, block_length=8 // blocks, sampler="ancestral", k=0.3, temperature=1.0,
-              mask_id=MASK, vocab_size=V, logits_fn=fn)
+    kw = dict(
+        steps=4,
+        gen_length=8,
+        block_length=8 // blocks,
+        sampler="ancestral",
+        k=0.3,
+        temperature=1.0,
+        mask_id=MASK,
+        vocab_size=V,
+        logits_fn=fn,
+    )
     generate(None, prompt, generator=torch.Generator().manual_seed(0), **kw)
     assert calls[0] == 4
     calls[0] = 0
@@ -175,8 +249,7 @@ def test_settings_object_equals_keywords_and_rejects_unknown_names():
     prompt = torch.randint(1, MASK, (2, 3), generator=torch.Generator().manual_seed(1))
     s = SamplerSettings(steps=4, gen_length=8, block_length=4, sampler="xdlm", k=0.3)
     a = generate(None, prompt, s, mask_id=MASK, logits_fn=sticky_logits(4))
-    b = generate(None, prompt, steps=4, gen_length=8, block_length=4, sampler="xdlm", k=0.3, mask_id=MASK,
-                 logits_fn=fn)
+    b = generate(None, prompt, steps=4, gen_length=8, block_length=4, sampler="xdlm", k=0.3, mask_id=MASK, logits_fn=fn)
     assert torch.equal(a, b)
     with pytest.raises(TypeError, match="unknown sampler setting"):
         generate(None, prompt, s, mask_id=MASK, logits_fn=fn, stepz=3)
@@ -195,8 +268,16 @@ def test_default_sampler_follows_k():
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "loglinear"])
 def test_recipe_and_cli_settings_carry_the_trained_schedule(schedule):
     """The bug this fixes: evaluation sampled every recipe on the linear schedule."""
-    recipe = load_recipe(None, [f"diffusion.schedule={schedule}", "diffusion.eps=0.01", "diffusion.k=0.2",
-                                "eval.sampler=ancestral", "eval.final_step=ancestral"])
+    recipe = load_recipe(
+        None,
+        [
+            f"diffusion.schedule={schedule}",
+            "diffusion.eps=0.01",
+            "diffusion.k=0.2",
+            "eval.sampler=ancestral",
+            "eval.final_step=ancestral",
+        ],
+    )
     s = settings_from_recipe(recipe)
     assert (s.schedule, s.eps, s.k, s.sampler, s.final_step) == (schedule, 0.01, 0.2, "ancestral", "ancestral")
     args = build_parser().parse_args(["--steps", "8", "--gen-length", "16"])
@@ -209,9 +290,23 @@ def test_ancestral_walks_the_schedule_it_is_given():
         return torch.randn(ids.shape[0], keep, V, generator=torch.Generator().manual_seed(int(ids.sum())))
 
     prompt = torch.ones(8, 2, dtype=torch.long)
-    outs = {sch: generate(None, prompt, steps=4, gen_length=8, sampler="ancestral", k=0.3, temperature=1.0,
-                          schedule=sch, mask_id=MASK, vocab_size=V, logits_fn=fn,
-                          generator=torch.Generator().manual_seed(0)) for sch in ("linear", "cosine")}
+    outs = {
+        sch: generate(
+            None,
+            prompt,
+            steps=4,
+            gen_length=8,
+            sampler="ancestral",
+            k=0.3,
+            temperature=1.0,
+            schedule=sch,
+            mask_id=MASK,
+            vocab_size=V,
+            logits_fn=fn,
+            generator=torch.Generator().manual_seed(0),
+        )
+        for sch in ("linear", "cosine")
+    }
     assert not torch.equal(outs["linear"], outs["cosine"])
 
 

@@ -1,4 +1,5 @@
 """Samplers: exact step budgets, untouched prompts, padding invariance, seeds, the three XDLM moves."""
+
 from __future__ import annotations
 
 import pytest
@@ -38,8 +39,18 @@ class Counting:
 def test_step_budget_is_exact_and_prompt_untouched(model, sampler, steps, gen, block):
     prompt = torch.randint(3, 100, (3, 5), generator=torch.Generator().manual_seed(1))
     counting = Counting(model)
-    out = generate(counting, prompt, steps=steps, gen_length=gen, block_length=block, sampler=sampler,
-                   temperature=0.7, k=0.5, mask_id=MASK, generator=torch.Generator().manual_seed(0))
+    out = generate(
+        counting,
+        prompt,
+        steps=steps,
+        gen_length=gen,
+        block_length=block,
+        sampler=sampler,
+        temperature=0.7,
+        k=0.5,
+        mask_id=MASK,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert counting.calls == steps  # one forward per step, for the whole batch
     assert out.shape == (3, 5 + gen)
     assert torch.equal(out[:, :5], prompt)
@@ -54,11 +65,11 @@ def test_left_padded_batch_equals_each_prompt_alone(model, sampler):
     batch = torch.zeros(3, P, dtype=torch.long)
     mask = torch.zeros(3, P, dtype=torch.long)
     for i, p in enumerate(prompts):
-        batch[i, P - len(p):], mask[i, P - len(p):] = p, 1
+        batch[i, P - len(p) :], mask[i, P - len(p) :] = p, 1
     kw = dict(steps=4, gen_length=8, block_length=4, sampler=sampler, temperature=0.0, k=0.3, mask_id=MASK)
     together = generate(model, batch, attention_mask=mask, **kw)[:, P:]
     for i, p in enumerate(prompts):
-        alone = generate(model, p[None], **kw)[0, len(p):]
+        alone = generate(model, p[None], **kw)[0, len(p) :]
         assert torch.equal(together[i], alone), (i, together[i], alone)
 
 
@@ -71,14 +82,23 @@ def test_revise_prompt_left_padded_batch_equals_each_prompt_alone(model, shift):
     P = max(len(p) for p in prompts)
     batch, mask = torch.zeros(3, P, dtype=torch.long), torch.zeros(3, P, dtype=torch.long)
     for i, p in enumerate(prompts):
-        batch[i, P - len(p):], mask[i, P - len(p):] = p, 1
-    kw = dict(steps=4, gen_length=8, block_length=4, sampler="xdlm", temperature=0.0, k=0.5, mask_id=MASK,
-              shift=shift, revise_prompt=True)
+        batch[i, P - len(p) :], mask[i, P - len(p) :] = p, 1
+    kw = dict(
+        steps=4,
+        gen_length=8,
+        block_length=4,
+        sampler="xdlm",
+        temperature=0.0,
+        k=0.5,
+        mask_id=MASK,
+        shift=shift,
+        revise_prompt=True,
+    )
     together = generate(model, batch, attention_mask=mask, **kw)
     assert torch.equal(together[:, :P][mask == 0], batch[mask == 0])
     for i, p in enumerate(prompts):
         alone = generate(model, p[None], **kw)[0]
-        assert torch.equal(together[i, P - len(p):], alone), (i, together[i], alone)
+        assert torch.equal(together[i, P - len(p) :], alone), (i, together[i], alone)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -110,8 +130,9 @@ def test_confidence_reveals_even_share_most_confident_first():
     for rank, pos in enumerate(confidence_order):
         table[pos, pos + 1] = 10.0 - rank
     fn, calls = _fixed_logits(table)
-    out = generate(None, torch.tensor([[1]]), steps=3, gen_length=G, sampler="confidence", mask_id=9,
-                   logits_fn=fn, vocab_size=V)
+    out = generate(
+        None, torch.tensor([[1]]), steps=3, gen_length=G, sampler="confidence", mask_id=9, logits_fn=fn, vocab_size=V
+    )
     # Two tokens per step, in confidence order; the state each step sees shows it.
     assert (calls[1][0, 1:] != 9).nonzero()[:, 0].tolist() == sorted(confidence_order[:2])
     assert (calls[2][0, 1:] != 9).nonzero()[:, 0].tolist() == sorted(confidence_order[:4])
@@ -135,8 +156,17 @@ def test_xdlm_revises_within_cumulative_budget_and_k0_equals_confidence():
 
     for k, expect_edits in [(0.0, 0), (0.2, None), (0.5, None)]:
         seen.clear()
-        out = generate(None, torch.tensor([[1]]), steps=4, gen_length=G, sampler="xdlm", k=k, mask_id=mask,
-                       logits_fn=fn, vocab_size=V)
+        out = generate(
+            None,
+            torch.tensor([[1]]),
+            steps=4,
+            gen_length=G,
+            sampler="xdlm",
+            k=k,
+            mask_id=mask,
+            logits_fn=fn,
+            vocab_size=V,
+        )
         states = seen + [out[0, 1:]]
         edits = 0
         for step in range(4):
@@ -150,11 +180,29 @@ def test_xdlm_revises_within_cumulative_budget_and_k0_equals_confidence():
         else:
             assert edits > 0
     seen.clear()
-    conf = generate(None, torch.tensor([[1]]), steps=4, gen_length=G, sampler="confidence", k=0.0, mask_id=mask,
-                    logits_fn=fn, vocab_size=V)
+    conf = generate(
+        None,
+        torch.tensor([[1]]),
+        steps=4,
+        gen_length=G,
+        sampler="confidence",
+        k=0.0,
+        mask_id=mask,
+        logits_fn=fn,
+        vocab_size=V,
+    )
     seen.clear()
-    xk0 = generate(None, torch.tensor([[1]]), steps=4, gen_length=G, sampler="xdlm", k=0.0, mask_id=mask,
-                   logits_fn=fn, vocab_size=V)
+    xk0 = generate(
+        None,
+        torch.tensor([[1]]),
+        steps=4,
+        gen_length=G,
+        sampler="xdlm",
+        k=0.0,
+        mask_id=mask,
+        logits_fn=fn,
+        vocab_size=V,
+    )
     assert torch.equal(conf, xk0)
 
 
@@ -164,9 +212,19 @@ def test_ancestral_step_matches_exact_posterior(k):
     V, mask, N = 6, 5, 15000
     logits = torch.tensor([[1.0, 0.2, -0.5, 0.7, 0.0, 0.0]]).expand(2, V)  # the same at both positions
     fn, calls = _fixed_logits(logits)
-    generate(None, torch.ones(N, 1, dtype=torch.long), steps=2, gen_length=2, sampler="ancestral",
-             temperature=1.0, k=k, mask_id=mask, logits_fn=fn, vocab_size=V,
-             generator=torch.Generator().manual_seed(0))
+    generate(
+        None,
+        torch.ones(N, 1, dtype=torch.long),
+        steps=2,
+        gen_length=2,
+        sampler="ancestral",
+        temperature=1.0,
+        k=k,
+        mask_id=mask,
+        logits_fn=fn,
+        vocab_size=V,
+        generator=torch.Generator().manual_seed(0),
+    )
     # States seen by step 1 and step 2, both positions pooled (they are independent given the logits).
     z_t, z_s = calls[0][:, 1:].reshape(-1), calls[1][:, 1:].reshape(-1)
     sched = make_schedule("linear")
@@ -174,16 +232,23 @@ def test_ancestral_step_matches_exact_posterior(k):
     moves = set()
     for start in z_t.unique().tolist():
         rows = z_t == start
-        exact = reverse_posterior(logits[:1][None].double(), torch.tensor([[start]]), a_t.double(), a_s.double(),
-                                  k=k, mask_id=mask)[0, 0]
+        exact = reverse_posterior(
+            logits[:1][None].double(), torch.tensor([[start]]), a_t.double(), a_s.double(), k=k, mask_id=mask
+        )[0, 0]
         counts = torch.bincount(z_s[rows], minlength=V).double()
         n = rows.sum().item()
         sd = (exact * (1 - exact) / n).sqrt()
         assert ((counts / n - exact).abs() <= 5 * sd + 1e-9).all(), (start, counts / n, exact)
         for end in z_s[rows].unique().tolist():
-            moves.add("unmask" if start == mask and end != mask else
-                      "remask" if start != mask and end == mask else
-                      "revise" if start != end else "stay")
+            moves.add(
+                "unmask"
+                if start == mask and end != mask
+                else "remask"
+                if start != mask and end == mask
+                else "revise"
+                if start != end
+                else "stay"
+            )
     if k == 0.5:
         assert {"unmask", "remask", "revise"} <= moves
     if k == 0.0:
@@ -232,8 +297,17 @@ def test_confidence_sampling_follows_tempered_softmax(temperature):
     V, mask, N = 5, 4, 20000
     logits = torch.tensor([[0.5, -0.3, 1.0, 0.0, 3.0]])
     fn, _ = _fixed_logits(logits)
-    out = generate(None, torch.ones(N, 1, dtype=torch.long), steps=1, gen_length=1, temperature=temperature,
-                   mask_id=mask, logits_fn=fn, vocab_size=V, generator=torch.Generator().manual_seed(0))
+    out = generate(
+        None,
+        torch.ones(N, 1, dtype=torch.long),
+        steps=1,
+        gen_length=1,
+        temperature=temperature,
+        mask_id=mask,
+        logits_fn=fn,
+        vocab_size=V,
+        generator=torch.Generator().manual_seed(0),
+    )
     freq = torch.bincount(out[:, 1], minlength=V).double() / N
     expect = torch.softmax(logits[0, :4].double() / temperature, -1)
     assert freq[mask] == 0

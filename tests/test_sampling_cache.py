@@ -1,4 +1,5 @@
 """KV cache (prefix / dual) and confidence-threshold decoding: exactness, refreshes, NFE."""
+
 from __future__ import annotations
 
 import pytest
@@ -46,7 +47,7 @@ def padded(lengths, seed=0):
     P = max(lengths)
     ids, mask = torch.zeros(len(lengths), P, dtype=torch.long), torch.zeros(len(lengths), P, dtype=torch.long)
     for i, n in enumerate(lengths):
-        ids[i, P - n:], mask[i, P - n:] = torch.randint(3, 100, (n,), generator=g), 1
+        ids[i, P - n :], mask[i, P - n :] = torch.randint(3, 100, (n,), generator=g), 1
     return ids, mask
 
 
@@ -56,11 +57,22 @@ def padded(lengths, seed=0):
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_refresh_every_step_equals_the_uncached_sampler(model, sampler, gen, block, steps, shift, cache):
     ids, mask = padded([6, 3, 5], seed=gen + steps)
-    kw = dict(steps=steps, gen_length=gen, block_length=block, sampler=sampler, temperature=0.7, k=0.3,
-              mask_id=MASK, attention_mask=mask, shift=shift, revise_prompt=sampler == "xdlm")
+    kw = dict(
+        steps=steps,
+        gen_length=gen,
+        block_length=block,
+        sampler=sampler,
+        temperature=0.7,
+        k=0.3,
+        mask_id=MASK,
+        attention_mask=mask,
+        shift=shift,
+        revise_prompt=sampler == "xdlm",
+    )
     want = generate(model, ids, generator=torch.Generator().manual_seed(1), **kw)
-    got, stats = generate(model, ids, cache=cache, refresh_every=1, return_stats=True,
-                          generator=torch.Generator().manual_seed(1), **kw)
+    got, stats = generate(
+        model, ids, cache=cache, refresh_every=1, return_stats=True, generator=torch.Generator().manual_seed(1), **kw
+    )
     assert torch.equal(got, want)
     assert (stats.full_passes, stats.cached_passes) == (steps, 0)
     _, cached = generate(model, ids, cache=cache, return_stats=True, generator=torch.Generator().manual_seed(1), **kw)
@@ -79,7 +91,7 @@ def test_cached_block_pass_equals_the_full_pass(family, padding, shift):
     m = bidirectional(family, **({"sliding_window": None} if family == "mistral" else {}))
     P, G = 6, 12
     x = torch.randint(3, 100, (3, P + G), generator=torch.Generator().manual_seed(2))
-    x[:, P + 5:] = MASK
+    x[:, P + 5 :] = MASK
     mask = None
     if padding:
         mask = torch.ones_like(x)
@@ -97,7 +109,7 @@ def test_cached_block_pass_equals_the_full_pass(family, padding, shift):
 def test_prefix_does_not_see_the_masked_tail_and_dual_does(model):
     P, G = 4, 12
     x = torch.randint(3, 100, (1, P + G), generator=torch.Generator().manual_seed(3))
-    x[:, P + 4:] = MASK
+    x[:, P + 4 :] = MASK
     fn = model_logits_fn(model, shift=False)
     logits = {}
     for mode in ("prefix", "dual"):
@@ -120,15 +132,27 @@ def test_a_revision_inside_the_cache_triggers_a_refresh(model, revise_prompt):
     with refresh="step" the next step is a full pass, with refresh="block" only block starts are."""
     ids, mask = padded([5, 3], seed=4)
     P, G, block, steps = ids.shape[1], 16, 4, 16
-    kw = dict(steps=steps, gen_length=G, block_length=block, sampler="xdlm", k=0.5, temperature=0.0, mask_id=MASK,
-              attention_mask=mask, cache="dual", revise_prompt=revise_prompt)
+    kw = dict(
+        steps=steps,
+        gen_length=G,
+        block_length=block,
+        sampler="xdlm",
+        k=0.5,
+        temperature=0.0,
+        mask_id=MASK,
+        attention_mask=mask,
+        cache="dual",
+        revise_prompt=revise_prompt,
+    )
     lazy = Recording(model)
     out_lazy, stats_lazy = generate(lazy, ids, refresh="block", return_stats=True, **kw)
     full_lazy = _full_passes(lazy.calls, P + G)
     assert len(lazy.calls) == steps and len(full_lazy) == stats_lazy.full_passes == G // block
     # Revisions happened inside the cache: tokens before the active block changed between block starts.
-    assert any(not torch.equal(a[:, : P + i * block], b[:, : P + i * block])
-               for i, (a, b) in enumerate(zip(full_lazy, full_lazy[1:]), start=1))
+    assert any(
+        not torch.equal(a[:, : P + i * block], b[:, : P + i * block])
+        for i, (a, b) in enumerate(zip(full_lazy, full_lazy[1:]), start=1)
+    )
 
     eager = Recording(model)
     _, stats = generate(eager, ids, return_stats=True, **kw)
@@ -140,7 +164,7 @@ def test_a_revision_inside_the_cache_triggers_a_refresh(model, revise_prompt):
     for blk in range(G // block):
         lo = P + blk * block
         q_lo = lo  # shift is off: a cached step runs the block only
-        calls = per_step[blk * (steps * block // G): (blk + 1) * (steps * block // G)]
+        calls = per_step[blk * (steps * block // G) : (blk + 1) * (steps * block // G)]
         assert calls[0][0]  # a block starts with a full pass
         last = calls[0][1]
         for is_full, c in calls[1:]:
@@ -172,9 +196,15 @@ def test_threshold_reveals_at_least_one_per_step_and_stops_early(model):
         # At temperature 0 a row does not depend on its neighbours, threshold or not.
         for i in range(3):
             n = int(mask[i].sum())
-            alone, alone_stats = generate(model, ids[i:i + 1, P - n:], sampler=sampler, threshold=0.02,
-                                          return_stats=True, **{**kw, "attention_mask": None})
-            assert torch.equal(out[i, P - n:], alone[0])
+            alone, alone_stats = generate(
+                model,
+                ids[i : i + 1, P - n :],
+                sampler=sampler,
+                threshold=0.02,
+                return_stats=True,
+                **{**kw, "attention_mask": None},
+            )
+            assert torch.equal(out[i, P - n :], alone[0])
             assert int(alone_stats.nfe[0]) == int(stats.nfe[i])
 
 
@@ -189,8 +219,18 @@ def test_threshold_reveals_every_confident_position_at_once():
         seen.append(x[0, 1:].clone())
         return table[-keep:].expand(x.shape[0], -1, -1).clone()
 
-    out, stats = generate(None, torch.tensor([[1]]), steps=6, gen_length=G, sampler="confidence", threshold=0.9,
-                          mask_id=9, logits_fn=fn, vocab_size=V, return_stats=True)
+    out, stats = generate(
+        None,
+        torch.tensor([[1]]),
+        steps=6,
+        gen_length=G,
+        sampler="confidence",
+        threshold=0.9,
+        mask_id=9,
+        logits_fn=fn,
+        vocab_size=V,
+        return_stats=True,
+    )
     assert (seen[1] != 9).nonzero()[:, 0].tolist() == [1, 4]  # both above 0.9 at the first step
     assert out[0, 1:].tolist() == [p + 1 for p in range(G)]
     assert int(stats.nfe[0]) == len(seen) == 5  # 2, then one per step
@@ -211,11 +251,14 @@ def test_unsupported_models_and_bad_settings_are_named(model):
         generate(tiny_model("llama"), prompt, cache="dual", **kw)
     with pytest.raises(ValueError, match="logits_fn"):
         generate(None, prompt, cache="dual", logits_fn=lambda *a: None, vocab_size=128, **kw)
-    for bad, match in [(dict(cache="full"), "cache='full'"), (dict(cache="dual", refresh="never"), "refresh='never'"),
-                       (dict(cache="dual", refresh_every=0), "refresh_every=0"),
-                       (dict(refresh_every=2), "apply to a KV cache only"),
-                       (dict(threshold=0.0), "threshold=0.0"),
-                       (dict(threshold=0.9, sampler="ancestral"), "confidence and xdlm")]:
+    for bad, match in [
+        (dict(cache="full"), "cache='full'"),
+        (dict(cache="dual", refresh="never"), "refresh='never'"),
+        (dict(cache="dual", refresh_every=0), "refresh_every=0"),
+        (dict(refresh_every=2), "apply to a KV cache only"),
+        (dict(threshold=0.0), "threshold=0.0"),
+        (dict(threshold=0.9, sampler="ancestral"), "confidence and xdlm"),
+    ]:
         with pytest.raises(ValueError, match=match):
             generate(model, prompt, **kw, **bad)
 
@@ -230,8 +273,17 @@ def test_native_llada_and_dream_take_the_cache(name, shift):
     path = fixture(name)
     m = load_native(path, read_config_dict(path), dtype=torch.float32).eval()
     ids, mask = padded([6, 3], seed=6)
-    kw = dict(steps=6, gen_length=8, block_length=4, sampler="xdlm", k=0.3, temperature=0.0, mask_id=MASK_ID,
-              attention_mask=mask, shift=shift)
+    kw = dict(
+        steps=6,
+        gen_length=8,
+        block_length=4,
+        sampler="xdlm",
+        k=0.3,
+        temperature=0.0,
+        mask_id=MASK_ID,
+        attention_mask=mask,
+        shift=shift,
+    )
     want = generate(m, ids, **kw)
     assert torch.equal(generate(m, ids, cache="dual", refresh_every=1, **kw), want)
     _, stats = generate(m, ids, cache="dual", return_stats=True, **kw)

@@ -1,4 +1,5 @@
 """`xdlm-tune sweep` on a tiny stand-in: one run per k, the files and their fields, resume."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,23 @@ from xdlm_tune.checkpoint import list_checkpoints
 from xdlm_tune.cli import main
 from xdlm_tune.train.metrics import read_metrics
 
-ARGS = ["--k", "0", "1", "--steps", "2", "4", "--num-samples", "3", "--gen-length", "4", "--code",
-        "training.max_steps=4", "training.save_every=2", "training.eval_every=4", "training.keep_last=2"]
+ARGS = [
+    "--k",
+    "0",
+    "1",
+    "--steps",
+    "2",
+    "4",
+    "--num-samples",
+    "3",
+    "--gen-length",
+    "4",
+    "--code",
+    "training.max_steps=4",
+    "training.save_every=2",
+    "training.eval_every=4",
+    "training.keep_last=2",
+]
 
 
 def test_sweep_files_fields_and_resume(tmp_path, capsys):
@@ -49,10 +65,35 @@ def test_sweep_files_fields_and_resume(tmp_path, capsys):
 
     # eval --benchmark genppl on one of the runs: the judge defaults to the recipe's base model
     gp = tmp_path / "gp"
-    assert main(["eval", "--benchmark", "genppl", "--checkpoint", str(out / "k=1"), "--steps", "4", "--gen-length", "4",
-                 "--num-samples", "2", "--sampler", "ancestral", "--code", "--out", str(gp)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--benchmark",
+                "genppl",
+                "--checkpoint",
+                str(out / "k=1"),
+                "--steps",
+                "4",
+                "--gen-length",
+                "4",
+                "--num-samples",
+                "2",
+                "--sampler",
+                "ancestral",
+                "--code",
+                "--out",
+                str(gp),
+            ]
+        )
+        == 0
+    )
     gen = json.loads((gp / "genppl.json").read_text())
-    assert [(r["label"], r["steps"]) for r in gen] == [("model AR greedy", None), ("model AR sampled", None), ("k=1", 4)]
+    assert [(r["label"], r["steps"]) for r in gen] == [
+        ("model AR greedy", None),
+        ("model AR sampled", None),
+        ("k=1", 4),
+    ]
     assert all(r["syntax_valid"] is not None for r in gen)
 
 

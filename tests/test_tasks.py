@@ -1,5 +1,6 @@
 """Benchmark tasks (prompts, tests, data loading), code extraction, metrics, and harness
 honesty: every reference solution passes through the sandboxed harness."""
+
 from __future__ import annotations
 
 import json
@@ -57,7 +58,7 @@ def test_mbpp_three_shot_prompt(mbpp_file):
     records = {r["task_id"]: r for r in map(json.loads, mbpp_file.read_text().splitlines())}
     p = problems[0]
     assert p.prompt.startswith(MBPP_HEAD)
-    blocks = p.prompt[len(MBPP_HEAD):].split("\n\n" + MBPP_HEAD)  # shots 2, 3, 4, then task 11
+    blocks = p.prompt[len(MBPP_HEAD) :].split("\n\n" + MBPP_HEAD)  # shots 2, 3, 4, then task 11
     assert len(blocks) == 4
 
     def block(r: dict) -> str:
@@ -78,7 +79,10 @@ def test_mbpp_tests_run_code_then_setup_then_asserts(mbpp_file):
 def test_mbpp_subsets(mbpp_file):
     assert [p.task_id for p in load_mbpp(mbpp_file, limit=3)] == ["mbpp/11", "mbpp/12", "mbpp/13"]
     assert [p.task_id for p in load_mbpp(mbpp_file, ids=["mbpp/927", 123, "367", 123])] == [
-        "mbpp/927", "mbpp/123", "mbpp/367"]
+        "mbpp/927",
+        "mbpp/123",
+        "mbpp/367",
+    ]
     assert len(load_mbpp(mbpp_file, split="validation")) == 90
     assert len(load_benchmark("mbpp", mbpp_file, limit=0)) == 0
     with pytest.raises(ValueError, match="2000"):
@@ -92,8 +96,8 @@ def test_mbpp_subsets(mbpp_file):
 
 
 def test_mbpp_challenge_tests(mbpp_file):
-    plain, = load_mbpp(mbpp_file, ids=[11])
-    with_challenge, = load_mbpp(mbpp_file, ids=[11], challenge=True)
+    (plain,) = load_mbpp(mbpp_file, ids=[11])
+    (with_challenge,) = load_mbpp(mbpp_file, ids=[11], challenge=True)
     assert with_challenge.test_code.count("assert") > plain.test_code.count("assert")
 
 
@@ -156,7 +160,10 @@ def test_humaneval_problems(humaneval_file):
     assert p.test_code.rstrip().endswith("check(has_close_elements)")
     assert p.reference.startswith(p.prompt)
     assert [q.task_id for q in load_humaneval(humaneval_file, ids=[3, "HumanEval/1", "2"])] == [
-        "HumanEval/3", "HumanEval/1", "HumanEval/2"]
+        "HumanEval/3",
+        "HumanEval/1",
+        "HumanEval/2",
+    ]
     assert len(load_benchmark("humaneval", humaneval_file, limit=5)) == 5
 
 
@@ -167,7 +174,7 @@ def test_humaneval_from_the_package_matches_the_file(humaneval_file):
 
 def test_humaneval_canonical_solutions_pass_fast_subset(humaneval_file):
     problems = load_humaneval(humaneval_file, ids=[0, 32, 38, 50, 100, 163])
-    completions = [p.reference[len(p.prompt):] for p in problems]
+    completions = [p.reference[len(p.prompt) :] for p in problems]
     records = check_generations(problems, completions)
     assert [r["status"] for r in records] == ["passed"] * len(problems), records
 
@@ -176,7 +183,7 @@ def test_humaneval_canonical_solutions_pass_fast_subset(humaneval_file):
 def test_every_humaneval_canonical_solution_passes(humaneval_file):
     problems = load_humaneval(humaneval_file)
     # Through extraction, as a model's completion would go.
-    records = check_generations(problems, [p.reference[len(p.prompt):] for p in problems])
+    records = check_generations(problems, [p.reference[len(p.prompt) :] for p in problems])
     assert {r["task_id"]: r["detail"] for r in records if r["status"] != "passed"} == {}
 
 
@@ -196,9 +203,14 @@ def test_extract_mbpp():
 
 def test_extract_humaneval():
     body = "    total = 0\n    def helper(y):\n        return y\n\n    return helper(total)\n"
-    for tail in ["\n\ndef other():\n    pass\n", "\nif __name__ == '__main__':\n    main()\n",
-                 "\nprint(f(1))\n", "\n```\nThis function ...", "\n# Test\nassert f(0) == 0\n",
-                 "\nclass A:\n    pass\n"]:
+    for tail in [
+        "\n\ndef other():\n    pass\n",
+        "\nif __name__ == '__main__':\n    main()\n",
+        "\nprint(f(1))\n",
+        "\n```\nThis function ...",
+        "\n# Test\nassert f(0) == 0\n",
+        "\nclass A:\n    pass\n",
+    ]:
         assert extract_humaneval(body + tail) == body
     assert extract_humaneval(body) == body
 
@@ -231,11 +243,16 @@ def test_check_generations(mbpp_file):
 
 def _records():
     rows = []
-    for steps, statuses in [(16, ["passed", "error", "timeout", "wrong_answer"]), (64, ["passed", "passed", "passed", "error"])]:
+    for steps, statuses in [
+        (16, ["passed", "error", "timeout", "wrong_answer"]),
+        (64, ["passed", "passed", "passed", "error"]),
+    ]:
         for i, s in enumerate(statuses):
             rows.append({"task_id": f"t{i}", "steps": steps, "status": s, "syntax_valid": s != "error"})
-    rows += [{"task_id": f"t{i}", "steps": None, "status": "passed" if i < 2 else "wrong_answer", "syntax_valid": True}
-             for i in range(4)]
+    rows += [
+        {"task_id": f"t{i}", "steps": None, "status": "passed" if i < 2 else "wrong_answer", "syntax_valid": True}
+        for i in range(4)
+    ]
     return rows
 
 
@@ -247,7 +264,9 @@ def test_summarize_and_table():
     assert s16.syntax_valid_rate == 0.75 and s16.n == 4
     assert s16.outcomes == {"passed": 1, "wrong_answer": 1, "error": 1, "timeout": 1}
     table = markdown_table(summaries)
-    assert table.splitlines()[0] == "| steps | n | pass@1 | syntax valid | passed | wrong answer | error | timeout | NFE |"
+    assert (
+        table.splitlines()[0] == "| steps | n | pass@1 | syntax valid | passed | wrong answer | error | timeout | NFE |"
+    )
     assert "| AR | 4 | 50.0% | 100.0% | 2 | 2 | 0 | 0 |" in table
     assert "| 16 | 4 | 25.0% | 75.0% | 1 | 1 | 1 | 1 |" in table
 
@@ -281,8 +300,12 @@ def test_plot_draws_ar_rows_as_labelled_references_in_both_panels_and_diffusion_
     pytest.importorskip("matplotlib")
     from xdlm_tune.evaluation.metrics import Summary, summary_figure
 
-    rows = [Summary("smollm2-135m (AR)", None, 4, 0.0, 1.0), Summary("sampler", 8, 4, 0.0, 0.0),
-            Summary("sampler", 16, 4, 0.25, 0.5), Summary("sampler", 32, 4, 0.5, 0.75)]
+    rows = [
+        Summary("smollm2-135m (AR)", None, 4, 0.0, 1.0),
+        Summary("sampler", 8, 4, 0.0, 0.0),
+        Summary("sampler", 16, 4, 0.25, 0.5),
+        Summary("sampler", 32, 4, 0.5, 0.75),
+    ]
     fig = summary_figure(rows, benchmark="mbpp")
     assert fig._suptitle.get_text() == "MBPP: pass@1 and syntax-valid rate, n = 4 problems"
     pass_ax, valid_ax = fig.axes
@@ -311,7 +334,11 @@ def test_plot_with_one_step_budget_draws_bars():
         assert [round(p.get_height(), 6) for p in ax.patches] == heights
         assert [line.get_label() for line in ax.get_lines()] == ["base (AR), greedy"]  # no one-point curves
         assert [t.get_text() for t in ax.get_xticklabels()] == ["8 denoising steps"]
-    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["base (AR), greedy", "k=0.1 (8 steps)", "k=0.5 (8 steps)"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "base (AR), greedy",
+        "k=0.1 (8 steps)",
+        "k=0.5 (8 steps)",
+    ]
 
 
 def test_committed_results_table_reads_back():
@@ -320,6 +347,9 @@ def test_committed_results_table_reads_back():
     text = (Path(__file__).resolve().parents[1] / "benchmarks/results/eval_mbpp_smollm2_untrained_cpu.md").read_text()
     rows = read_markdown_table(text)
     assert [(r.label, r.steps, r.n, r.syntax_valid_rate) for r in rows] == [
-        ("smollm2-135m (AR)", None, 4, 1.0), ("smollm2-135m+xdlm-sampler", 8, 4, 0.0),
-        ("smollm2-135m+xdlm-sampler", 16, 4, 0.0), ("smollm2-135m+xdlm-sampler", 32, 4, 0.25)]
+        ("smollm2-135m (AR)", None, 4, 1.0),
+        ("smollm2-135m+xdlm-sampler", 8, 4, 0.0),
+        ("smollm2-135m+xdlm-sampler", 16, 4, 0.0),
+        ("smollm2-135m+xdlm-sampler", 32, 4, 0.25),
+    ]
     assert markdown_table(rows) in text

@@ -4,6 +4,7 @@ ELBO, the noise, checkpoints, refusals, the CLI, and --dry-run of every shipped 
 Multi-process (accelerate, DeepSpeed ZeRO-2/3) and real-SmolLM2 runs are in
 test_train_distributed.py (slow).
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,13 @@ RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 datasets.disable_progress_bars()
 
 
-def make_tiny(workdir: Path, *, base: str = "recipes/smollm2-135m-xdlm-lora.yaml", tie: bool = True,
-              overrides: tuple[str, ...] = ()) -> Path:
+def make_tiny(
+    workdir: Path,
+    *,
+    base: str = "recipes/smollm2-135m-xdlm-lora.yaml",
+    tie: bool = True,
+    overrides: tuple[str, ...] = (),
+) -> Path:
     """A recipe file for a tiny byte-level Llama (tied head or not) on offline data, as the
     dry run builds it; `overrides` apply to the base recipe first (e.g. data.mode=sft)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -53,8 +59,14 @@ def trainable(ckpt: Path) -> dict[str, torch.Tensor]:
     return load_file(ckpt / "trainable.safetensors")
 
 
-SHORT = ("training.max_steps=4", "training.save_every=2", "training.eval_every=2", "training.keep_last=3",
-         "training.warmup_steps=1", "training.lr=1e-2")
+SHORT = (
+    "training.max_steps=4",
+    "training.save_every=2",
+    "training.eval_every=2",
+    "training.keep_last=3",
+    "training.warmup_steps=1",
+    "training.lr=1e-2",
+)
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +106,15 @@ def test_checkpoint_contents_and_keep_last(uninterrupted, tiny, tmp_path):
     a = uninterrupted
     assert [s for s, _ in list_checkpoints(a.output_dir)] == [2, 4]
     names = {p.name for p in a.checkpoint.iterdir()}
-    assert {"adapter", "trainable.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json",
-            "rank_00000.pt", "recipe.yaml"} <= names
+    assert {
+        "adapter",
+        "trainable.safetensors",
+        "optimizer.pt",
+        "scheduler.pt",
+        "trainer_state.json",
+        "rank_00000.pt",
+        "recipe.yaml",
+    } <= names
     assert (a.output_dir / "recipe.yaml").is_file() and (a.output_dir / "metrics.jsonl").is_file()
     assert any((a.output_dir / "tensorboard").iterdir())
     state = json.loads((a.checkpoint / "trainer_state.json").read_text())
@@ -149,9 +168,17 @@ def test_sft_per_answer_loss_is_the_same_for_any_batch_geometry(tmp_path):
     tiny = make_tiny(tmp_path / "w", base="recipes/smollm2-135m-xdlm-lora-mbpp-sft.yaml")
     rows = [{"prompt": "q" * (1 + 5 * i), "answer": "a" * (3 + i)} for i in range(10)]  # prompts of many lengths
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    common = ("training.max_steps=2", "training.eval_every=0", "training.lr=1e-2", "training.warmup_steps=1",
-              f"data.source={tmp_path / 'pairs.jsonl'}", "data.data_files=null", "data.seq_len=48",
-              "data.max_prompt_len=null", "data.eval_holdout=2")
+    common = (
+        "training.max_steps=2",
+        "training.eval_every=0",
+        "training.lr=1e-2",
+        "training.warmup_steps=1",
+        f"data.source={tmp_path / 'pairs.jsonl'}",
+        "data.data_files=null",
+        "data.seq_len=48",
+        "data.max_prompt_len=null",
+        "data.eval_holdout=2",
+    )
     big = run(tiny, tmp_path / "big", *common, "training.per_device_batch_size=4", "training.grad_accum=1")
     acc = run(tiny, tmp_path / "acc", *common, "training.per_device_batch_size=2", "training.grad_accum=2")
     assert acc.losses[2] == pytest.approx(big.losses[2], rel=1e-5)
@@ -169,24 +196,48 @@ def test_per_answer_weights():
 
 
 def test_heldout_elbo_improves_and_is_reproducible(tiny, tmp_path):
-    out = run(tiny, tmp_path / "e", "training.max_steps=30", "training.eval_every=30", "training.lr=1e-2",
-              "training.warmup_steps=2", "training.save_every=0", "lora.enabled=false", "training.eval_batches=2")
+    out = run(
+        tiny,
+        tmp_path / "e",
+        "training.max_steps=30",
+        "training.eval_every=30",
+        "training.lr=1e-2",
+        "training.warmup_steps=2",
+        "training.save_every=0",
+        "lora.enabled=false",
+        "training.eval_batches=2",
+    )
     before, after = out.evals[0], out.evals[30]
     assert after["nelbo"] < before["nelbo"] - 0.3, (before, after)
     assert after["bits_per_token"] == pytest.approx(after["nelbo"] / math.log(2))
     assert after["ppl_bound"] == pytest.approx(math.exp(after["nelbo"]))
     assert out.losses[30] < out.losses[1]
     # the noise of the held-out set is fixed: another seed evaluates the same start identically
-    again = run(tiny, tmp_path / "e2", "training.max_steps=1", "training.eval_every=1", "training.seed=7",
-                "training.save_every=0", "lora.enabled=false", "training.eval_batches=2")
+    again = run(
+        tiny,
+        tmp_path / "e2",
+        "training.max_steps=1",
+        "training.eval_every=1",
+        "training.seed=7",
+        "training.save_every=0",
+        "lora.enabled=false",
+        "training.eval_batches=2",
+    )
     assert again.evals[0] == before
 
 
 def test_sft_attention_annealing_and_unit_weighting_run(tmp_path):
     """SFT (prompt never noised), causal -> full attention annealing and loss weight 1."""
     tiny = make_tiny(tmp_path / "w", base="recipes/smollm2-135m-xdlm-lora-mbpp-sft.yaml")
-    out = run(tiny, tmp_path / "sft", "training.max_steps=3", "adaptation.attention_annealing_steps=2",
-              "diffusion.loss_weighting=unit", "diffusion.k=0.5", "training.eval_every=3")
+    out = run(
+        tiny,
+        tmp_path / "sft",
+        "training.max_steps=3",
+        "adaptation.attention_annealing_steps=2",
+        "diffusion.loss_weighting=unit",
+        "diffusion.k=0.5",
+        "training.eval_every=3",
+    )
     assert sorted(out.losses) == [1, 2, 3] and all(math.isfinite(v) for v in out.losses.values())
     assert math.isfinite(out.evals[3]["nelbo"])
 
@@ -231,8 +282,9 @@ def test_deepspeed_config_takes_the_recipes_batch_geometry():
     assert [ds[k] for k in owned] == [2, 8, 1.0]
     assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"] == {"enabled": "auto"}
     assert deepspeed_config(load_recipe(REPO / "recipes/smollm2-135m-xdlm-lora.yaml")) is None
-    r = load_recipe(REPO / "recipes/qwen2.5-7b-xdlm-lora-zero2.yaml",
-                    ["deepspeed.zero_stage=3", "training.max_grad_norm=null"])
+    r = load_recipe(
+        REPO / "recipes/qwen2.5-7b-xdlm-lora-zero2.yaml", ["deepspeed.zero_stage=3", "training.max_grad_norm=null"]
+    )
     ds = deepspeed_config(r)
     assert ds["zero_optimization"]["stage"] == 3 and ds["gradient_clipping"] == 0.0
 

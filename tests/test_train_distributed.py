@@ -5,6 +5,7 @@ Each launch runs 2 processes on 127.0.0.1 (a free port) under a timeout. DeepSpe
 use on a machine compiles a small C++ op (~2-3 min on 2 cores), cached in
 torch's extensions folder ($TORCH_EXTENSIONS_DIR, else ~/.cache/torch_extensions/py3XX_cpu).
 """
+
 from __future__ import annotations
 
 import json
@@ -50,7 +51,6 @@ shutdown_process_group()
 """
 
 
-
 def launch(recipe: Path, out: Path, *overrides: str, deepspeed: bool = False) -> list[dict]:
     """accelerate launch 2 CPU processes of LAUNCHED; returns each rank's saved results."""
     script = out.parent / "launched.py"
@@ -60,9 +60,27 @@ def launch(recipe: Path, out: Path, *overrides: str, deepspeed: bool = False) ->
         # Without it a CUDA-less `--multi_gpu` launch would look like 2 separate runs to
         # accelerate (the trainer also sets cpu=True itself when there is no GPU).
         env["ACCELERATE_USE_CPU"] = "1"
-    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
-           "--main_process_port", str(free_port()), str(script), str(recipe), f"training.output_dir={out}", *overrides]
+    cmd = [
+        str(ACCELERATE),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_ip",
+        "127.0.0.1",
+        "--main_process_port",
+        str(free_port()),
+        str(script),
+        str(recipe),
+        f"training.output_dir={out}",
+        *overrides,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, f"launch failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
@@ -74,8 +92,14 @@ def assert_close_weights(a: dict, b: dict, tol: float) -> None:
     assert worst <= tol, worst
 
 
-COMMON = ("training.max_steps=4", "training.save_every=2", "training.keep_last=3", "training.eval_every=4",
-          "training.warmup_steps=1", "training.lr=1e-3")
+COMMON = (
+    "training.max_steps=4",
+    "training.save_every=2",
+    "training.keep_last=3",
+    "training.eval_every=4",
+    "training.warmup_steps=1",
+    "training.lr=1e-3",
+)
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +121,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny, tmp_pa
     assert_close_weights(w0, trainable(one.checkpoint), 1e-5)
 
 
-@pytest.mark.parametrize("stage, lora", [(2, True), (3, False), (3, True)],
-                         ids=["zero2-lora", "zero3-full", "zero3-lora"])
+@pytest.mark.parametrize(
+    "stage, lora", [(2, True), (3, False), (3, True)], ids=["zero2-lora", "zero3-full", "zero3-lora"]
+)
 def test_deepspeed_zero_on_cpu_matches_one_process_and_resumes(tiny, tmp_path, stage, lora):
     """ZeRO-3 full fine-tune: the tied head's weight is partitioned AND trainable, its
     gradient comes from both the embedding lookup and the fused loss."""
@@ -131,11 +156,17 @@ def test_deepspeed_zero_on_cpu_matches_one_process_and_resumes(tiny, tmp_path, s
     assert_close_weights(resumed[0]["weights"], ranks[0]["weights"], 1e-6)
 
 
-@pytest.mark.parametrize("recipe", ["llama3-8b-xdlm-lora-zero3", "qwen2.5-7b-xdlm-lora-zero2",
-                                    "llada-8b-xdlm-cpt-zero2"])
+@pytest.mark.parametrize(
+    "recipe", ["llama3-8b-xdlm-lora-zero3", "qwen2.5-7b-xdlm-lora-zero2", "llada-8b-xdlm-cpt-zero2"]
+)
 def test_deepspeed_recipes_dry_run_with_deepspeed(recipe):
-    proc = subprocess.run([sys.executable, "-m", "xdlm_tune.train", f"recipes/{recipe}.yaml", "--dry-run"],
-                          cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "xdlm_tune.train", f"recipes/{recipe}.yaml", "--dry-run"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "dry run OK" in proc.stdout and "ZeRO-" in proc.stdout
 
@@ -143,9 +174,21 @@ def test_deepspeed_recipes_dry_run_with_deepspeed(recipe):
 def test_the_llada_recipe_dry_runs_natively_under_zero3():
     """The paper's recipe moved to ZeRO-3: its native LLaDA-format stand-in (renamed on load)
     is partitioned, trained one step and checkpointed like any Llama."""
-    proc = subprocess.run([sys.executable, "-m", "xdlm_tune.train", "recipes/llada-8b-xdlm-cpt-zero2.yaml",
-                           "deepspeed.config=deepspeed_configs/zero3.json", "deepspeed.zero_stage=3", "--dry-run"],
-                          cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xdlm_tune.train",
+            "recipes/llada-8b-xdlm-cpt-zero2.yaml",
+            "deepspeed.config=deepspeed_configs/zero3.json",
+            "deepspeed.zero_stage=3",
+            "--dry-run",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "dry run OK" in proc.stdout and "ZeRO-3" in proc.stdout and "llada-format" in proc.stderr + proc.stdout
 
@@ -154,8 +197,16 @@ def test_smollm2_trains_saves_and_resumes_exactly(tmp_path):
     """The embedded default recipe on the real SmolLM2-135M: a few steps, a checkpoint,
     an exact resume, and a held-out ELBO below the untrained model's."""
     recipe = REPO / "recipes/smollm2-135m-xdlm-lora.yaml"
-    opts = ("training.max_steps=4", "training.save_every=2", "training.keep_last=3", "training.eval_every=4",
-            "training.eval_batches=2", "training.warmup_steps=1", "training.log_every=1", "data.max_records=40")
+    opts = (
+        "training.max_steps=4",
+        "training.save_every=2",
+        "training.keep_last=3",
+        "training.eval_every=4",
+        "training.eval_batches=2",
+        "training.warmup_steps=1",
+        "training.log_every=1",
+        "data.max_records=40",
+    )
     a = run(recipe, tmp_path / "a", *opts)
     assert a.evals[4]["nelbo"] < a.evals[0]["nelbo"]
     wa = trainable(a.checkpoint)

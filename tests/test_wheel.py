@@ -1,5 +1,6 @@
 """`pip install .` (a wheel, not editable) and then `xdlm-tune demo` from a folder that is not the
 checkout: the recipes, configs and demo settings travel as package data."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-_SKIP = shutil.ignore_patterns(".git", ".venv", "runs", "exports", "build", "dist", "*.egg-info", "__pycache__",
-                               ".pytest_cache", ".ruff_cache")
+_SKIP = shutil.ignore_patterns(
+    ".git", ".venv", "runs", "exports", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache"
+)
 
 
 def run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -30,23 +32,47 @@ def test_wheel_install_runs_the_demo_from_any_folder(tmp_path):
     env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     src = tmp_path / "src"
     shutil.copytree(REPO, src, symlinks=True, ignore=_SKIP)  # build from a copy: the checkout stays clean
-    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
-         str(src)], cwd=tmp_path, env=env)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        cwd=tmp_path,
+        env=env,
+    )
     (wheel,) = (tmp_path / "dist").glob("xdlm_tune-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for data in ("xdlm_tune/demo.yaml", "xdlm_tune/recipes/smollm2-135m-xdlm-lora.yaml",
-                 "xdlm_tune/deepspeed_configs/zero3.json", "xdlm_tune/deepspeed_configs/accelerate_multi_gpu.yaml"):
+    for data in (
+        "xdlm_tune/demo.yaml",
+        "xdlm_tune/recipes/smollm2-135m-xdlm-lora.yaml",
+        "xdlm_tune/deepspeed_configs/zero3.json",
+        "xdlm_tune/deepspeed_configs/accelerate_multi_gpu.yaml",
+    ):
         assert data in names
 
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp_path, env=env)
     python = venv / "bin" / "python"
-    run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index", str(wheel)],
-        cwd=tmp_path, env=env)
+    run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        cwd=tmp_path,
+        env=env,
+    )
     # The dependencies (torch, transformers, ...) come from this interpreter's site-packages, added after
     # the venv's own, so that the installed wheel, not the checkout, provides xdlm_tune.
-    site = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                    cwd=tmp_path, env=env).stdout.strip())
+    site = Path(
+        run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path, env=env
+        ).stdout.strip()
+    )
     (site / "outer_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
     elsewhere = tmp_path / "elsewhere"
@@ -57,9 +83,17 @@ def test_wheel_install_runs_the_demo_from_any_folder(tmp_path):
     listing = run([xdlm_tune, "recipes"], elsewhere, env).stdout
     assert "smollm2-135m-xdlm-lora.yaml" in listing and str(site) in listing
     assert "--dry-run" in run([xdlm_tune, "demo", "--help"], elsewhere, env).stdout
-    stage = run([str(python), "-c", "from xdlm_tune.config import load_recipe; "
-                 "print(load_recipe('recipes/llama3-8b-xdlm-lora-zero3.yaml').deepspeed.resolve()"
-                 "['zero_optimization']['stage'])"], elsewhere, env).stdout
+    stage = run(
+        [
+            str(python),
+            "-c",
+            "from xdlm_tune.config import load_recipe; "
+            "print(load_recipe('recipes/llama3-8b-xdlm-lora-zero3.yaml').deepspeed.resolve()"
+            "['zero_optimization']['stage'])",
+        ],
+        elsewhere,
+        env,
+    ).stdout
     assert stage.strip() == "3"
     dry = run([xdlm_tune, "demo", "--dry-run"], elsewhere, env)
     assert "dry run OK: smollm2-135m" in dry.stdout and "step 1 loss" in dry.stdout

@@ -6,6 +6,7 @@
 
 Nothing here touches the network. Weights are seeded, so two calls give the same model.
 """
+
 from __future__ import annotations
 
 import torch
@@ -67,17 +68,13 @@ def default_attn(family: str) -> str:
     return "eager" if family == "gemma2" else "sdpa"
 
 
-def tiny_model(
-    family: str, *, attn_implementation: str | None = None, seed: int = 0, **overrides
-) -> PreTrainedModel:
+def tiny_model(family: str, *, attn_implementation: str | None = None, seed: int = 0, **overrides) -> PreTrainedModel:
     """A float32 tiny causal LM of `family` in eval mode; `overrides` go into its config."""
     config = tiny_config(family, **overrides)
     attn_implementation = attn_implementation or default_attn(family)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(
-            config, attn_implementation=attn_implementation, dtype=torch.float32
-        )
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
     return model.eval()
 
 
@@ -97,13 +94,9 @@ def tiny_tokenizer(*, reserved: bool = False, vocab_size: int = VOCAB - 8) -> Pr
             vocab[f"<|reserved_special_token_{j}|>"] = len(vocab)
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
-    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
     if reserved:
-        tok.add_special_tokens(
-            {"additional_special_tokens": [f"<|reserved_special_token_{j}|>" for j in range(4)]}
-        )
+        tok.add_special_tokens({"additional_special_tokens": [f"<|reserved_special_token_{j}|>" for j in range(4)]})
     return tok
 
 

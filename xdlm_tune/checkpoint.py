@@ -15,6 +15,7 @@ Several ranks (all of them run each line; is_main is rank 0):
     if is_main: commit_save(tmp, out, step, keep_last)
     barrier()
 """
+
 from __future__ import annotations
 
 import os
@@ -69,8 +70,10 @@ def resolve_resume(output_dir: str | Path, resume: bool | str) -> Path | None:
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
         found = ", ".join(p.name for _, p in list_checkpoints(path.parent)) or "none"
-        raise CheckpointError(f"training.resume: {path} is not a complete checkpoint (no {STATE_FILE}); "
-                              f"checkpoints in {path.parent}: {found}")
+        raise CheckpointError(
+            f"training.resume: {path} is not a complete checkpoint (no {STATE_FILE}); "
+            f"checkpoints in {path.parent}: {found}"
+        )
     return path
 
 

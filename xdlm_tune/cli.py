@@ -4,6 +4,7 @@ Every subcommand is a `main(argv) -> int` with its own parser in the module that
 `xdlm-tune NAME ARGS...` imports that module only when NAME runs and hands it ARGS. Expected
 failures end in one paragraph (`--debug` shows the traceback).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,13 +13,17 @@ import sys
 
 # name -> ("module:function", one line of help)
 COMMANDS = {
-    "train": ("xdlm_tune.train.entry:cli_main",
-              "train an XDLM denoiser from a recipe (one process; several: accelerate launch -m xdlm_tune.train)"),
+    "train": (
+        "xdlm_tune.train.entry:cli_main",
+        "train an XDLM denoiser from a recipe (one process; several: accelerate launch -m xdlm_tune.train)",
+    ),
     "eval": ("xdlm_tune.evaluation.run:eval_main", "MBPP / HumanEval pass@1 (or genppl) at fixed step budgets"),
     "export": ("xdlm_tune.export.run:export_main", "merge a run into a self-contained Hub folder (and push it)"),
     "run": ("xdlm_tune.pipeline:run_main", "train -> eval -> export -> sample the export, for any recipe"),
-    "lm-eval": ("xdlm_tune.lm_eval:main",
-                "any lm-evaluation-harness task (likelihood bound, generation) with --model xdlm"),
+    "lm-eval": (
+        "xdlm_tune.lm_eval:main",
+        "any lm-evaluation-harness task (likelihood bound, generation) with --model xdlm",
+    ),
     "sweep": ("xdlm_tune.sweep:sweep_main", "one run per k: held-out NELBO vs gen-PPL per step budget (pareto.png)"),
     "demo": ("xdlm_tune.demo:demo_main", "the main job on the embedded default model (what `make demo` runs)"),
     "recipes": ("xdlm_tune.config.shipped:recipes_main", "list the shipped recipes and DeepSpeed / accelerate configs"),
@@ -36,9 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     width = max(map(len, COMMANDS))
     listing = "\n".join(f"  {name:<{width}}  {help_text}" for name, (_, help_text) in COMMANDS.items())
     parser = argparse.ArgumentParser(
-        prog="xdlm-tune", description="Turn a pretrained LLM into an XDLM diffusion sampler.",
+        prog="xdlm-tune",
+        description="Turn a pretrained LLM into an XDLM diffusion sampler.",
         epilog=f"commands:\n{listing}\n\n`xdlm-tune COMMAND --help` shows a command's options.\n\n{_EXAMPLES}",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("command", choices=COMMANDS, metavar="COMMAND", help=", ".join(COMMANDS))
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the command's arguments")
     return parser

@@ -8,6 +8,7 @@
   bars (weight loading, tokenising, shard writing) are turned off there: they are `\\r` noise.
 * `quiet_known_noise` drops two messages that say nothing to a user of this toolkit (see there).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,7 +68,11 @@ class LogBar(tqdm):
     def update(self, n=1):
         out = super().update(n)
         now = time.time()
-        if not self.disable and self.n < (self.total or float("inf")) and now - (self._printed_at or self.start_t) >= self._every:
+        if (
+            not self.disable
+            and self.n < (self.total or float("inf"))
+            and now - (self._printed_at or self.start_t) >= self._every
+        ):
             sys.stdout.flush()
             self._line()
         return out
@@ -95,8 +100,9 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
-def setup_logging(level: int = logging.WARNING, fmt: str = "%(levelname)s %(name)s: %(message)s",
-                  datefmt: str | None = None) -> None:
+def setup_logging(
+    level: int = logging.WARNING, fmt: str = "%(levelname)s %(name)s: %(message)s", datefmt: str | None = None
+) -> None:
     """One tqdm-aware handler on the root logger; xdlm_tune at `level`, libraries at WARNING."""
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -192,8 +198,15 @@ def drop_library_notes() -> None:
 
 
 # Packages through which DeepSpeed finds a non-CUDA accelerator (XPU, NPU, HPU, MLU, ...).
-_OTHER_ACCELERATORS = ("intel_extension_for_pytorch", "torch_npu", "torch_sdaa", "habana_frameworks", "torch_mlu",
-                       "torch_supa", "torch_xmlir")
+_OTHER_ACCELERATORS = (
+    "intel_extension_for_pytorch",
+    "torch_npu",
+    "torch_sdaa",
+    "habana_frameworks",
+    "torch_mlu",
+    "torch_supa",
+    "torch_xmlir",
+)
 
 
 def _only_a_cpu() -> bool:

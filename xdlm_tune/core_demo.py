@@ -4,6 +4,7 @@ A small bidirectional Transformer over bytes (V = 256 bytes + 1 mask id) learns 
 standard-library source with the fused XDLM loss, reports its held-out ELBO bound in bits per
 byte before and after, and writes a sample with exact ancestral reverse steps.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,9 +1,10 @@
 """`xdlm-tune demo`: the main job on the embedded default model, as set in demo.yaml (package data).
 
-    xdlm-tune demo             # train -> eval -> export -> sample (xdlm-tune run with demo.yaml's overrides)
-    xdlm-tune demo --dry-run   # the same recipe through `xdlm-tune train --dry-run` (a tiny stand-in, one step)
-    xdlm-tune demo --core      # a one-minute demo of the diffusion core alone
+xdlm-tune demo             # train -> eval -> export -> sample (xdlm-tune run with demo.yaml's overrides)
+xdlm-tune demo --dry-run   # the same recipe through `xdlm-tune train --dry-run` (a tiny stand-in, one step)
+xdlm-tune demo --core      # a one-minute demo of the diffusion core alone
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,17 +39,22 @@ def load_demo(path: Path = DEMO_FILE) -> Demo:
 
 def demo_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="xdlm-tune demo", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="xdlm-tune demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="`xdlm-tune run` of recipes/smollm2-135m-xdlm-lora.yaml on the embedded SmolLM2-135M, sized\n"
-                    "for a CPU (demo.yaml: 30 steps, 2 MBPP problems at 8 and 16 steps) into runs/demo; the console\n"
-                    "output is also written to runs/demo/demo.log. A second run reuses what did not change.",
+        "for a CPU (demo.yaml: 30 steps, 2 MBPP problems at 8 and 16 steps) into runs/demo; the console\n"
+        "output is also written to runs/demo/demo.log. A second run reuses what did not change.",
         epilog="examples:\n  xdlm-tune demo             # or: make demo\n"
-               "  xdlm-tune demo --dry-run   # the recipe on a tiny stand-in, one step\n"
-               "  xdlm-tune demo --core      # the diffusion math only")
+        "  xdlm-tune demo --dry-run   # the recipe on a tiny stand-in, one step\n"
+        "  xdlm-tune demo --core      # the diffusion math only",
+    )
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--core", action="store_true", help="only the one-minute demo of the diffusion core")
-    mode.add_argument("--dry-run", action="store_true",
-                      help="check the demo's recipe on a tiny stand-in (one step and a save, in a temp dir)")
+    mode.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the demo's recipe on a tiny stand-in (one step and a save, in a temp dir)",
+    )
     args = ap.parse_args(argv)
     if args.core:
         from .core_demo import main as core_demo

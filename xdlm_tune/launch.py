@@ -1,4 +1,5 @@
 """Facts about how this process was started, shared by training and evaluation (no torch)."""
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,16 @@ def free_port() -> int:
 # What a collective raises when another process of the group died or cannot be reached (gloo and
 # NCCL wording; torch.distributed's own error classes are matched by name, so no torch here).
 _PEER_LOST_TYPES = {"DistError", "DistBackendError", "DistNetworkError", "DistStoreError"}
-_PEER_LOST_WORDS = ("connection closed by peer", "connection reset by peer", "broken pipe", "connection refused",
-                    "socket timeout", "timed out", "nccl communicator was aborted", "ncclremoteerror")
+_PEER_LOST_WORDS = (
+    "connection closed by peer",
+    "connection reset by peer",
+    "broken pipe",
+    "connection refused",
+    "socket timeout",
+    "timed out",
+    "nccl communicator was aborted",
+    "ncclremoteerror",
+)
 
 
 def peer_lost(exc: BaseException) -> bool:

@@ -8,6 +8,7 @@ Every lm-eval flag passes through unchanged (``lm-eval run --help``); this adds 
 and ``--include_path`` = the task folder shipped with xdlm-tune (``mbpp_local``, ``pydocs_ppl``,
 ``pydocs_mc``) unless they are given. ``xdlm-tune lm-eval ls tasks`` lists the tasks.
 """
+
 from __future__ import annotations
 
 import sys
@@ -43,10 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     from .evaluation.lm_eval_model import LocalDataError, ModelArgError  # the import registers --model xdlm
 
     if any(a in ("-h", "--help") for a in argv):  # say whose flags follow, then lm-eval's own help
-        print("xdlm-tune lm-eval: lm-evaluation-harness's command line with --model xdlm and the offline tasks "
-              f"of {TASKS_DIR} added (xdlm model_args: steps, block_length, sampler, k, mc_num, ...; see the README).\n"
-              "example:\n  xdlm-tune lm-eval --model_args pretrained=smollm2-135m,steps=32 --tasks mbpp_local "
-              "--limit 5 --confirm_run_unsafe_code --output_path runs/lm_eval\n")
+        print(
+            "xdlm-tune lm-eval: lm-evaluation-harness's command line with --model xdlm and the offline tasks "
+            f"of {TASKS_DIR} added (xdlm model_args: steps, block_length, sampler, k, mc_num, ...; see the README).\n"
+            "example:\n  xdlm-tune lm-eval --model_args pretrained=smollm2-135m,steps=32 --tasks mbpp_local "
+            "--limit 5 --confirm_run_unsafe_code --output_path runs/lm_eval\n"
+        )
     old = sys.argv
     sys.argv = ["lm-eval", *build_argv(argv)]
     try:

@@ -12,6 +12,7 @@ Run again, a stage whose inputs (checkpoint, recipe, code version) did not chang
 the run says so: a finished training run (training.resume set and the newest checkpoint at
 training.max_steps) is not reloaded, an evaluation, an export and its sample are not redone.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,8 +70,10 @@ def _set_aside_stale_samples(out: Path, key: dict[str, str]) -> None:
         stale.mkdir(parents=True)
         for f in old:
             f.rename(stale / f.name)
-        _say(f"{out} was evaluated with other inputs (changed: {', '.join(changed(previous, key))}): "
-             f"its samples moved to {stale}/")
+        _say(
+            f"{out} was evaluated with other inputs (changed: {', '.join(changed(previous, key))}): "
+            f"its samples moved to {stale}/"
+        )
     out.mkdir(parents=True, exist_ok=True)
     key_file.write_text(json.dumps(key, indent=1) + "\n")
 
@@ -94,12 +97,20 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, stamps: Stamps | None = None)
     results = {}
     for task in ev.tasks:
         data = Path(ev.data_dir) / BENCHMARK_FILES[task] if ev.data_dir else None
-        problems = load_benchmark(task, data, limit=ev.limit,
-                                  prompt_format=ev.prompt_format if task == "mbpp" else "original")
+        problems = load_benchmark(
+            task, data, limit=ev.limit, prompt_format=ev.prompt_format if task == "mbpp" else "original"
+        )
         out = run_dir / "eval" / task
-        key = stage_key(stage="eval", task=task, checkpoint=checkpoint_id(ckpt), model=dataclasses.asdict(m),
-                        adaptation=dataclasses.asdict(recipe.adaptation), eval=dataclasses.asdict(ev),
-                        generation=dataclasses.asdict(cfg), problems=_problems_digest(problems))
+        key = stage_key(
+            stage="eval",
+            task=task,
+            checkpoint=checkpoint_id(ckpt),
+            model=dataclasses.asdict(m),
+            adaptation=dataclasses.asdict(recipe.adaptation),
+            eval=dataclasses.asdict(ev),
+            generation=dataclasses.asdict(cfg),
+            problems=_problems_digest(problems),
+        )
         title = f"{task} pass@1 ({len(problems)} problems)"
         if stamps is not None and stamps.fresh(f"eval/{task}", key):
             _say(f"reused: the {task} evaluation in {out}/ (same checkpoint {ckpt.name}, recipe and code)")
@@ -108,12 +119,21 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, stamps: Stamps | None = None)
             continue
         if not models:  # loaded only when some task needs them
             if ev.ar_baseline and m.kind == "causal":
-                models.append(ar_baseline_model(m.name_or_path, device, label="base (AR)", dtype=m.dtype,
-                                                attn_implementation=m.attn_implementation or "sdpa",
-                                                gguf_file=m.gguf_file))
+                models.append(
+                    ar_baseline_model(
+                        m.name_or_path,
+                        device,
+                        label="base (AR)",
+                        dtype=m.dtype,
+                        attn_implementation=m.attn_implementation or "sdpa",
+                        gguf_file=m.gguf_file,
+                    )
+                )
             models.append(checkpoint_model(ckpt, device, label=f"xdlm k={recipe.diffusion.k}"))
         _set_aside_stale_samples(out, key)
-        _say(f"evaluating {task}: {len(problems)} problems, steps {ev.steps}, sampler {settings.resolved_sampler} -> {out}")
+        _say(
+            f"evaluating {task}: {len(problems)} problems, steps {ev.steps}, sampler {settings.resolved_sampler} -> {out}"
+        )
         run_evaluation(models, problems, steps=ev.steps, cfg=cfg, out_dir=out)
         results[task] = summarize_run(out, title=title)
         print(results[task]["table"], flush=True)
@@ -124,8 +144,13 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, stamps: Stamps | None = None)
 
 def sample_export(export_dir: Path, prompt: str, *, steps: int = 16, new_tokens: int = 32) -> str:
     """Generate from the export in a separate Python process with plain transformers."""
-    proc = subprocess.run([sys.executable, "-c", _SAMPLE_SCRIPT, str(Path(export_dir).resolve()), prompt, str(steps), str(new_tokens)],
-                          capture_output=True, text=True, timeout=900, cwd="/")
+    proc = subprocess.run(
+        [sys.executable, "-c", _SAMPLE_SCRIPT, str(Path(export_dir).resolve()), prompt, str(steps), str(new_tokens)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd="/",
+    )
     if proc.returncode:
         raise RuntimeError(f"sampling the export failed:\n{proc.stderr[-3000:]}")
     return proc.stdout.strip()
@@ -156,18 +181,27 @@ def run_main(argv: list[str] | None = None) -> int:
     from .console import HelpFormatter, setup_logging
 
     ap = argparse.ArgumentParser(
-        prog="xdlm-tune run", formatter_class=HelpFormatter,
+        prog="xdlm-tune run",
+        formatter_class=HelpFormatter,
         description="The whole pipeline for one recipe: train (training.resume=true continues an earlier run), "
-                    "evaluate the AR baseline and the trained model on the recipe's eval section, export a merged "
-                    "Hub folder, and sample that export with plain transformers in a separate process. Steps whose "
-                    "inputs did not change since the last run (same recipe and code) are reused.",
+        "evaluate the AR baseline and the trained model on the recipe's eval section, export a merged "
+        "Hub folder, and sample that export with plain transformers in a separate process. Steps whose "
+        "inputs did not change since the last run (same recipe and code) are reused.",
         epilog="example:\n  xdlm-tune run recipes/smollm2-135m-xdlm-lora.yaml training.max_steps=50 eval.limit=10 "
-               "'eval.steps=[16,32]'")
-    ap.add_argument("recipe", help="a YAML recipe (see recipes/ or `xdlm-tune recipes`), e.g. "
-                                   "recipes/smollm2-135m-xdlm-lora.yaml, or a shipped recipe's name")
-    ap.add_argument("overrides", nargs="*", metavar="section.key=value",
-                    help="change any recipe field: section.key=value, the value read as YAML (numbers, true/false, "
-                         "null, lists like [q_proj, v_proj]), e.g. diffusion.k=0.5 training.output_dir=runs/try")
+        "'eval.steps=[16,32]'",
+    )
+    ap.add_argument(
+        "recipe",
+        help="a YAML recipe (see recipes/ or `xdlm-tune recipes`), e.g. "
+        "recipes/smollm2-135m-xdlm-lora.yaml, or a shipped recipe's name",
+    )
+    ap.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="change any recipe field: section.key=value, the value read as YAML (numbers, true/false, "
+        "null, lists like [q_proj, v_proj]), e.g. diffusion.k=0.5 training.output_dir=runs/try",
+    )
     args = ap.parse_args(argv)
     setup_logging()
     run_pipeline(args.recipe, args.overrides)  # expected failures: one paragraph (xdlm_tune.errors)
@@ -186,9 +220,13 @@ def run_pipeline(recipe_path: str, overrides: list[str] = ()) -> dict:
     t0 = time.time()
     finished = _finished_checkpoint(recipe, run_dir)
     if finished is not None:
-        _say(f"1/4 training: reused {finished} (already at training.max_steps={recipe.training.max_steps}, same recipe)")
+        _say(
+            f"1/4 training: reused {finished} (already at training.max_steps={recipe.training.max_steps}, same recipe)"
+        )
     else:
-        _say(f"1/4 training {recipe.model.name_or_path} with k={recipe.diffusion.k} for {recipe.training.max_steps} steps -> {run_dir}")
+        _say(
+            f"1/4 training {recipe.model.name_or_path} with k={recipe.diffusion.k} for {recipe.training.max_steps} steps -> {run_dir}"
+        )
         train(recipe)
     _say("2/4 evaluating")
     results = evaluate_run(recipe, run_dir, stamps=stamps)
@@ -196,9 +234,14 @@ def run_pipeline(recipe_path: str, overrides: list[str] = ()) -> dict:
 
     ckpt = find_checkpoint(run_dir)
     export_dir = Path(recipe.export.out_dir or run_dir / "export")
-    export_key = stage_key(stage="export", checkpoint=checkpoint_id(ckpt), recipe=recipe.to_dict(),
-                           out=str(export_dir.resolve()), table=first["table"] if first else None,
-                           plot=first is not None)
+    export_key = stage_key(
+        stage="export",
+        checkpoint=checkpoint_id(ckpt),
+        recipe=recipe.to_dict(),
+        out=str(export_dir.resolve()),
+        table=first["table"] if first else None,
+        plot=first is not None,
+    )
     if stamps.fresh("export", export_key):
         _say(f"3/4 exporting: reused {export_dir}/ (same checkpoint {ckpt.name}, recipe, evaluation and code)")
         if recipe.export.push_to_hub:
@@ -206,9 +249,13 @@ def run_pipeline(recipe_path: str, overrides: list[str] = ()) -> dict:
     else:
         _say("3/4 exporting" + _why("export", export_key, stamps))
         stamps.forget("export")  # the folder is about to be replaced
-        export_dir = export_run(run_dir, export_dir, push_to_hub_repo=recipe.export.push_to_hub,
-                                eval_summary=first["table"] if first else None,
-                                plot_path=first["plot"] if first else None)
+        export_dir = export_run(
+            run_dir,
+            export_dir,
+            push_to_hub_repo=recipe.export.push_to_hub,
+            eval_summary=first["table"] if first else None,
+            plot_path=first["plot"] if first else None,
+        )
         stamps.record("export", export_key, [export_dir / "config.json", export_dir / "README.md"])
 
     prompt, steps, new_tokens = "def fibonacci(n):\n", 16, 32
@@ -218,7 +265,9 @@ def run_pipeline(recipe_path: str, overrides: list[str] = ()) -> dict:
         _say(f"4/4 sampling the export: reused {sample_file} (same export)")
         sample = sample_file.read_text().removeprefix(prompt).rstrip("\n")
     else:
-        _say("4/4 sampling the export with plain transformers (a separate process)" + _why("sample", sample_key, stamps))
+        _say(
+            "4/4 sampling the export with plain transformers (a separate process)" + _why("sample", sample_key, stamps)
+        )
         sample = sample_export(export_dir, prompt, steps=steps, new_tokens=new_tokens)
         sample_file.write_text(prompt + sample + "\n")
         stamps.record("sample", sample_key, [sample_file])
@@ -228,6 +277,8 @@ def run_pipeline(recipe_path: str, overrides: list[str] = ()) -> dict:
     for task, res in results.items():
         files = ", ".join(sorted({"summary.md", Path(res["plot"]).name, *(Path(f).name for f in res["files"])}))
         print(f"  {task} evaluation:     {run_dir}/eval/{task}/ ({files})")
-    print(f"  export:               {export_dir}/ (load with AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True))")
+    print(
+        f"  export:               {export_dir}/ (load with AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True))"
+    )
     print(f"  export sample:        {sample_file}")
     return {"run_dir": run_dir, "export_dir": export_dir, "eval": results, "sample": sample}

@@ -6,6 +6,7 @@ the outputs are recorded in ``<output_dir>/reuse.json`` when the stage finishes;
 the same key and all outputs still there reuses them and says so. Any change (another checkpoint,
 another recipe value, an edited source file of xdlm-tune) reruns the stage.
 """
+
 from __future__ import annotations
 
 import functools
@@ -50,8 +51,10 @@ def stage_key(**parts: Any) -> dict[str, str]:
     """A digest of each of a stage's inputs (JSON-able values; paths as strings), the code version
     included: two keys are equal when every input is; `changed` names the ones that differ."""
     parts = {"code": code_version(), **parts}
-    return {name: hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-            for name, value in sorted(parts.items())}
+    return {
+        name: hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        for name, value in sorted(parts.items())
+    }
 
 
 def changed(old: dict[str, str] | None, new: dict[str, str]) -> list[str]:
@@ -74,8 +77,12 @@ class Stamps:
     def fresh(self, stage: str, key: dict[str, str]) -> bool:
         """True when `stage` was finished with `key` and all its outputs still exist."""
         entry = self.data.get(stage)
-        return bool(entry and entry.get("key") == key and entry.get("outputs")
-                    and all(Path(p).exists() for p in entry["outputs"]))
+        return bool(
+            entry
+            and entry.get("key") == key
+            and entry.get("outputs")
+            and all(Path(p).exists() for p in entry["outputs"])
+        )
 
     def changed(self, stage: str, key: dict[str, str]) -> list[str]:
         """Why `stage` is not reusable: the inputs that changed ('outputs' when they are gone)."""

@@ -15,6 +15,7 @@ checkpoint folder itself or one sub-folder of it:
 The resume-only files (trainable.safetensors, optimizer.pt, deepspeed/) are not read: a ZeRO-3
 full fine-tune that could not gather `model/` must be consolidated first (zero_to_fp32.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,14 +34,18 @@ def find_checkpoint(path: str | Path) -> Path:
     """`path` itself when it is a checkpoint folder, else the newest checkpoint of the run in it."""
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"{path} is not a folder: give a run folder (training.output_dir) or a checkpoint-* folder")
+        raise CheckpointError(
+            f"{path} is not a folder: give a run folder (training.output_dir) or a checkpoint-* folder"
+        )
     if (path / STATE_FILE).is_file():
         return path
     latest = latest_checkpoint(path)  # a run folder: before its own sub-folders (export/ holds weights too)
     if latest is None and (path / RECIPE_FILE).is_file() and _weights_dir(path) is not None:
         return path
     if latest is None:
-        raise CheckpointError(f"{path} holds no checkpoint (checkpoint-*/ with {STATE_FILE}); train first or give a checkpoint folder")
+        raise CheckpointError(
+            f"{path} holds no checkpoint (checkpoint-*/ with {STATE_FILE}); train first or give a checkpoint folder"
+        )
     return latest
 
 
@@ -51,16 +56,28 @@ def load_checkpoint(path: str | Path):
     weights = _weights_dir(ckpt)
     if weights is None:
         found = ", ".join(sorted(p.name for p in ckpt.iterdir())) or "nothing"
-        hint = (" (its deepspeed/ folder holds ZeRO shards: consolidate them into a model.safetensors "
-                "with DeepSpeed's zero_to_fp32.py first)") if (ckpt / "deepspeed").is_dir() else ""
+        hint = (
+            (
+                " (its deepspeed/ folder holds ZeRO shards: consolidate them into a model.safetensors "
+                "with DeepSpeed's zero_to_fp32.py first)"
+            )
+            if (ckpt / "deepspeed").is_dir()
+            else ""
+        )
         raise CheckpointError(f"{ckpt} has no adapter/, model/ or model safetensors to load{hint}; it holds: {found}")
     m, a = recipe.model, recipe.adaptation
     full_folder = (weights / "config.json").is_file() and not (weights / "adapter_config.json").is_file()
     prepared = prepare_model(
-        weights if full_folder else m.name_or_path, kind=m.kind, dtype=m.dtype,
-        attn_implementation=m.attn_implementation or "sdpa", gguf_file=None if full_folder else m.gguf_file,
-        quantization=None, trust_remote_code=m.trust_remote_code,
-        mask_token=a.mask_token, mask_id=a.mask_id, shift=a.shift,
+        weights if full_folder else m.name_or_path,
+        kind=m.kind,
+        dtype=m.dtype,
+        attn_implementation=m.attn_implementation or "sdpa",
+        gguf_file=None if full_folder else m.gguf_file,
+        quantization=None,
+        trust_remote_code=m.trust_remote_code,
+        mask_token=a.mask_token,
+        mask_id=a.mask_id,
+        shift=a.shift,
     )
     model = prepared.model
     if (weights / "adapter_config.json").is_file():
@@ -76,11 +93,14 @@ def load_checkpoint(path: str | Path):
             model = attach_lora(model, mask_id=prepared.mask_id, **recipe.lora.to_dict())
         result = model.load_state_dict(state, strict=False)
         tied = {name for name, _ in model.named_parameters(remove_duplicate=False)} - {
-            name for name, _ in model.named_parameters()}
+            name for name, _ in model.named_parameters()
+        }
         missing = [key for key in result.missing_keys if key not in tied]
         if missing or result.unexpected_keys:
-            raise CheckpointError(f"{weights}: the weights do not fit the model the recipe builds: missing "
-                                  f"{missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+            raise CheckpointError(
+                f"{weights}: the weights do not fit the model the recipe builds: missing "
+                f"{missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
     return model.eval(), prepared.tokenizer, prepared.mask_id, prepared.shift, recipe
 
 
@@ -94,21 +114,28 @@ def _recipe(ckpt: Path) -> Recipe:
                 return load_recipe(path)
             except RecipeError as err:
                 raise CheckpointError(f"{path} no longer loads: {err}") from err
-    raise CheckpointError(f"{ckpt} has no {RECIPE_FILE} (nor has {ckpt.parent}); cannot tell which base and settings it used")
+    raise CheckpointError(
+        f"{ckpt} has no {RECIPE_FILE} (nor has {ckpt.parent}); cannot tell which base and settings it used"
+    )
 
 
 def _weights_dir(ckpt: Path) -> Path | None:
     """The folder (the checkpoint or one of its sub-folders) that holds an adapter or model safetensors."""
     for folder in [ckpt, *sorted(p for p in ckpt.iterdir() if p.is_dir())]:
-        if (folder / "adapter_config.json").is_file() or (folder / "model.safetensors").is_file() \
-                or (folder / "model.safetensors.index.json").is_file():
+        if (
+            (folder / "adapter_config.json").is_file()
+            or (folder / "model.safetensors").is_file()
+            or (folder / "model.safetensors.index.json").is_file()
+        ):
             return folder
     return None
 
 
 def _load_safetensors(folder: Path) -> dict[str, torch.Tensor]:
     index = folder / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    )
     state: dict[str, torch.Tensor] = {}
     for name in files:
         state.update(load_file(folder / name))

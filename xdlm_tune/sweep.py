@@ -13,6 +13,7 @@ run) and the judge's own samples are reference rows. Writes OUT/sweep.json, OUT/
 OUT/pareto.png (held-out NELBO vs gen-PPL, a labelled marker per k, one line per step budget;
 lower-left is better). Training runs on every launched process; sampling on the main one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,15 +25,29 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-SAMPLE_SETTINGS = ("steps", "num_samples", "gen_length", "block_length", "prefix_tokens", "sampler", "temperature",
-                   "top_p", "final_step", "batch_size", "seed", "judge", "code")
+SAMPLE_SETTINGS = (
+    "steps",
+    "num_samples",
+    "gen_length",
+    "block_length",
+    "prefix_tokens",
+    "sampler",
+    "temperature",
+    "top_p",
+    "final_step",
+    "batch_size",
+    "seed",
+    "judge",
+    "code",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .sampling import FINAL_STEPS, SAMPLERS
 
-    ap = argparse.ArgumentParser(prog="xdlm-tune sweep", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="xdlm-tune sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("recipe")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value", help="recipe overrides for every run")
     ap.add_argument("--k", type=float, nargs="+", required=True, help="mixing ratios, e.g. 0 0.05 0.1 0.3 1")
@@ -42,17 +57,29 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--gen-length", type=int, default=64)
     ap.add_argument("--block-length", type=int, default=None)
     ap.add_argument("--prefix-tokens", type=int, default=0, help="0: unconditional; N: continue held-out prefixes")
-    ap.add_argument("--sampler", choices=SAMPLERS, default="ancestral",
-                    help="ancestral (default): the exact reverse process, right for every k (k = 1 never sees [MASK])")
+    ap.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="ancestral",
+        help="ancestral (default): the exact reverse process, right for every k (k = 1 never sees [MASK])",
+    )
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--final-step", choices=FINAL_STEPS, default="none",
-                    help="ancestral: the authors' extra sampled step to alpha_s = 1")
+    ap.add_argument(
+        "--final-step",
+        choices=FINAL_STEPS,
+        default="none",
+        help="ancestral: the authors' extra sampled step to alpha_s = 1",
+    )
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--judge", help="AR judge (default: the recipe's base model)")
-    ap.add_argument("--code", action=argparse.BooleanOptionalAction, default=None,
-                    help="report the compile rate (default: on for the builtin code corpora)")
+    ap.add_argument(
+        "--code",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="report the compile rate (default: on for the builtin code corpora)",
+    )
     return ap
 
 
@@ -115,8 +142,10 @@ def train_all(args, out: Path) -> list[Any]:
         if finished(recipe):
             print(f"[sweep] k={k:g}: finished run reused ({recipe.training.output_dir})", flush=True)
         else:
-            print(f"[sweep] k={k:g}: training {recipe.training.max_steps} steps -> {recipe.training.output_dir}",
-                  flush=True)
+            print(
+                f"[sweep] k={k:g}: training {recipe.training.max_steps} steps -> {recipe.training.output_dir}",
+                flush=True,
+            )
             train(recipe)
         recipes.append(recipe)
     shutdown_process_group()
@@ -159,17 +188,31 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
     judge_name = args.judge or m.name_or_path
     if args.judge is None and m.kind != "causal":
         _fail("the recipe's base is a diffusion model, which cannot be the AR judge: pass --judge")
-    judge = ar_baseline_model(judge_name, device, label=f"{Path(judge_name).name}", dtype=dtype,
-                              attn_implementation=m.attn_implementation or "sdpa",
-                              gguf_file=None if args.judge else m.gguf_file, trust_remote_code=m.trust_remote_code)
+    judge = ar_baseline_model(
+        judge_name,
+        device,
+        label=f"{Path(judge_name).name}",
+        dtype=dtype,
+        attn_implementation=m.attn_implementation or "sdpa",
+        gguf_file=None if args.judge else m.gguf_file,
+        trust_remote_code=m.trust_remote_code,
+    )
     code = args.code if args.code is not None else first.data.source in CODE_SOURCES
     settings = _settings(args, code)
 
     def gen_config(recipe) -> GenerationConfig:  # the run's own k, schedule and eps
         d = recipe.diffusion
-        sampling = SamplerSettings(gen_length=args.gen_length, block_length=args.block_length, sampler=args.sampler,
-                                   temperature=args.temperature, top_p=args.top_p, k=d.k, schedule=d.schedule,
-                                   eps=d.eps, final_step=args.final_step)
+        sampling = SamplerSettings(
+            gen_length=args.gen_length,
+            block_length=args.block_length,
+            sampler=args.sampler,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            k=d.k,
+            schedule=d.schedule,
+            eps=d.eps,
+            final_step=args.final_step,
+        )
         for s in args.steps:
             try:
                 sampling.replace(steps=s).check()
@@ -189,38 +232,85 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
         gen = _cached(cache, run_key)
         if gen is None:
             em = checkpoint_model(folder, device, label=f"k={k:g}")
-            prefixes = prefixes or make_prefixes(em.tokenizer, recipe=recipe, n=args.num_samples,
-                                                 prefix_tokens=args.prefix_tokens)
-            gen = [asdict(r) for r in generation_metrics(
-                em, judge, prefixes, steps=args.steps, cfg=gen_config(recipe), code=code,
-                compile_prefix=not is_sft(recipe),
-                samples_file=folder / "samples_genppl.jsonl", reference=False)]
+            prefixes = prefixes or make_prefixes(
+                em.tokenizer, recipe=recipe, n=args.num_samples, prefix_tokens=args.prefix_tokens
+            )
+            gen = [
+                asdict(r)
+                for r in generation_metrics(
+                    em,
+                    judge,
+                    prefixes,
+                    steps=args.steps,
+                    cfg=gen_config(recipe),
+                    code=code,
+                    compile_prefix=not is_sft(recipe),
+                    samples_file=folder / "samples_genppl.jsonl",
+                    reference=False,
+                )
+            ]
             _write_cache(cache, run_key, gen)
             del em
         nelbo = heldout_nelbo(folder, recipe.training.max_steps)
         for g in gen:
-            row = {"k": k, "steps": g["steps"], "heldout_nelbo": nelbo, "gen_ppl": g["gen_ppl"],
-                   "entropy": g["entropy"], "n": g["n"], "ended": g["ended"]}
+            row = {
+                "k": k,
+                "steps": g["steps"],
+                "heldout_nelbo": nelbo,
+                "gen_ppl": g["gen_ppl"],
+                "entropy": g["entropy"],
+                "n": g["n"],
+                "ended": g["ended"],
+            }
             if code:
                 row["syntax_valid"] = g["syntax_valid"]
             rows.append(row)
         if i == 0 and cached_ref is None:  # references: the untrained conversion and the judge itself
-            pm = prepare_model(m.name_or_path, kind=m.kind, dtype=dtype, attn_implementation=m.attn_implementation,
-                               gguf_file=m.gguf_file, trust_remote_code=m.trust_remote_code,
-                               mask_token=recipe.adaptation.mask_token, mask_id=recipe.adaptation.mask_id,
-                               shift=recipe.adaptation.shift)
-            em0 = EvalModel(pm.model.to(device).eval(), pm.tokenizer, "untrained", mask_id=pm.mask_id,
-                            shift=pm.shift)
-            prefixes = prefixes or make_prefixes(em0.tokenizer, recipe=recipe, n=args.num_samples,
-                                                 prefix_tokens=args.prefix_tokens)
-            ref = generation_metrics(em0, judge, prefixes, steps=args.steps, cfg=gen_config(recipe),
-                                     code=code, reference=True, compile_prefix=not is_sft(recipe))
-            cached_ref = [{**asdict(r), "heldout_nelbo": heldout_nelbo(folder, 0) if r.steps is not None else None,
-                           "k": k if r.steps is not None else None} for r in ref]
+            pm = prepare_model(
+                m.name_or_path,
+                kind=m.kind,
+                dtype=dtype,
+                attn_implementation=m.attn_implementation,
+                gguf_file=m.gguf_file,
+                trust_remote_code=m.trust_remote_code,
+                mask_token=recipe.adaptation.mask_token,
+                mask_id=recipe.adaptation.mask_id,
+                shift=recipe.adaptation.shift,
+            )
+            em0 = EvalModel(pm.model.to(device).eval(), pm.tokenizer, "untrained", mask_id=pm.mask_id, shift=pm.shift)
+            prefixes = prefixes or make_prefixes(
+                em0.tokenizer, recipe=recipe, n=args.num_samples, prefix_tokens=args.prefix_tokens
+            )
+            ref = generation_metrics(
+                em0,
+                judge,
+                prefixes,
+                steps=args.steps,
+                cfg=gen_config(recipe),
+                code=code,
+                reference=True,
+                compile_prefix=not is_sft(recipe),
+            )
+            cached_ref = [
+                {
+                    **asdict(r),
+                    "heldout_nelbo": heldout_nelbo(folder, 0) if r.steps is not None else None,
+                    "k": k if r.steps is not None else None,
+                }
+                for r in ref
+            ]
             _write_cache(ref_path, ref_key, cached_ref)
-    return {"settings": {**settings, "k": args.k, "recipe": str(args.recipe), "overrides": list(args.overrides),
-                         "max_steps": first.training.max_steps},
-            "rows": rows, "reference": cached_ref or []}
+    return {
+        "settings": {
+            **settings,
+            "k": args.k,
+            "recipe": str(args.recipe),
+            "overrides": list(args.overrides),
+            "max_steps": first.training.max_steps,
+        },
+        "rows": rows,
+        "reference": cached_ref or [],
+    }
 
 
 # --------------------------------------------------------------------------- outputs
@@ -231,29 +321,47 @@ def markdown(result: dict[str, Any]) -> str:
     code = s["code"]
     head = ["k", "steps", "held-out NELBO", "gen-PPL", "entropy"] + (["compiles"] if code else []) + ["ended"]
     where = "unconditional" if not s["prefix_tokens"] else f"after {s['prefix_tokens']}-token held-out prefixes"
-    lines = [f"# xdlm-tune sweep: {Path(s['recipe']).name}, {s['max_steps']} training steps per k",
-             "",
-             f"{s['num_samples']} samples of {s['gen_length']} tokens ({where}), "
-             f"sampler {s['sampler']}, temperature {s['temperature']}; gen-PPL under the AR judge. "
-             "Held-out NELBO in nats/token under each run's own k (lower is better).",
-             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"# xdlm-tune sweep: {Path(s['recipe']).name}, {s['max_steps']} training steps per k",
+        "",
+        f"{s['num_samples']} samples of {s['gen_length']} tokens ({where}), "
+        f"sampler {s['sampler']}, temperature {s['temperature']}; gen-PPL under the AR judge. "
+        "Held-out NELBO in nats/token under each run's own k (lower is better).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
 
     def fmt(x, spec):
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
     for r in result["rows"]:
-        cells = [f"{r['k']:g}", str(r["steps"]), fmt(r["heldout_nelbo"], ".3f"), fmt(r["gen_ppl"], ".2f"),
-                 fmt(r["entropy"], ".3f")]
+        cells = [
+            f"{r['k']:g}",
+            str(r["steps"]),
+            fmt(r["heldout_nelbo"], ".3f"),
+            fmt(r["gen_ppl"], ".2f"),
+            fmt(r["entropy"], ".3f"),
+        ]
         if code:
             cells.append(fmt(None if r.get("syntax_valid") is None else 100 * r["syntax_valid"], ".1f"))
         cells.append(f"{100 * r['ended']:.0f}%")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Reference rows (untrained conversion at step 0 of the first run; the AR judge's own samples):",
-              "", "| model | steps | held-out NELBO | gen-PPL | entropy |" + (" compiles |" if code else "")
-              + " ended |", "|---|---|---|---|---|" + ("---|" if code else "") + "---|"]
+    lines += [
+        "",
+        "Reference rows (untrained conversion at step 0 of the first run; the AR judge's own samples):",
+        "",
+        "| model | steps | held-out NELBO | gen-PPL | entropy |" + (" compiles |" if code else "") + " ended |",
+        "|---|---|---|---|---|" + ("---|" if code else "") + "---|",
+    ]
     for r in result["reference"]:
-        cells = [r["label"], "AR" if r["steps"] is None else str(r["steps"]), fmt(r.get("heldout_nelbo"), ".3f"),
-                 fmt(r["gen_ppl"], ".2f"), fmt(r["entropy"], ".3f")]
+        cells = [
+            r["label"],
+            "AR" if r["steps"] is None else str(r["steps"]),
+            fmt(r.get("heldout_nelbo"), ".3f"),
+            fmt(r["gen_ppl"], ".2f"),
+            fmt(r["entropy"], ".3f"),
+        ]
         if code:
             cells.append(fmt(None if r.get("syntax_valid") is None else 100 * r["syntax_valid"], ".1f"))
         cells.append(f"{100 * r['ended']:.0f}%")
@@ -274,21 +382,39 @@ def pareto_plot(result: dict[str, Any], path: Path) -> Path:
     ks = sorted({r["k"] for r in rows})
     for i, steps in enumerate(sorted({r["steps"] for r in rows})):
         pts = sorted((r for r in rows if r["steps"] == steps), key=lambda r: r["k"])
-        ax.plot([r["heldout_nelbo"] for r in pts], [r["gen_ppl"] for r in pts], "-", color=f"C{i}", alpha=0.7,
-                label=f"{steps} steps")
+        ax.plot(
+            [r["heldout_nelbo"] for r in pts],
+            [r["gen_ppl"] for r in pts],
+            "-",
+            color=f"C{i}",
+            alpha=0.7,
+            label=f"{steps} steps",
+        )
         for r in pts:
-            ax.plot(r["heldout_nelbo"], r["gen_ppl"], markers[ks.index(r["k"]) % len(markers)], color=f"C{i}",
-                    markersize=7)
+            ax.plot(
+                r["heldout_nelbo"], r["gen_ppl"], markers[ks.index(r["k"]) % len(markers)], color=f"C{i}", markersize=7
+            )
             if i == 0:  # one label per k (its markers share the x of its held-out NELBO)
-                ax.annotate(f"k={r['k']:g}", (r["heldout_nelbo"], r["gen_ppl"]), textcoords="offset points",
-                            xytext=(5, 4), fontsize=8)
+                ax.annotate(
+                    f"k={r['k']:g}",
+                    (r["heldout_nelbo"], r["gen_ppl"]),
+                    textcoords="offset points",
+                    xytext=(5, 4),
+                    fontsize=8,
+                )
     untrained = [r for r in result["reference"] if r["steps"] is not None and r.get("heldout_nelbo") is not None]
     for j, r in enumerate(untrained):  # x markers in the colour of their step budget
         i = sorted({q["steps"] for q in rows}).index(r["steps"]) if r["steps"] in {q["steps"] for q in rows} else 0
         ax.plot(r["heldout_nelbo"], r["gen_ppl"], "x", color=f"C{i}", markersize=8, mew=2)
         if j == 0:
-            ax.annotate(f"untrained (k={r['k']:g})", (r["heldout_nelbo"], r["gen_ppl"]), textcoords="offset points",
-                        xytext=(0, -13), fontsize=8, ha="center")
+            ax.annotate(
+                f"untrained (k={r['k']:g})",
+                (r["heldout_nelbo"], r["gen_ppl"]),
+                textcoords="offset points",
+                xytext=(0, -13),
+                fontsize=8,
+                ha="center",
+            )
     for j, r in enumerate(r for r in result["reference"] if r["steps"] is None):
         ax.axhline(r["gen_ppl"], color="0.4", linestyle=[":", "--"][j % 2], linewidth=1, label=r["label"])
     ax.set_yscale("log")

@@ -1,8 +1,9 @@
 """Recipes: the typed schema (schema.py) and YAML loading with overrides (load.py).
 
-    recipe = load_recipe("recipes/smollm2-135m-xdlm-lora.yaml", ["diffusion.k=0.5"])
-    recipe.diffusion.k, recipe.training.max_steps, ...
+recipe = load_recipe("recipes/smollm2-135m-xdlm-lora.yaml", ["diffusion.k=0.5"])
+recipe.diffusion.k, recipe.training.max_steps, ...
 """
+
 from .load import apply_override, diff_recipes, flatten, load_recipe, recipe_to_yaml, save_recipe
 from .schema import (
     BUILTIN_SOURCES,
@@ -22,7 +23,24 @@ from .schema import (
 )
 
 __all__ = [
-    "BUILTIN_SOURCES", "SCHEDULES", "AdaptationConfig", "ColumnsConfig", "DataConfig", "DeepSpeedConfig",
-    "DiffusionConfig", "EvalConfig", "ExportConfig", "LoraConfig", "ModelConfig", "Recipe", "RecipeError",
-    "TrainingConfig", "apply_override", "diff_recipes", "flatten", "load_recipe", "recipe_to_yaml", "save_recipe",
+    "BUILTIN_SOURCES",
+    "SCHEDULES",
+    "AdaptationConfig",
+    "ColumnsConfig",
+    "DataConfig",
+    "DeepSpeedConfig",
+    "DiffusionConfig",
+    "EvalConfig",
+    "ExportConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "Recipe",
+    "RecipeError",
+    "TrainingConfig",
+    "apply_override",
+    "diff_recipes",
+    "flatten",
+    "load_recipe",
+    "recipe_to_yaml",
+    "save_recipe",
 ]

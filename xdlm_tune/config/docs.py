@@ -10,6 +10,7 @@ docstring, as in litgpt), so a new field is documented where it is declared:
     python -m xdlm_tune.config.docs --write README.md  # replace it between the two marker comments
     python -m xdlm_tune.config.docs --check README.md  # exit 1 when the README's copy is stale
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,9 +36,13 @@ def field_help(cls: type) -> dict[str, str]:
     body = tree.body[0].body
     out = {}
     for node, after in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-                and isinstance(after.value.value, str)):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
             out[node.target.id] = " ".join(after.value.value.split())
     return out
 
@@ -59,8 +64,10 @@ def reference() -> str:
     parts = []
     for section in dataclasses.fields(Recipe):
         cls = typing.get_type_hints(Recipe)[section.name]
-        parts.append(f"#### `{section.name}`\n\n{_cell(inspect.getdoc(cls) or '')}\n\n"
-                     "| key | type | default | what |\n|---|---|---|---|\n" + "\n".join(_rows(cls, f"{section.name}.")))
+        parts.append(
+            f"#### `{section.name}`\n\n{_cell(inspect.getdoc(cls) or '')}\n\n"
+            "| key | type | default | what |\n|---|---|---|---|\n" + "\n".join(_rows(cls, f"{section.name}."))
+        )
     return "\n\n".join(parts) + "\n"
 
 
@@ -74,16 +81,22 @@ def splice(text: str, generated: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m xdlm_tune.config.docs", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m xdlm_tune.config.docs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--write", metavar="FILE", help="replace the reference between the markers in FILE")
     group.add_argument("--check", metavar="FILE", help="exit 1 if FILE's reference differs from the schema's")
     args = ap.parse_args(argv)
     missing = undocumented()
     if missing:
-        print(f"fields without help text (add a docstring below each in xdlm_tune/config/schema.py): "
-              f"{', '.join(missing)}", file=sys.stderr)
+        print(
+            f"fields without help text (add a docstring below each in xdlm_tune/config/schema.py): "
+            f"{', '.join(missing)}",
+            file=sys.stderr,
+        )
         return 1
     if not (args.write or args.check):
         print(reference(), end="")
@@ -101,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path}: recipe reference {'updated' if new != text else 'already up to date'}")
         return 0
     if new != text:
-        print(f"{path}: the recipe reference differs from xdlm_tune/config/schema.py; "
-              f"run: python -m xdlm_tune.config.docs --write {path}", file=sys.stderr)
+        print(
+            f"{path}: the recipe reference differs from xdlm_tune/config/schema.py; "
+            f"run: python -m xdlm_tune.config.docs --write {path}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -4,6 +4,7 @@
 values of the wrong type are rejected with the key path and the closest valid key, before
 anything heavy is imported; then `Recipe.validate()` checks the values themselves.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,7 +53,9 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
         except yaml.YAMLError as e:
             raise RecipeError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(raw, dict):
-            raise RecipeError(f"{path}: a recipe is a mapping of sections (model:, data:, ...), got {type(raw).__name__}")
+            raise RecipeError(
+                f"{path}: a recipe is a mapping of sections (model:, data:, ...), got {type(raw).__name__}"
+            )
         sources.update(_key_lines(text, path))
     for item in overrides:
         key = apply_override(raw, item)
@@ -136,7 +139,8 @@ class _RecipeDumper(yaml.SafeDumper):
 
 
 _RecipeDumper.add_representer(
-    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True))
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
+)
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

@@ -3,6 +3,7 @@
 `Recipe.validate()` collects every problem into one RecipeError whose lines start with
 the key path (`diffusion.k: must be in [0, 1] ...`). Loading and overrides are in load.py.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,7 +49,12 @@ class ModelConfig:
         if not self.name_or_path:
             errs.append(("name_or_path", "is empty; give a Hub id or a local directory"))
         if self.quantization is not None and not recipe.lora.enabled:
-            errs.append(("quantization", "a quantized base can only be trained with LoRA; set lora.enabled: true or quantization: null"))
+            errs.append(
+                (
+                    "quantization",
+                    "a quantized base can only be trained with LoRA; set lora.enabled: true or quantization: null",
+                )
+            )
         return errs
 
 
@@ -115,7 +121,9 @@ class LoraConfig:
         if not 0.0 <= self.dropout < 1.0:
             errs.append(("dropout", f"must be in [0, 1), got {self.dropout}"))
         if isinstance(self.target_modules, list) and not self.target_modules:
-            errs.append(("target_modules", 'is an empty list; name modules (e.g. [q_proj, v_proj]) or use "all-linear"'))
+            errs.append(
+                ("target_modules", 'is an empty list; name modules (e.g. [q_proj, v_proj]) or use "all-linear"')
+            )
         return errs
 
 
@@ -145,7 +153,12 @@ class DiffusionConfig:
         if self.schedule not in SCHEDULES:
             errs.append(("schedule", _enum_msg(self.schedule, SCHEDULES)))
         if not 0.0 < self.eps < 0.5:
-            errs.append(("eps", f"must be in (0, 0.5) so that alpha_t stays inside (0, 1), got {self.eps}; 1e-3 is the usual value"))
+            errs.append(
+                (
+                    "eps",
+                    f"must be in (0, 0.5) so that alpha_t stays inside (0, 1), got {self.eps}; 1e-3 is the usual value",
+                )
+            )
         if self.chunk_size is not None and self.chunk_size < 1:
             errs.append(("chunk_size", f"must be a positive integer or null, got {self.chunk_size}"))
         if self.chunk_mib is not None and not self.chunk_mib > 0:
@@ -216,13 +229,25 @@ class DataConfig:
             if self.mode != "sft":
                 errs.append(("max_prompt_len", "only applies to data.mode: sft; remove it or set it to null"))
             elif not 1 <= self.max_prompt_len < self.seq_len:
-                errs.append(("max_prompt_len", f"must be in [1, seq_len) to leave room for the answer, got {self.max_prompt_len} with seq_len {self.seq_len}"))
+                errs.append(
+                    (
+                        "max_prompt_len",
+                        f"must be in [1, seq_len) to leave room for the answer, got {self.max_prompt_len} with seq_len {self.seq_len}",
+                    )
+                )
         if self.source == "python-stdlib" and self.mode == "sft":
             errs.append(("mode", "python-stdlib is raw code with no prompt/answer pairs; use mode: pretrain"))
         if self.source == "python-stdlib" and self.data_files:
-            errs.append(("data_files", "does not apply to python-stdlib (it reads this Python's own library); remove it"))
+            errs.append(
+                ("data_files", "does not apply to python-stdlib (it reads this Python's own library); remove it")
+            )
         if self.source == "mbpp-train" and not self.data_files:
-            errs.append(("data_files", "mbpp-train reads a local MBPP file; set it to the path of mbpp.jsonl (e.g. ../shared/data/mbpp.jsonl)"))
+            errs.append(
+                (
+                    "data_files",
+                    "mbpp-train reads a local MBPP file; set it to the path of mbpp.jsonl (e.g. ../shared/data/mbpp.jsonl)",
+                )
+            )
         return errs
 
 
@@ -317,8 +342,10 @@ class DeepSpeedConfig:
 
             path = find_file(self.config, "deepspeed_configs")
             if path is None:
-                raise RecipeError(f"deepspeed.config: {self.config} not found (relative paths start at the working "
-                                  f"directory; shipped configs: {names('deepspeed_configs')})")
+                raise RecipeError(
+                    f"deepspeed.config: {self.config} not found (relative paths start at the working "
+                    f"directory; shipped configs: {names('deepspeed_configs')})"
+                )
             ds = json.loads(path.read_text())
         if self.zero_stage is not None:
             ds.setdefault("zero_optimization", {})["stage"] = self.zero_stage
@@ -384,7 +411,9 @@ class EvalConfig:
         if self.gen_length < 1:
             errs.append(("gen_length", f"must be a positive integer, got {self.gen_length}"))
         if self.block_length < 1 or self.gen_length % self.block_length:
-            errs.append(("block_length", f"must be positive and divide gen_length ({self.gen_length}), got {self.block_length}"))
+            errs.append(
+                ("block_length", f"must be positive and divide gen_length ({self.gen_length}), got {self.block_length}")
+            )
         if self.temperature < 0:
             errs.append(("temperature", f"must be >= 0, got {self.temperature}"))
         if not 0 < self.top_p <= 1:
@@ -395,7 +424,9 @@ class EvalConfig:
             errs.append(("limit", f"must be a positive integer or null, got {self.limit}"))
         sampler = self.sampler or ("xdlm" if recipe.diffusion.k > 0 else "confidence")
         if self.final_step == "ancestral" and sampler != "ancestral":
-            errs.append(("final_step", f"'ancestral' applies to sampler: ancestral only (sampler is {sampler!r}); use 'none'"))
+            errs.append(
+                ("final_step", f"'ancestral' applies to sampler: ancestral only (sampler is {sampler!r}); use 'none'")
+            )
         if self.revise_prompt and sampler != "xdlm":
             errs.append(("revise_prompt", f"applies to sampler: xdlm only (sampler is {sampler!r}); set it to false"))
         if self.refresh_every is not None and self.refresh_every < 1:
@@ -405,7 +436,9 @@ class EvalConfig:
         if self.threshold is not None and not 0 < self.threshold <= 1:
             errs.append(("threshold", f"must be in (0, 1] or null, got {self.threshold}"))
         if self.threshold is not None and sampler == "ancestral":
-            errs.append(("threshold", "applies to sampler: confidence or xdlm only (sampler is 'ancestral'); set it to null"))
+            errs.append(
+                ("threshold", "applies to sampler: confidence or xdlm only (sampler is 'ancestral'); set it to null")
+            )
         return errs
 
 
@@ -438,7 +471,11 @@ class Recipe:
 
     def problems(self) -> list[tuple[str, str]]:
         """Every bad value and broken cross-field rule, as (key path, message)."""
-        return [(f"{f.name}.{key}", msg) for f in dataclasses.fields(self) for key, msg in getattr(self, f.name)._errors(self)]
+        return [
+            (f"{f.name}.{key}", msg)
+            for f in dataclasses.fields(self)
+            for key, msg in getattr(self, f.name)._errors(self)
+        ]
 
     def validate(self) -> Recipe:
         """Check values and cross-field rules; raise one RecipeError listing every problem."""

@@ -9,6 +9,7 @@ is read from the package, so the same commands work after `pip install` from any
     xdlm-tune recipes                       # every shipped file with its path
     xdlm-tune recipes accelerate_multi_gpu  # one path: accelerate launch --config_file "$(...)"
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,9 @@ def names(folder: str) -> str:
 
 def recipes_main(argv: list[str] | None = None) -> int:
     """`xdlm-tune recipes [NAME]`: list the shipped recipes and configs, or print one's path."""
-    ap = argparse.ArgumentParser(prog="xdlm-tune recipes", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="xdlm-tune recipes", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("name", nargs="?", help="a shipped recipe or config (with or without .yaml/.json): print its path")
     args = ap.parse_args(argv)
     if args.name:
@@ -57,8 +59,11 @@ def recipes_main(argv: list[str] | None = None) -> int:
                 if candidate.is_file():
                     print(candidate)
                     return 0
-        print(f"xdlm-tune recipes: no shipped file named {args.name!r}; recipes: {names('recipes')}; "
-              f"configs: {names('deepspeed_configs')}", file=sys.stderr)
+        print(
+            f"xdlm-tune recipes: no shipped file named {args.name!r}; recipes: {names('recipes')}; "
+            f"configs: {names('deepspeed_configs')}",
+            file=sys.stderr,
+        )
         return 2
     for folder in FOLDERS:
         print(f"{folder}/ ({FOLDERS[folder]}):")

@@ -7,6 +7,7 @@ under `<xdlm-tune cache>/tokenized/<key>/`, where the key hashes the records' co
 section of the recipe, the tokenizer and the source of the encoding code. A new entry is written
 to a temporary folder and renamed into place; the newest `KEEP` entries are kept.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,18 @@ def tokenizer_digest(tokenizer) -> str:
         h.update(backend.to_str().encode())
     else:
         h.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
-    h.update(json.dumps([len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id,
-                         getattr(tokenizer, "add_bos_token", None)], default=str).encode())
+    h.update(
+        json.dumps(
+            [
+                len(tokenizer),
+                tokenizer.eos_token_id,
+                tokenizer.bos_token_id,
+                tokenizer.pad_token_id,
+                getattr(tokenizer, "add_bos_token", None),
+            ],
+            default=str,
+        ).encode()
+    )
     return h.hexdigest()
 
 
@@ -59,8 +70,9 @@ def cache_key(ds, cfg, tokenizer) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
 
 
-def cached_encode(ds, cfg, tokenizer, encode: Callable[[Any, Any, Any], Any], *,
-                  root: str | os.PathLike | None = None) -> tuple[Any, Path | None]:
+def cached_encode(
+    ds, cfg, tokenizer, encode: Callable[[Any, Any, Any], Any], *, root: str | os.PathLike | None = None
+) -> tuple[Any, Path | None]:
     """`encode(ds, cfg, tokenizer)`, or its result from the cache; returns (dataset, the cache
     folder it was read from, or None when it was encoded now). File-backed datasets are left to
     datasets' own cache."""
@@ -93,7 +105,10 @@ def cached_encode(ds, cfg, tokenizer, encode: Callable[[Any, Any, Any], Any], *,
 
 
 def _prune(root: Path) -> None:
-    entries = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".tmp-")),
-                     key=lambda p: p.stat().st_mtime, reverse=True)
+    entries = sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".tmp-")),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
     for old in entries[KEEP:]:
         shutil.rmtree(old, ignore_errors=True)

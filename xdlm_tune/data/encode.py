@@ -4,6 +4,7 @@ An encoded example is {"input_ids": list[int], "prompt_len": int}: the first pro
 tokens are the prompt (never noised, no loss); pretraining blocks have prompt_len 0.
 The collator turns a list of them into the tensors the trainer uses.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,8 +37,15 @@ def pack(docs: Iterable[list[int]], block_len: int) -> Iterator[list[int]]:
             del buf[:block_len]
 
 
-def encode_pair(prompt_ids: list[int], answer_ids: list[int], *, seq_len: int,
-                max_prompt_len: int | None, where: str, eos_pad: int | None = None) -> dict[str, Any]:
+def encode_pair(
+    prompt_ids: list[int],
+    answer_ids: list[int],
+    *,
+    seq_len: int,
+    max_prompt_len: int | None,
+    where: str,
+    eos_pad: int | None = None,
+) -> dict[str, Any]:
     """Prompt + answer as one example of at most seq_len tokens; the answer is cut to fit.
 
     ``eos_pad``: the EOS id to pad the answer with up to exactly seq_len tokens (LLaDA's SFT):
@@ -46,9 +54,11 @@ def encode_pair(prompt_ids: list[int], answer_ids: list[int], *, seq_len: int,
     if max_prompt_len is not None and len(prompt_ids) > max_prompt_len:
         prompt_ids = prompt_ids[-max_prompt_len:]  # keep the end: the question is usually last
     if len(prompt_ids) >= seq_len:
-        raise DataError(f"{where}: the prompt is {len(prompt_ids)} tokens and data.seq_len is {seq_len}, which leaves "
-                        "no room for the answer; raise data.seq_len, or set data.max_prompt_len below it to keep "
-                        "only the end of long prompts")
+        raise DataError(
+            f"{where}: the prompt is {len(prompt_ids)} tokens and data.seq_len is {seq_len}, which leaves "
+            "no room for the answer; raise data.seq_len, or set data.max_prompt_len below it to keep "
+            "only the end of long prompts"
+        )
     if not answer_ids:
         raise DataError(f"{where}: the answer is empty")
     ids = prompt_ids + answer_ids[: seq_len - len(prompt_ids)]
@@ -64,18 +74,24 @@ def render_chat(tokenizer, messages: list[dict[str, str]], where: str) -> tuple[
     (system and earlier turns) is prompt and carries no loss.
     """
     if not getattr(tokenizer, "chat_template", None):
-        raise DataError("data.columns.messages is set but the tokenizer has no chat template; use prompt/answer "
-                        "columns (data.columns.prompt / answer) or a tokenizer that has one")
+        raise DataError(
+            "data.columns.messages is set but the tokenizer has no chat template; use prompt/answer "
+            "columns (data.columns.prompt / answer) or a tokenizer that has one"
+        )
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
         raise DataError(f"{where}: messages must be a non-empty list of {{role, content}} dicts, got {messages!r:.200}")
     if messages[-1].get("role") != "assistant":
-        raise DataError(f"{where}: the last message must be the assistant's answer, got role {messages[-1].get('role')!r}")
+        raise DataError(
+            f"{where}: the last message must be the assistant's answer, got role {messages[-1].get('role')!r}"
+        )
     prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     if not full.startswith(prompt):
-        raise DataError(f"{where}: the chat template does not render the conversation as prompt + answer; "
-                        "use prompt/answer columns instead")
-    return prompt, full[len(prompt):]
+        raise DataError(
+            f"{where}: the chat template does not render the conversation as prompt + answer; "
+            "use prompt/answer columns instead"
+        )
+    return prompt, full[len(prompt) :]
 
 
 def example_encoder(cfg: DataConfig, tokenizer) -> Callable[[list[dict[str, Any]], list[int]], list[dict[str, Any]]]:
@@ -104,9 +120,10 @@ def example_encoder(cfg: DataConfig, tokenizer) -> Callable[[list[dict[str, Any]
         else:
             prompts = _ids(tokenizer, [r[cols.prompt] for r in records], special=True)
             answers = [a + [eos] for a in _ids(tokenizer, [r[cols.answer] for r in records], special=False)]
-        return [encode_pair(p, a, seq_len=cfg.seq_len, max_prompt_len=cfg.max_prompt_len, where=where(i),
-                            eos_pad=eos_pad)
-                for p, a, i in zip(prompts, answers, indices)]
+        return [
+            encode_pair(p, a, seq_len=cfg.seq_len, max_prompt_len=cfg.max_prompt_len, where=where(i), eos_pad=eos_pad)
+            for p, a, i in zip(prompts, answers, indices)
+        ]
 
     return encode
 
@@ -123,8 +140,15 @@ def encode_dataset(ds, cfg: DataConfig, tokenizer):
             return {"input_ids": blocks, "prompt_len": [0] * len(blocks)}
         return {"input_ids": [e["input_ids"] for e in examples], "prompt_len": [e["prompt_len"] for e in examples]}
 
-    out = ds.map(batch_fn, batched=True, batch_size=1000, with_indices=True, remove_columns=ds.column_names,
-                 num_proc=cfg.num_proc, desc="tokenizing")
+    out = ds.map(
+        batch_fn,
+        batched=True,
+        batch_size=1000,
+        with_indices=True,
+        remove_columns=ds.column_names,
+        num_proc=cfg.num_proc,
+        desc="tokenizing",
+    )
     if len(out) == 0:
         what = f"one block of data.seq_len = {cfg.seq_len} tokens" if cfg.mode == "pretrain" else "one example"
         raise DataError(f"dataset {cfg.source!r} gives fewer than {what}")
@@ -154,8 +178,12 @@ class Collator:
             attention_mask[i, : len(ids)] = 1
             prompt_mask[i, : e["prompt_len"]] = True
         loss_mask = attention_mask.bool() & ~prompt_mask
-        return {"input_ids": input_ids, "attention_mask": attention_mask,
-                "prompt_mask": prompt_mask, "loss_mask": loss_mask}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "prompt_mask": prompt_mask,
+            "loss_mask": loss_mask,
+        }
 
 
 def make_collator(tokenizer, pad_to: int | None = None) -> Collator:

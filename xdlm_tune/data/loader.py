@@ -5,6 +5,7 @@ small JSON-able dict (`state_dict`), saved with every checkpoint; `load_state_di
 puts a fresh loader at the exact next batch, so a resumed run sees the same data as an
 uninterrupted one.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,17 +29,28 @@ class ResumableLoader:
     incomplete global batch of an epoch is dropped.
     """
 
-    def __init__(self, dataset, collate: Callable[[list], Batch], batch_size: int, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, shuffle: bool = True):
+    def __init__(
+        self,
+        dataset,
+        collate: Callable[[list], Batch],
+        batch_size: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+    ):
         self.dataset, self.collate = dataset, collate
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.shuffle = seed, shuffle
         self.num_examples = len(dataset)
         self.global_batch = batch_size * world_size
         if self.num_examples < self.global_batch:
-            raise DataError(f"{self.num_examples} training examples, fewer than one global batch "
-                            f"({batch_size} per device x {world_size} processes = {self.global_batch}); "
-                            "lower training.per_device_batch_size or add data")
+            raise DataError(
+                f"{self.num_examples} training examples, fewer than one global batch "
+                f"({batch_size} per device x {world_size} processes = {self.global_batch}); "
+                "lower training.per_device_batch_size or add data"
+            )
         self.epoch = 0
         self.batch = 0  # next batch within the epoch
 
@@ -56,20 +68,27 @@ class ResumableLoader:
             order = self.order(self.epoch)
             while self.batch < self.batches_per_epoch:
                 start = self.batch * self.global_batch + self.rank * self.batch_size
-                idx = order[start:start + self.batch_size]
+                idx = order[start : start + self.batch_size]
                 self.batch += 1  # counted before the yield: the state names the NEXT batch
                 yield self.collate([self.dataset[int(i)] for i in idx])
             self.epoch, self.batch = self.epoch + 1, 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch": self.batch, "seed": self.seed,
-                "num_examples": self.num_examples, "global_batch": self.global_batch}
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "seed": self.seed,
+            "num_examples": self.num_examples,
+            "global_batch": self.global_batch,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key in ("seed", "num_examples", "global_batch"):
             if state.get(key) != getattr(self, key):
-                raise DataError(f"cannot resume the data position: {key} was {state.get(key)} at the checkpoint "
-                                f"and is {getattr(self, key)} now (the data or batch geometry changed)")
+                raise DataError(
+                    f"cannot resume the data position: {key} was {state.get(key)} at the checkpoint "
+                    f"and is {getattr(self, key)} now (the data or batch geometry changed)"
+                )
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
 
 
@@ -81,8 +100,15 @@ class StreamLoader:
     leftover tokens and the last incomplete batch of a pass are dropped.
     """
 
-    def __init__(self, stream, encode: Callable[[list[dict], list[int]], list[dict]],
-                 collate: Callable[[list], Batch], batch_size: int, *, pack_len: int | None = None):
+    def __init__(
+        self,
+        stream,
+        encode: Callable[[list[dict], list[int]], list[dict]],
+        collate: Callable[[list], Batch],
+        batch_size: int,
+        *,
+        pack_len: int | None = None,
+    ):
         self.stream, self.encode, self.collate = stream, encode, collate
         self.batch_size, self.pack_len = batch_size, pack_len
         self.epoch, self.batch = 0, 0
@@ -121,8 +147,13 @@ class StreamLoader:
             self.epoch, self.batch, self._buffer, self._records, self._source = self.epoch + 1, 0, [], 0, None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch": self.batch, "records": self._records,
-                "source": self._source, "buffer": list(self._buffer)}
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "records": self._records,
+            "source": self._source,
+            "buffer": list(self._buffer),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.batch, self._records = int(state["epoch"]), int(state["batch"]), int(state["records"])
@@ -139,8 +170,9 @@ class DataBundle:
     eval: Any  # encoded map-style Dataset of held-out examples (fixed across runs)
     collator: Collator
 
-    def eval_batches(self, batch_size: int, *, max_batches: int | None = None,
-                     rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+    def eval_batches(
+        self, batch_size: int, *, max_batches: int | None = None, rank: int = 0, world_size: int = 1
+    ) -> Iterator[Batch]:
         """The held-out batches in a fixed order (the last may be smaller); rank r gets r, r+W, ..."""
         n = -(-len(self.eval) // batch_size)
         if max_batches is not None:
@@ -150,8 +182,9 @@ class DataBundle:
             yield self.collator([self.eval[i] for i in range(b * batch_size, stop)])
 
 
-def build_data(cfg: DataConfig, tokenizer, *, batch_size: int, seed: int = 0,
-               rank: int = 0, world_size: int = 1) -> DataBundle:
+def build_data(
+    cfg: DataConfig, tokenizer, *, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1
+) -> DataBundle:
     """Load, hold out, tokenize and batch the data of a recipe's `data` section."""
     import datasets
 
@@ -166,8 +199,13 @@ def build_data(cfg: DataConfig, tokenizer, *, batch_size: int, seed: int = 0,
         eval_ds, hit = cached_encode(eval_set, cfg, tokenizer, encode_dataset)
         reused += [hit] if hit else []
     if cfg.streaming:
-        train = StreamLoader(records.train, example_encoder(cfg, tokenizer), collator, batch_size,
-                             pack_len=cfg.seq_len if cfg.mode == "pretrain" else None)
+        train = StreamLoader(
+            records.train,
+            example_encoder(cfg, tokenizer),
+            collator,
+            batch_size,
+            pack_len=cfg.seq_len if cfg.mode == "pretrain" else None,
+        )
     else:
         encoded, hit = cached_encode(records.train, cfg, tokenizer, encode_dataset)
         reused += [hit] if hit else []
@@ -175,6 +213,8 @@ def build_data(cfg: DataConfig, tokenizer, *, batch_size: int, seed: int = 0,
     if reused and rank == 0:
         from ..console import write
 
-        write(f"data: reused the tokenized {cfg.source} from {reused[-1].parent}/ (same records, data settings, "
-              "tokenizer and encoding code)")
+        write(
+            f"data: reused the tokenized {cfg.source} from {reused[-1].parent}/ (same records, data settings, "
+            "tokenizer and encoding code)"
+        )
     return DataBundle(train=train, eval=eval_ds, collator=collator)

@@ -5,6 +5,7 @@ rest of the pipeline treats them like any other dataset:
   python-stdlib: {"path", "text"}, one record per .py file of this Python's stdlib.
   mbpp-train:    {"task_id", "prompt", "answer", "text"}, MBPP task ids 601-974.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,15 +66,19 @@ def python_stdlib_records(root: str | Path | None = None) -> list[dict[str, str]
 
 def mbpp_prompt(text: str, tests: list[str]) -> str:
     """The MBPP task as a prompt: problem statement, then the asserts the code must pass."""
-    return (f"You are an expert Python programmer, and here is your task: {text} "
-            "Your code should pass these tests:\n\n" + "\n".join(tests) + "\n")
+    return (
+        f"You are an expert Python programmer, and here is your task: {text} "
+        "Your code should pass these tests:\n\n" + "\n".join(tests) + "\n"
+    )
 
 
 def mbpp_records(path: str | Path, task_ids: range = MBPP_TRAIN_IDS) -> list[dict[str, Any]]:
     """MBPP rows from a local mbpp.jsonl, restricted to task_ids (the train split by default)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data.data_files: MBPP file not found: {path} (expected mbpp.jsonl, e.g. ../shared/data/mbpp.jsonl)")
+        raise DataError(
+            f"data.data_files: MBPP file not found: {path} (expected mbpp.jsonl, e.g. ../shared/data/mbpp.jsonl)"
+        )
     out = []
     with path.open() as f:
         for line in f:
@@ -116,9 +121,11 @@ def load_records(cfg: DataConfig, *, rank: int = 0, world_size: int = 1) -> Reco
         if n == 0:
             raise DataError(f"{name} is empty")
         if n <= h:
-            raise DataError(f"{name} has {n} records and data.eval_holdout is {h}: nothing left to train on; lower data.eval_holdout")
+            raise DataError(
+                f"{name} has {n} records and data.eval_holdout is {h}: nothing left to train on; lower data.eval_holdout"
+            )
         perm = np.random.default_rng(HOLDOUT_SEED).permutation(n)
-        train_idx = perm[h:] if cfg.max_records is None else perm[h:h + cfg.max_records]
+        train_idx = perm[h:] if cfg.max_records is None else perm[h : h + cfg.max_records]
         # sorted: contiguous reads while tokenizing; the loader shuffles every epoch anyway
         return Records(train=ds.select(np.sort(train_idx)), eval=[ds[int(i)] for i in perm[:h]])
 
@@ -158,8 +165,9 @@ def _load_hf(cfg: DataConfig):
             if builder is None:
                 raise DataError(f"data.source: cannot read {path}: use .jsonl/.json/.csv/.parquet/.txt")
             return datasets.load_dataset(builder, data_files=str(path), split=cfg.split, streaming=cfg.streaming)
-        return datasets.load_dataset(cfg.source, cfg.subset, data_files=cfg.data_files,
-                                     split=cfg.split, streaming=cfg.streaming)
+        return datasets.load_dataset(
+            cfg.source, cfg.subset, data_files=cfg.data_files, split=cfg.split, streaming=cfg.streaming
+        )
     except DataError:
         raise
     except Exception as e:  # the datasets error says what was missing; we add which setting it came from
@@ -184,5 +192,7 @@ def _require_columns(ds: Any, cfg: DataConfig, name: str) -> None:
         cols = list(first)
     for key, col in needed.items():
         if col not in cols:
-            raise DataError(f"data.columns.{key}: column {col!r} not found in {name}; available columns: "
-                            f"{', '.join(cols)}. Set data.columns.{key} to one of them.")
+            raise DataError(
+                f"data.columns.{key}: column {col!r} not found in {name}; available columns: "
+                f"{', '.join(cols)}. Set data.columns.{key} to one of them."
+            )

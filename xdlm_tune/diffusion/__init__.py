@@ -2,6 +2,7 @@
 
 Tensors in, tensors out: nothing here knows about transformers, PEFT or files.
 """
+
 from .fused_loss import fused_xdlm_loss
 from .loss import xdlm_loss
 from .noise import forward_noise, stationary

@@ -1,4 +1,5 @@
 """Argument checks shared by the diffusion core: clear errors that name the argument and the fix."""
+
 from __future__ import annotations
 
 import torch
@@ -7,9 +8,7 @@ import torch
 def check_k(k: float) -> float:
     k = float(k)
     if not 0.0 <= k <= 1.0:
-        raise ValueError(
-            f"k={k} is outside [0, 1]: use k=0 for MDLM, k=1 for UDLM, 0<k<1 for XDLM (paper default 0.1)"
-        )
+        raise ValueError(f"k={k} is outside [0, 1]: use k=0 for MDLM, k=1 for UDLM, 0<k<1 for XDLM (paper default 0.1)")
     return k
 
 
@@ -28,7 +27,9 @@ def check_ids(name: str, ids: torch.Tensor, shape: tuple[int, ...]) -> None:
     if ids.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"{name} must hold token ids (int64), got dtype {ids.dtype}")
     if tuple(ids.shape) != tuple(shape):
-        raise ValueError(f"{name} has shape {tuple(ids.shape)}, expected {tuple(shape)} ([B, L], like the other inputs)")
+        raise ValueError(
+            f"{name} has shape {tuple(ids.shape)}, expected {tuple(shape)} ([B, L], like the other inputs)"
+        )
 
 
 def check_float(name: str, x: torch.Tensor) -> None:
@@ -56,7 +57,9 @@ def as_alpha(name: str, alpha: torch.Tensor | float, batch: int, *, allow_one: b
     return alpha[:, None]
 
 
-def check_logits(logits: torch.Tensor, z_t: torch.Tensor, k: float, mask_id: int) -> tuple[int, int, int, float, torch.dtype]:
+def check_logits(
+    logits: torch.Tensor, z_t: torch.Tensor, k: float, mask_id: int
+) -> tuple[int, int, int, float, torch.dtype]:
     """Checks shared by the functions that take logits [B, L, V] and z_t [B, L].
 
     Returns (B, L, V, k, dtype): the math runs in float32, or float64 for float64 logits.

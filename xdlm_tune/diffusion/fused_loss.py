@@ -25,6 +25,7 @@ float32-accumulated matmul per block, written in bf16: no float32 [V, H] buffer,
 like the materialised path). A LoRA head is frozen; the rows PEFT trains (the mask row) come in as
 ``weight_rows`` and get an [n, H] gradient, never a [V, H] one.
 """
+
 from __future__ import annotations
 
 import math
@@ -152,8 +153,11 @@ def _chunked_pass(hidden, weight, bias, rows, z, x, a, w, *, k, mask_id, softcap
     any_grad = any(need)
     ac_all = a.to(fdtype)
     c_all = ac_all * V / ((1.0 - ac_all) * k) if k > 0 else None
-    saved = {n: torch.empty(N, dtype=fdtype, device=hidden.device) for n in ("lse", "coef", "g_x", "g_z", "g_R")} \
-        if w_by_blocks else None
+    saved = (
+        {n: torch.empty(N, dtype=fdtype, device=hidden.device) for n in ("lse", "coef", "g_x", "g_z", "g_R")}
+        if w_by_blocks
+        else None
+    )
     bufs = _Buffers(min(chunk, N), V, hidden.device)
     bias_f = None if bias is None else bias.to(fdtype)
 
@@ -194,8 +198,9 @@ def _chunked_pass(hidden, weight, bias, rows, z, x, a, w, *, k, mask_id, softcap
             for name, v in (("lse", lse), ("coef", coef), ("g_x", g_x), ("g_z", g_z), ("g_R", g_R)):
                 saved[name][sl] = v
         ar = torch.arange(r, device=hidden.device)
-        dl = _finish_dlogits(bufs, p, None if k == 0 else c_all[sl], coef, g_R, [(ar, xc, g_x), (ar, zc, g_z)],
-                             mask_id, dcap, fdtype)
+        dl = _finish_dlogits(
+            bufs, p, None if k == 0 else c_all[sl], coef, g_R, [(ar, xc, g_x), (ar, zc, g_z)], mask_id, dcap, fdtype
+        )
         dlc = dl
         if cdtype != fdtype:
             dlc = bufs.get("low", cdtype, r)
@@ -213,8 +218,20 @@ def _chunked_pass(hidden, weight, bias, rows, z, x, a, w, *, k, mask_id, softcap
             g_rows += (dlc[:, R_rows[0]].T @ hc).to(fdtype)
     del bufs  # the token pass's buffers go before the vocabulary pass makes its own
     if w_by_blocks and N:
-        g_weight = _weight_grad_by_blocks(hidden.to(cdtype), W, bias_f, R_rows, z, x, c_all, saved,
-                                          k=k, mask_id=mask_id, softcap=softcap, chunk_mib=chunk_mib)
+        g_weight = _weight_grad_by_blocks(
+            hidden.to(cdtype),
+            W,
+            bias_f,
+            R_rows,
+            z,
+            x,
+            c_all,
+            saved,
+            k=k,
+            mask_id=mask_id,
+            softcap=softcap,
+            chunk_mib=chunk_mib,
+        )
     elif w_by_blocks:
         g_weight = torch.zeros_like(weight)
     if g_weight is not None and rows is not None:
@@ -240,8 +257,9 @@ def _weight_grad_by_blocks(hidden, W, bias_f, rows, z, x, c_all, saved, *, k, ma
     lse, coef, g_R = saved["lse"], saved["coef"], saved["g_R"]
     for v0 in range(0, V, block):
         v1 = min(v0 + block, V)
-        logits, dcap = _logits_into(bufs, hidden, W[v0:v1], None if bias_f is None else bias_f[v0:v1], rows,
-                                    softcap, fdtype, col0=v0)
+        logits, dcap = _logits_into(
+            bufs, hidden, W[v0:v1], None if bias_f is None else bias_f[v0:v1], rows, softcap, fdtype, col0=v0
+        )
         p = logits.sub_(lse[:, None]).exp_()
         mask_col = mask_id - v0 if v0 <= mask_id < v1 else None
         if mask_col is not None:
@@ -360,7 +378,9 @@ def fused_xdlm_loss(
         row_ids, row_values = weight_rows
         row_ids = torch.as_tensor(row_ids, device=hidden.device).long().reshape(-1)
         if row_values.dim() != 2 or tuple(row_values.shape) != (row_ids.numel(), H):
-            raise ValueError(f"weight_rows must be (ids [n], rows [n, H={H}]), got rows of shape {tuple(row_values.shape)}")
+            raise ValueError(
+                f"weight_rows must be (ids [n], rows [n, H={H}]), got rows of shape {tuple(row_values.shape)}"
+            )
         if row_ids.numel() and not (0 <= int(row_ids.min()) and int(row_ids.max()) < V):
             raise ValueError(f"weight_rows ids must lie in [0, {V}), got {row_ids.tolist()}")
     a = as_alpha("alpha_t", alpha_t, B).to(hidden.device).expand(B, L)
@@ -386,10 +406,21 @@ def fused_xdlm_loss(
     # only the masked ones (h is exactly 0 elsewhere).
     keep = loss_mask if k > 0 else loss_mask & (z_t == mask_id)
     rows = keep.reshape(-1).nonzero()[:, 0]
-    fdtype = torch.float64 if torch.promote_types(hidden.dtype, lm_head_weight.dtype) == torch.float64 else torch.float32
+    fdtype = (
+        torch.float64 if torch.promote_types(hidden.dtype, lm_head_weight.dtype) == torch.float64 else torch.float32
+    )
     sel = lambda t: t.reshape(B * L, *t.shape[2:])[rows]  # noqa: E731
-    args = (sel(hidden), lm_head_weight, bias, row_ids, row_values, sel(z_t).long(), sel(x0).long(),
-            sel(a).to(fdtype), sel(token_weight).to(fdtype))
+    args = (
+        sel(hidden),
+        lm_head_weight,
+        bias,
+        row_ids,
+        row_values,
+        sel(z_t).long(),
+        sel(x0).long(),
+        sel(a).to(fdtype),
+        sel(token_weight).to(fdtype),
+    )
     kw = dict(k=k, mask_id=mask_id, softcap=logit_softcap)
     if _use_triton(backend, hidden, row_ids, mask_id):
         from .fused_loss_triton import triton_pass
@@ -411,7 +442,10 @@ def _use_triton(backend: str, hidden: torch.Tensor, row_ids: torch.Tensor | None
 
     ok, why = triton_available(hidden, explicit=backend == "triton")
     if ok and row_ids is not None and bool((row_ids != mask_id).any()):
-        ok, why = False, "the Triton kernel takes weight_rows only for the mask row (LoRA's); others need the torch path"
+        ok, why = (
+            False,
+            "the Triton kernel takes weight_rows only for the mask row (LoRA's); others need the torch path",
+        )
     if backend == "triton" and not ok:
         raise RuntimeError(f"backend='triton' is not usable here: {why}; use backend='torch'")
     return ok

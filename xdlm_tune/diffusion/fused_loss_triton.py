@@ -19,6 +19,7 @@ Memory: [N, V / BV] partials and [N] vectors; a trainable head adds a float32 [V
 Block sizes are untuned. Correctness is tested on CPU under TRITON_INTERPRET=1 against the torch
 path; speed and memory on a GPU are measured only by benchmarks/gpu_check.sh.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,10 @@ def triton_available(hidden: torch.Tensor, *, explicit: bool = False) -> tuple[b
         return True, ""
     if explicit and _INTERPRET:
         return True, ""
-    return False, (f"hidden is on {hidden.device.type}, not CUDA (TRITON_INTERPRET=1, set before import, "
-                   "runs the kernel on the CPU)")
+    return False, (
+        f"hidden is on {hidden.device.type}, not CUDA (TRITON_INTERPRET=1, set before import, "
+        "runs the kernel on the CPU)"
+    )
 
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -62,9 +65,26 @@ if triton is not None:
         return tl.dot(a, b, acc, out_dtype=ACC)
 
     @triton.jit
-    def _tile_logits(hid, w, bias, offs_n, offs_v, N, V, H, mask_id, softcap, HAS_BIAS: tl.constexpr,
-                     HAS_CAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr, BN: tl.constexpr,
-                     BV: tl.constexpr, BH: tl.constexpr):
+    def _tile_logits(
+        hid,
+        w,
+        bias,
+        offs_n,
+        offs_v,
+        N,
+        V,
+        H,
+        mask_id,
+        softcap,
+        HAS_BIAS: tl.constexpr,
+        HAS_CAP: tl.constexpr,
+        IEEE: tl.constexpr,
+        UPCAST: tl.constexpr,
+        ACC: tl.constexpr,
+        BN: tl.constexpr,
+        BV: tl.constexpr,
+        BH: tl.constexpr,
+    ):
         """logits [BN, BV] of one tile (ACC dtype) and d(softcap)/dlogit (1 without softcap)."""
         acc = tl.zeros((BN, BV), dtype=ACC)
         rn = offs_n.to(tl.int64)[:, None] * H
@@ -93,14 +113,37 @@ if triton is not None:
         return tl.where(w == 1.0, u, tl.log(w) * (u / d))
 
     @triton.jit
-    def _stats(hid, w, bias, x_ids, z_ids, part_max, part_sum, out_lx, out_lz, N, V, H, NVB, mask_id, softcap,
-               HAS_BIAS: tl.constexpr, HAS_CAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
-               BN: tl.constexpr, BV: tl.constexpr, BH: tl.constexpr):
+    def _stats(
+        hid,
+        w,
+        bias,
+        x_ids,
+        z_ids,
+        part_max,
+        part_sum,
+        out_lx,
+        out_lz,
+        N,
+        V,
+        H,
+        NVB,
+        mask_id,
+        softcap,
+        HAS_BIAS: tl.constexpr,
+        HAS_CAP: tl.constexpr,
+        IEEE: tl.constexpr,
+        UPCAST: tl.constexpr,
+        ACC: tl.constexpr,
+        BN: tl.constexpr,
+        BV: tl.constexpr,
+        BH: tl.constexpr,
+    ):
         pid_n, pid_v = tl.program_id(0), tl.program_id(1)
         offs_n = pid_n * BN + tl.arange(0, BN)
         offs_v = pid_v * BV + tl.arange(0, BV)
-        logits, dcap = _tile_logits(hid, w, bias, offs_n, offs_v, N, V, H, mask_id, softcap, HAS_BIAS, HAS_CAP,
-                                    IEEE, UPCAST, ACC, BN, BV, BH)
+        logits, dcap = _tile_logits(
+            hid, w, bias, offs_n, offs_v, N, V, H, mask_id, softcap, HAS_BIAS, HAS_CAP, IEEE, UPCAST, ACC, BN, BV, BH
+        )
         m = tl.max(logits, axis=1)
         m_safe = tl.where(m == float("-inf"), 0.0, m)
         s = tl.sum(tl.exp(logits - m_safe[:, None]), axis=1)
@@ -116,14 +159,35 @@ if triton is not None:
         tl.store(out_lz + offs_n, lz, mask=row & (zs >= v0) & (zs < v0 + BV))
 
     @triton.jit
-    def _reduce(hid, w, bias, lse_p, c_p, part_R, part_Q, N, V, H, NVB, mask_id, softcap,
-                HAS_BIAS: tl.constexpr, HAS_CAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
-                BN: tl.constexpr, BV: tl.constexpr, BH: tl.constexpr):
+    def _reduce(
+        hid,
+        w,
+        bias,
+        lse_p,
+        c_p,
+        part_R,
+        part_Q,
+        N,
+        V,
+        H,
+        NVB,
+        mask_id,
+        softcap,
+        HAS_BIAS: tl.constexpr,
+        HAS_CAP: tl.constexpr,
+        IEEE: tl.constexpr,
+        UPCAST: tl.constexpr,
+        ACC: tl.constexpr,
+        BN: tl.constexpr,
+        BV: tl.constexpr,
+        BH: tl.constexpr,
+    ):
         pid_n, pid_v = tl.program_id(0), tl.program_id(1)
         offs_n = pid_n * BN + tl.arange(0, BN)
         offs_v = pid_v * BV + tl.arange(0, BV)
-        logits, dcap = _tile_logits(hid, w, bias, offs_n, offs_v, N, V, H, mask_id, softcap, HAS_BIAS, HAS_CAP,
-                                    IEEE, UPCAST, ACC, BN, BV, BH)
+        logits, dcap = _tile_logits(
+            hid, w, bias, offs_n, offs_v, N, V, H, mask_id, softcap, HAS_BIAS, HAS_CAP, IEEE, UPCAST, ACC, BN, BV, BH
+        )
         row = offs_n < N
         lse = tl.load(lse_p + offs_n, mask=row, other=0.0)
         c = tl.load(c_p + offs_n, mask=row, other=0.0)
@@ -132,15 +196,44 @@ if triton is not None:
         tl.store(part_Q + offs_n.to(tl.int64) * NVB + pid_v, tl.sum(u / (1.0 + u), axis=1), mask=row)
 
     @triton.jit
-    def _grad(hid, w, bias, x_ids, z_ids, lse_p, c_p, coef_p, gR_p, gx_p, gz_p, g_hid, g_w, g_b,
-              N, V, H, mask_id, softcap, K_POS: tl.constexpr, NEED_W: tl.constexpr, NEED_B: tl.constexpr,
-              HAS_BIAS: tl.constexpr, HAS_CAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
-              BN: tl.constexpr, BV: tl.constexpr, BH: tl.constexpr):
+    def _grad(
+        hid,
+        w,
+        bias,
+        x_ids,
+        z_ids,
+        lse_p,
+        c_p,
+        coef_p,
+        gR_p,
+        gx_p,
+        gz_p,
+        g_hid,
+        g_w,
+        g_b,
+        N,
+        V,
+        H,
+        mask_id,
+        softcap,
+        K_POS: tl.constexpr,
+        NEED_W: tl.constexpr,
+        NEED_B: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        HAS_CAP: tl.constexpr,
+        IEEE: tl.constexpr,
+        UPCAST: tl.constexpr,
+        ACC: tl.constexpr,
+        BN: tl.constexpr,
+        BV: tl.constexpr,
+        BH: tl.constexpr,
+    ):
         pid_n, pid_v = tl.program_id(0), tl.program_id(1)
         offs_n = pid_n * BN + tl.arange(0, BN)
         offs_v = pid_v * BV + tl.arange(0, BV)
-        logits, dcap = _tile_logits(hid, w, bias, offs_n, offs_v, N, V, H, mask_id, softcap, HAS_BIAS, HAS_CAP,
-                                    IEEE, UPCAST, ACC, BN, BV, BH)
+        logits, dcap = _tile_logits(
+            hid, w, bias, offs_n, offs_v, N, V, H, mask_id, softcap, HAS_BIAS, HAS_CAP, IEEE, UPCAST, ACC, BN, BV, BH
+        )
         row = offs_n < N
         lse = tl.load(lse_p + offs_n, mask=row, other=0.0)
         coef = tl.load(coef_p + offs_n, mask=row, other=0.0)
@@ -197,16 +290,27 @@ def triton_pass(hidden, weight, bias, rows, z, x, a, w, *, k, mask_id, softcap, 
     grid = (triton.cdiv(N, BN), nvb)
     acc = tl.float64 if fdtype == torch.float64 else tl.float32
     ieee = cdtype in (torch.float32, torch.float64)
-    common = dict(HAS_BIAS=b is not None, HAS_CAP=softcap is not None, IEEE=ieee, UPCAST=_INTERPRET and not ieee,
-                  ACC=acc, BN=BN, BV=BV, BH=BH)
+    common = dict(
+        HAS_BIAS=b is not None,
+        HAS_CAP=softcap is not None,
+        IEEE=ieee,
+        UPCAST=_INTERPRET and not ieee,
+        ACC=acc,
+        BN=BN,
+        BV=BV,
+        BH=BH,
+    )
     cap = 1.0 if softcap is None else float(softcap)
     dummy = torch.zeros(1, dtype=fdtype, device=dev)
     bias_arg = dummy if b is None else b
 
     h_out = torch.zeros(N, dtype=fdtype, device=dev)
     zero_grads = lambda: (  # noqa: E731
-        torch.zeros_like(hidden) if need[0] else None, torch.zeros_like(weight) if need[1] else None,
-        torch.zeros_like(bias) if need[2] else None, torch.zeros_like(rows[1]) if need[3] else None)
+        torch.zeros_like(hidden) if need[0] else None,
+        torch.zeros_like(weight) if need[1] else None,
+        torch.zeros_like(bias) if need[2] else None,
+        torch.zeros_like(rows[1]) if need[3] else None,
+    )
     if N == 0:
         return h_out, zero_grads()
 
@@ -246,8 +350,31 @@ def triton_pass(hidden, weight, bias, rows, z, x, a, w, *, k, mask_id, softcap, 
     g_hid = torch.zeros(N, H, dtype=fdtype, device=dev)
     g_w = torch.zeros(V, H, dtype=fdtype, device=dev) if need[1] else dummy
     g_b = torch.zeros(V, dtype=fdtype, device=dev) if need[2] else dummy
-    _grad[grid](hid, W, bias_arg, x, z, lse, dummy if c is None else c, coef, g_R, g_x, g_z, g_hid, g_w, g_b,
-                N, V, H, mask_id, cap, K_POS=k > 0, NEED_W=bool(need[1]), NEED_B=bool(need[2]), **common)
+    _grad[grid](
+        hid,
+        W,
+        bias_arg,
+        x,
+        z,
+        lse,
+        dummy if c is None else c,
+        coef,
+        g_R,
+        g_x,
+        g_z,
+        g_hid,
+        g_w,
+        g_b,
+        N,
+        V,
+        H,
+        mask_id,
+        cap,
+        K_POS=k > 0,
+        NEED_W=bool(need[1]),
+        NEED_B=bool(need[2]),
+        **common,
+    )
     g_hidden = g_hid.to(hidden.dtype) if need[0] else None
     g_weight = g_w if need[1] else None
     if g_weight is not None and rows is not None:

@@ -15,6 +15,7 @@ row of a batch, stratified over the batch; the mean of the rows estimates it.
   eps -> 0 with no t noise left, hence lower variance; ``xdlm_loss`` at alpha = 1 - l / T gives
   the (T / l) -log p(x) terms.
 """
+
 from __future__ import annotations
 
 import torch

@@ -14,6 +14,7 @@ sum is >= 0 and no large constant cancels, which keeps S accurate in float32 at 
 ``token_terms`` holds the per-token algebra once; ``xdlm_loss`` (here) and ``fused_xdlm_loss``
 (fused_loss.py) only differ in how they get log p(x), log p(z) and R.
 """
+
 from __future__ import annotations
 
 import math

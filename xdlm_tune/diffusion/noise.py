@@ -1,4 +1,5 @@
 """Forward corruption q(z_t | x) = alpha_t [z_t == x] + (1 - alpha_t) pi(z_t)  (XDLM.md, "Forward")."""
+
 from __future__ import annotations
 
 import torch

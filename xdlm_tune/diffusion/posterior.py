@@ -1,4 +1,5 @@
 """The model's reverse step p_theta(z_s | z_t) (XDLM.md, "Reverse step"), mean parameterisation."""
+
 from __future__ import annotations
 
 import torch

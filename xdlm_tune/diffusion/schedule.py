@@ -3,6 +3,7 @@
 alpha falls from ~1 at t = 0 to ~0 at t = 1. Every schedule keeps alpha inside (0, 1) for
 t in [eps, 1] because the loss has 1/alpha and 1/(1 - alpha) terms (XDLM.md, "Objects").
 """
+
 from __future__ import annotations
 
 import math
@@ -52,7 +53,9 @@ class Schedule:
     ) -> torch.Tensor:
         """t ~ U[eps, 1], shape [B]. ``antithetic`` stratifies: one uniform offset, B evenly spaced
         points (lower-variance Monte Carlo estimate of the time integral)."""
-        u = torch.rand(1 if antithetic else batch, generator=generator, device=generator.device if generator else device)
+        u = torch.rand(
+            1 if antithetic else batch, generator=generator, device=generator.device if generator else device
+        )
         if antithetic:
             u = (u + torch.arange(batch, device=u.device) / batch) % 1.0
         return self.eps + (1.0 - self.eps) * u

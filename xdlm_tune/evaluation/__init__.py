@@ -2,6 +2,7 @@
 
 Nothing here imports torch; ``execute`` is the security boundary (see execute.py).
 """
+
 from .execute import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, STATUSES, ExecResult, execute, execute_many
 from .extract import HUMANEVAL_STOP, MBPP_STOP, extract_humaneval, extract_mbpp, syntax_valid
 from .metrics import Summary, markdown_table, plot_summary, summarize

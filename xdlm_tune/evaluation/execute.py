@@ -1,9 +1,10 @@
 """Run untrusted generated code against its tests in a separate, limited process (parent side).
 
-This file, screen.py, sandbox_runner.py and sandbox_guards.py are the evaluator's security
-boundary; all four import only the standard library (never torch). ``execute`` screens the
-program (screen.py), starts sandbox_runner.py in a fresh ``python -I -B -S`` and decides the
-status from the child's authenticated report, its exit and the clock.
+This file, screen.py, sandbox_runner.py, sandbox_limits.py and sandbox_guards.py are the
+evaluator's security boundary; all five import only the standard library (never torch).
+``execute`` screens the program (screen.py), starts sandbox_runner.py in a fresh
+``python -I -B -S`` and decides the status from the child's authenticated report, its exit and
+the clock.
 
 Layers, outermost first:
 
@@ -12,7 +13,7 @@ Layers, outermost first:
    process group, or a per-run marker in its environment), repeating until nothing is left.
    RLIMIT_NPROC does not bind for root, so this sweep is what guarantees that nothing outlives
    the run.
-2. Limits set in the child before the program runs: address space and data (``memory_mb``), CPU
+2. Limits set in the child before the program runs (sandbox_limits.py): address space and data (``memory_mb``), CPU
    seconds, file size, no core files, process count (binds only for non-root users).
 3. A fresh temporary working directory (also HOME and TMPDIR), removed afterwards.
 4. Network: a new, empty network namespace when the kernel allows it (root, or unprivileged user
@@ -28,6 +29,7 @@ A run counts as passed only if the child's report carries the run's random pass 
 runner can send that only from its pass line, reached after the program and every test ran
 to the end. Exiting early in any way (``sys.exit(0)``, ``os._exit(0)``, a signal) is an error.
 """
+
 from __future__ import annotations
 
 import marshal
@@ -54,9 +56,24 @@ _MARKER_ENV = "XDLM_SANDBOX_RUN"
 _STDERR_TAIL = 2000
 _RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_runner.py")
 # Imported by nobody: they reach libc, write files from C code, or expose interpreter internals.
-_BLOCKED_MODULES = ("ctypes", "_ctypes", "sqlite3", "_sqlite3", "dbm.gnu", "_gdbm", "dbm.ndbm", "_dbm",
-                    "readline", "_posixshmem", "_testcapi", "_testinternalcapi", "_testbuffer",
-                    "_testmultiphase", "_xxsubinterpreters", "_xxtestfuzz")
+_BLOCKED_MODULES = (
+    "ctypes",
+    "_ctypes",
+    "sqlite3",
+    "_sqlite3",
+    "dbm.gnu",
+    "_gdbm",
+    "dbm.ndbm",
+    "_dbm",
+    "readline",
+    "_posixshmem",
+    "_testcapi",
+    "_testinternalcapi",
+    "_testbuffer",
+    "_testmultiphase",
+    "_xxsubinterpreters",
+    "_xxtestfuzz",
+)
 
 
 class ExecResult(NamedTuple):
@@ -300,9 +317,7 @@ def _read_report(fd: int, tokens: tuple[str, str]) -> tuple[str, str, str] | Non
     return report
 
 
-def _classify(
-    report: tuple[str, str, str] | None, finished: bool, returncode: int, timeout: float
-) -> tuple[str, str]:
+def _classify(report: tuple[str, str, str] | None, finished: bool, returncode: int, timeout: float) -> tuple[str, str]:
     """Map the child's report and exit to (status, detail); only a reported pass is a pass."""
     if report is not None and report[0] == "passed":
         return "passed", ""

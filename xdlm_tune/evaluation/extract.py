@@ -1,4 +1,5 @@
 """Turn generated text into a program: stop strings, markdown fences, where a completion ends."""
+
 from __future__ import annotations
 
 import re
@@ -44,9 +45,16 @@ def _opencompass_patterns() -> list[str]:
     begins, ends = (r"\[BEGIN\]", "BEGIN"), (r"\[DONE\]", "DONE")
     bodies = (r"\s*'(.*)'\s*", r"\s*'(.*)\s*", r"\s*(.*)\s*")  # quoted, opening quote only, bare
     patterns = [b + body + e for body in bodies for e in ends for b in begins]
-    return patterns + [r"```python\s*(.*)\s*```", r"```\s*(.*)\s*```", r"```python\s*(.*)\s*$",
-                       r"```\s*(.*)\s*$", r"(.*)\s*```.*", r"\[BEGIN\]\s*'(.*)", r"\[BEGIN\](.*)",
-                       r"'(.*)'\s*\[DONE\]"]
+    return patterns + [
+        r"```python\s*(.*)\s*```",
+        r"```\s*(.*)\s*```",
+        r"```python\s*(.*)\s*$",
+        r"```\s*(.*)\s*$",
+        r"(.*)\s*```.*",
+        r"\[BEGIN\]\s*'(.*)",
+        r"\[BEGIN\](.*)",
+        r"'(.*)'\s*\[DONE\]",
+    ]
 
 
 _OPENCOMPASS = [re.compile(p, re.DOTALL) for p in _opencompass_patterns()]

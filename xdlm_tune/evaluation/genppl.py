@@ -19,6 +19,7 @@ conversion):
 The judge's own greedy and sampled (temperature 1) continuations of the same prefixes, scored the
 same way, are the reference rows (``steps`` None).
 """
+
 from __future__ import annotations
 
 import json
@@ -77,8 +78,10 @@ def heldout_prefixes(data_cfg, tokenizer, *, n: int, prefix_tokens: int) -> list
 
     records = load_records(data_cfg)
     if not records.eval:
-        raise ValueError("genppl: the recipe holds out no records (data.eval_holdout = 0): nothing to continue; "
-                         "raise data.eval_holdout or use --prefix-tokens 0 (unconditional)")
+        raise ValueError(
+            "genppl: the recipe holds out no records (data.eval_holdout = 0): nothing to continue; "
+            "raise data.eval_holdout or use --prefix-tokens 0 (unconditional)"
+        )
     examples = encode_dataset(datasets.Dataset.from_list(records.eval), data_cfg, tokenizer)
     out = []
     for e in examples.select(range(min(n, len(examples)))):
@@ -101,8 +104,8 @@ def _left_pad(prefixes: Sequence[list[int]], pad: int, device) -> tuple[torch.Te
     ids = torch.full((len(prefixes), P), pad, dtype=torch.long)
     mask = torch.zeros(len(prefixes), P, dtype=torch.long)
     for i, p in enumerate(prefixes):
-        ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, P - len(p):] = 1
+        ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, P - len(p) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -116,18 +119,20 @@ def diffusion_samples(em: EvalModel, prefixes: Sequence[list[int]], steps: int, 
     pad = em.tokenizer.pad_token_id if em.tokenizer.pad_token_id is not None else eos
     out = []
     for i in range(0, len(prefixes), cfg.batch_size):
-        chunk = prefixes[i:i + cfg.batch_size]
+        chunk = prefixes[i : i + cfg.batch_size]
         ids, mask = _left_pad(chunk, pad, device)
-        seq = generate(em.model, ids, settings, attention_mask=mask, mask_id=em.mask_id, shift=em.shift,
-                       eos_id=eos, generator=gen)
-        for p, row in zip(chunk, seq[:, ids.shape[1]:].tolist()):
+        seq = generate(
+            em.model, ids, settings, attention_mask=mask, mask_id=em.mask_id, shift=em.shift, eos_id=eos, generator=gen
+        )
+        for p, row in zip(chunk, seq[:, ids.shape[1] :].tolist()):
             out.append(Sample(list(p), *_cut(row, eos)))
     return out
 
 
 @torch.no_grad()
-def judge_samples(judge: EvalModel, prefixes: Sequence[list[int]], *, gen_length: int, sampled: bool,
-                  batch_size: int, seed: int = 0) -> list[Sample]:
+def judge_samples(
+    judge: EvalModel, prefixes: Sequence[list[int]], *, gen_length: int, sampled: bool, batch_size: int, seed: int = 0
+) -> list[Sample]:
     """The AR judge's own continuations (greedy, or sampled at temperature 1) of judge-token prefixes."""
     device = next(judge.model.parameters()).device
     tok = judge.tokenizer
@@ -136,12 +141,19 @@ def judge_samples(judge: EvalModel, prefixes: Sequence[list[int]], *, gen_length
     torch.manual_seed(seed)
     out = []
     for i in range(0, len(prefixes), batch_size):
-        chunk = prefixes[i:i + batch_size]
+        chunk = prefixes[i : i + batch_size]
         ids, mask = _left_pad(chunk, pad, device)
         kw = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0) if sampled else dict(do_sample=False)
-        seq = judge.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=gen_length,
-                                   min_new_tokens=1, pad_token_id=pad, eos_token_id=eos, **kw)
-        for p, row in zip(chunk, seq[:, ids.shape[1]:].tolist()):
+        seq = judge.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=gen_length,
+            min_new_tokens=1,
+            pad_token_id=pad,
+            eos_token_id=eos,
+            **kw,
+        )
+        for p, row in zip(chunk, seq[:, ids.shape[1] :].tolist()):
             out.append(Sample(list(p), *_cut(row, eos)))
     return out
 
@@ -162,14 +174,15 @@ def _judge_ids(judge_tok, text: str) -> list[int]:
 
 
 @torch.no_grad()
-def judge_nll(judge: EvalModel, contexts: Sequence[list[int]], targets: Sequence[list[int]],
-              batch_size: int) -> list[tuple[float, int]]:
+def judge_nll(
+    judge: EvalModel, contexts: Sequence[list[int]], targets: Sequence[list[int]], batch_size: int
+) -> list[tuple[float, int]]:
     """(sum of -log p(target tokens | context + earlier targets), number of targets) per pair, judge ids."""
     device = next(judge.model.parameters()).device
     pad = judge.tokenizer.pad_token_id if judge.tokenizer.pad_token_id is not None else judge.tokenizer.eos_token_id
     out = []
     for i in range(0, len(contexts), batch_size):
-        ctx, tgt = contexts[i:i + batch_size], targets[i:i + batch_size]
+        ctx, tgt = contexts[i : i + batch_size], targets[i : i + batch_size]
         seqs = [c + t for c, t in zip(ctx, tgt)]
         L = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), L), pad, dtype=torch.long)
@@ -178,7 +191,7 @@ def judge_nll(judge: EvalModel, contexts: Sequence[list[int]], targets: Sequence
         for j, (c, s) in enumerate(zip(ctx, seqs)):  # right padding: positions start at 0 for everyone
             ids[j, : len(s)] = torch.tensor(s)
             mask[j, : len(s)] = 1
-            scored[j, len(c): len(s)] = True
+            scored[j, len(c) : len(s)] = True
         ids, mask = ids.to(device), mask.to(device)
         logp = judge.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
         tok_lp = logp.gather(-1, ids[:, 1:, None])[..., 0]
@@ -188,9 +201,18 @@ def judge_nll(judge: EvalModel, contexts: Sequence[list[int]], targets: Sequence
     return out
 
 
-def score(samples: Sequence[Sample], gen_tok, judge: EvalModel, *, label: str, steps: int | None,
-          code: bool, batch_size: int, judge_prefixes: Sequence[list[int]] | None = None,
-          compile_prefix: bool = True) -> GenRow:
+def score(
+    samples: Sequence[Sample],
+    gen_tok,
+    judge: EvalModel,
+    *,
+    label: str,
+    steps: int | None,
+    code: bool,
+    batch_size: int,
+    judge_prefixes: Sequence[list[int]] | None = None,
+    compile_prefix: bool = True,
+) -> GenRow:
     """The row of metrics for ``samples`` (generator token ids, decoded with ``gen_tok``).
 
     ``judge_prefixes``: the samples' prefixes already in judge ids (for the judge's own samples);
@@ -213,16 +235,28 @@ def score(samples: Sequence[Sample], gen_tok, judge: EvalModel, *, label: str, s
     nll = judge_nll(judge, contexts, targets, batch_size)
     total, n_tok = sum(v for v, _ in nll), sum(n for _, n in nll)
     return GenRow(
-        label=label, steps=steps, n=len(samples),
+        label=label,
+        steps=steps,
+        n=len(samples),
         gen_ppl=math.exp(min(total / n_tok, 700.0)) if n_tok else math.nan,
         entropy=sum(unigram_entropy(s.ids) for s in samples) / max(len(samples), 1),
-        scored_tokens=n_tok, syntax_valid=(sum(valid) / len(valid)) if code and valid else None,
+        scored_tokens=n_tok,
+        syntax_valid=(sum(valid) / len(valid)) if code and valid else None,
         ended=sum(s.ended for s in samples) / max(len(samples), 1),
     )
 
 
-def reference_rows(judge: EvalModel, gen_tok, prefixes: Sequence[list[int]], *, gen_length: int, code: bool,
-                   batch_size: int, seed: int = 0, compile_prefix: bool = True) -> list[GenRow]:
+def reference_rows(
+    judge: EvalModel,
+    gen_tok,
+    prefixes: Sequence[list[int]],
+    *,
+    gen_length: int,
+    code: bool,
+    batch_size: int,
+    seed: int = 0,
+    compile_prefix: bool = True,
+) -> list[GenRow]:
     """The AR judge's greedy and sampled continuations of the same prefixes, scored like the others."""
     jt = judge.tokenizer
     start = [start_token(jt)]
@@ -234,12 +268,12 @@ def reference_rows(judge: EvalModel, gen_tok, prefixes: Sequence[list[int]], *, 
         # The judge's samples are in judge ids: score them with the judge's tokenizer as the decoder.
         label = f"{judge.label} AR {'sampled' if sampled else 'greedy'}"
         stripped = [Sample([], s.ids, s.ended) for s in samples]
-        row = score(stripped, jt, judge, label=label, steps=None, code=False, batch_size=batch_size,
-                    judge_prefixes=jp)
+        row = score(stripped, jt, judge, label=label, steps=None, code=False, batch_size=batch_size, judge_prefixes=jp)
         if code:
             row.syntax_valid = sum(
                 syntax_valid((t if compile_prefix else "") + jt.decode(s.ids, skip_special_tokens=True))
-                for t, s in zip(texts, samples)) / len(samples)
+                for t, s in zip(texts, samples)
+            ) / len(samples)
         rows.append(row)
     return rows
 
@@ -309,5 +343,15 @@ def save_samples(path: Path, label: str, steps: int | None, samples: Sequence[Sa
     """Append decoded samples (for reading; never executed)."""
     with path.open("a") as f:
         for s in samples:
-            f.write(json.dumps({"label": label, "steps": steps, "prefix": tok.decode(s.prefix, skip_special_tokens=True),
-                                "text": tok.decode(s.ids, skip_special_tokens=True), "ended": s.ended}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "label": label,
+                        "steps": steps,
+                        "prefix": tok.decode(s.prefix, skip_special_tokens=True),
+                        "text": tok.decode(s.ids, skip_special_tokens=True),
+                        "ended": s.ended,
+                    }
+                )
+                + "\n"
+            )

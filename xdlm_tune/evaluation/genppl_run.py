@@ -10,6 +10,7 @@ held-out prefixes of the recipe's data (--recipe, default the checkpoint's recip
 continues its held-out prompts); 0 (the default) samples unconditionally after one EOS.
 Writes genppl.json, genppl.md, genppl.png and samples_genppl.jsonl under --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,11 @@ CODE_SOURCES = ("python-stdlib", "mbpp-train")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="xdlm-tune eval --benchmark genppl", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="xdlm-tune eval --benchmark genppl",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--benchmark", choices=["genppl"], default="genppl")
     ap.add_argument("--model", default="smollm2-135m", help="base or exported model (name, Hub id or folder)")
     ap.add_argument("--checkpoint", help="a training run directory or checkpoint to evaluate")
@@ -48,26 +52,44 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--attn-implementation", default="sdpa")
     ap.add_argument("--judge", help="the AR judge: a causal LM name, Hub id or folder (default: the base model)")
     ap.add_argument("--recipe", help="recipe whose held-out data gives the prefixes (default: the checkpoint's)")
-    ap.add_argument("--prefix-tokens", type=int, default=0, help="0: unconditional; N: continue N-token held-out prefixes")
+    ap.add_argument(
+        "--prefix-tokens", type=int, default=0, help="0: unconditional; N: continue N-token held-out prefixes"
+    )
     ap.add_argument("--num-samples", type=int, default=16)
     ap.add_argument("--steps", type=int, nargs="+", default=[8, 16, 32], help="step budgets")
     ap.add_argument("--gen-length", type=int, default=64)
     ap.add_argument("--block-length", type=int, default=None, help="default: one block")
-    ap.add_argument("--sampler", choices=SAMPLERS, default=None,
-                    help="default: xdlm when the model's k > 0, else confidence (as eval); ancestral: exact steps")
-    ap.add_argument("--temperature", type=float, default=1.0,
-                    help="1 (default): samples, as gen-PPL is usually measured; 0: greedy (unconditional samples "
-                         "are then all the same)")
+    ap.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default=None,
+        help="default: xdlm when the model's k > 0, else confidence (as eval); ancestral: exact steps",
+    )
+    ap.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="1 (default): samples, as gen-PPL is usually measured; 0: greedy (unconditional samples "
+        "are then all the same)",
+    )
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--k", type=float, default=None, help="sampler's k (default: the model's, else 0.1)")
     ap.add_argument("--revise-prompt", action="store_true", help="xdlm: also rewrite prompt tokens (the authors' code)")
-    ap.add_argument("--final-step", choices=FINAL_STEPS, default="none",
-                    help="ancestral: the authors' extra sampled step to alpha_s = 1")
+    ap.add_argument(
+        "--final-step",
+        choices=FINAL_STEPS,
+        default="none",
+        help="ancestral: the authors' extra sampled step to alpha_s = 1",
+    )
     from .run import add_cache_arguments
 
     add_cache_arguments(ap)
-    ap.add_argument("--code", action=argparse.BooleanOptionalAction, default=None,
-                    help="report the compile rate (default: on for the builtin code corpora)")
+    ap.add_argument(
+        "--code",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="report the compile rate (default: on for the builtin code corpora)",
+    )
     ap.add_argument("--no-reference", action="store_true", help="skip the AR judge's own samples")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
@@ -101,21 +123,48 @@ def check_args(args) -> None:
         _fail(f"--steps {bad}: each budget must be in [1, --gen-length={args.gen_length}]")
 
 
-def generation_metrics(em: EvalModel, judge: EvalModel, prefixes: Sequence[list[int]], *, steps: Sequence[int],
-                       cfg: GenerationConfig, code: bool, samples_file: Path | None = None,
-                       reference: bool = True, compile_prefix: bool = True) -> list[GenRow]:
+def generation_metrics(
+    em: EvalModel,
+    judge: EvalModel,
+    prefixes: Sequence[list[int]],
+    *,
+    steps: Sequence[int],
+    cfg: GenerationConfig,
+    code: bool,
+    samples_file: Path | None = None,
+    reference: bool = True,
+    compile_prefix: bool = True,
+) -> list[GenRow]:
     """Rows for ``em`` at every budget in ``steps`` (and the judge's reference rows first).
     ``compile_prefix``: the compile check includes the prefix (code prefixes) or not (SFT prompts)."""
     rows = []
     if reference:
-        rows += reference_rows(judge, em.tokenizer, prefixes, gen_length=cfg.sampling.gen_length, code=code,
-                               batch_size=cfg.batch_size, seed=cfg.seed, compile_prefix=compile_prefix)
+        rows += reference_rows(
+            judge,
+            em.tokenizer,
+            prefixes,
+            gen_length=cfg.sampling.gen_length,
+            code=code,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            compile_prefix=compile_prefix,
+        )
     for s in steps:
         samples = diffusion_samples(em, prefixes, s, cfg)
         if samples_file is not None:
             save_samples(samples_file, em.label, s, samples, em.tokenizer)
-        rows.append(score(samples, em.tokenizer, judge, label=em.label, steps=s, code=code,
-                          batch_size=cfg.batch_size, compile_prefix=compile_prefix))
+        rows.append(
+            score(
+                samples,
+                em.tokenizer,
+                judge,
+                label=em.label,
+                steps=s,
+                code=code,
+                batch_size=cfg.batch_size,
+                compile_prefix=compile_prefix,
+            )
+        )
     return rows
 
 
@@ -156,8 +205,14 @@ def genppl_main(argv: list[str] | None = None) -> int:
             judge_name = args.model
         if judge_name is None:
             _fail("cannot tell the base model for the AR judge here (an export or a diffusion base): pass --judge")
-    judge = ar_baseline_model(judge_name, device, label=Path(judge_name).name, dtype=_default_dtype(args, device),
-                              attn_implementation=args.attn_implementation, trust_remote_code=args.trust_remote_code)
+    judge = ar_baseline_model(
+        judge_name,
+        device,
+        label=Path(judge_name).name,
+        dtype=_default_dtype(args, device),
+        attn_implementation=args.attn_implementation,
+        trust_remote_code=args.trust_remote_code,
+    )
     code = args.code if args.code is not None else bool(recipe and recipe.data.source in CODE_SOURCES)
     prefixes = make_prefixes(em.tokenizer, recipe=recipe, n=args.num_samples, prefix_tokens=args.prefix_tokens)
     settings = sampler_settings(args, em.extra)
@@ -169,10 +224,21 @@ def genppl_main(argv: list[str] | None = None) -> int:
     samples_file.write_text("")
     start = [start_token(em.tokenizer)]
     mode = "unconditional" if all(p == start for p in prefixes) else "held-out prefixes"
-    print(f"[genppl] {em.label}: {len(prefixes)} samples ({mode}), {args.gen_length} tokens, steps {args.steps}, "
-          f"sampler {settings.resolved_sampler}, judge {judge.label} -> {out}")
-    rows = generation_metrics(em, judge, prefixes, steps=args.steps, cfg=cfg, code=code, samples_file=samples_file,
-                              reference=not args.no_reference, compile_prefix=not is_sft(recipe))
+    print(
+        f"[genppl] {em.label}: {len(prefixes)} samples ({mode}), {args.gen_length} tokens, steps {args.steps}, "
+        f"sampler {settings.resolved_sampler}, judge {judge.label} -> {out}"
+    )
+    rows = generation_metrics(
+        em,
+        judge,
+        prefixes,
+        steps=args.steps,
+        cfg=cfg,
+        code=code,
+        samples_file=samples_file,
+        reference=not args.no_reference,
+        compile_prefix=not is_sft(recipe),
+    )
     title = f"gen-PPL under {judge.label} ({len(prefixes)} samples, {mode}, {args.gen_length} tokens)"
     paths = write_outputs(rows, out, title)
     print("\n" + paths["md"].read_text())

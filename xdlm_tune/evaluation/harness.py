@@ -7,6 +7,7 @@ harness runs the original causal model with greedy autoregressive decoding as th
 (``steps = None``). With several processes (``accelerate launch``) each rank takes every
 world_size-th problem and writes its own file; rank 0 merges and summarises.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,10 +40,21 @@ def settings_from_recipe(recipe) -> SamplerSettings:
     """A recipe's sampler settings: its ``eval`` section, with k / schedule / eps as it was trained."""
     ev, d = recipe.eval, recipe.diffusion
     return SamplerSettings(
-        steps=ev.steps[0], gen_length=ev.gen_length, block_length=ev.block_length, sampler=ev.sampler,
-        temperature=ev.temperature, top_p=ev.top_p, k=d.k, schedule=d.schedule, eps=d.eps,
-        revise_prompt=ev.revise_prompt, final_step=ev.final_step,
-        cache=ev.cache, refresh=ev.refresh, refresh_every=ev.refresh_every, threshold=ev.threshold,
+        steps=ev.steps[0],
+        gen_length=ev.gen_length,
+        block_length=ev.block_length,
+        sampler=ev.sampler,
+        temperature=ev.temperature,
+        top_p=ev.top_p,
+        k=d.k,
+        schedule=d.schedule,
+        eps=d.eps,
+        revise_prompt=ev.revise_prompt,
+        final_step=ev.final_step,
+        cache=ev.cache,
+        refresh=ev.refresh,
+        refresh_every=ev.refresh_every,
+        threshold=ev.threshold,
     )
 
 
@@ -63,7 +75,9 @@ def _batches(items: Sequence, size: int):
         yield items[i : i + size]
 
 
-def _encode(tokenizer, prompts: Sequence[str], device, special_tokens: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode(
+    tokenizer, prompts: Sequence[str], device, special_tokens: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ids and attention mask [B, P] for a list of prompts (``special_tokens``: with the
     tokenizer's BOS etc., as OpenCompass encodes)."""
     enc = [tokenizer(p, add_special_tokens=special_tokens)["input_ids"] for p in prompts]
@@ -72,8 +86,8 @@ def _encode(tokenizer, prompts: Sequence[str], device, special_tokens: bool = Fa
     ids = torch.full((len(enc), P), pad, dtype=torch.long)
     mask = torch.zeros(len(enc), P, dtype=torch.long)
     for i, e in enumerate(enc):
-        ids[i, P - len(e):] = torch.tensor(e)
-        mask[i, P - len(e):] = 1
+        ids[i, P - len(e) :] = torch.tensor(e)
+        mask[i, P - len(e) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -83,8 +97,9 @@ def _decode(tokenizer, ids: torch.Tensor, stops: Sequence[str]) -> list[str]:
 
 
 @torch.no_grad()
-def diffusion_generations(em: EvalModel, problems: Sequence[Problem], steps: int,
-                          cfg: GenerationConfig) -> tuple[list[str], list[int]]:
+def diffusion_generations(
+    em: EvalModel, problems: Sequence[Problem], steps: int, cfg: GenerationConfig
+) -> tuple[list[str], list[int]]:
     """One answer per problem from the diffusion sampler with ``steps`` forward passes, and the
     forward passes (NFE) each answer needed (fewer than ``steps`` under a threshold).
 
@@ -99,9 +114,18 @@ def diffusion_generations(em: EvalModel, problems: Sequence[Problem], steps: int
     for chunk in _prompt_batches(em, problems, cfg.batch_size):
         first = problems[chunk[0]]
         ids, mask = _encode(em.tokenizer, [problems[i].prompt for i in chunk], device, first.special_tokens)
-        seq, stats = generate(em.model, ids, settings, attention_mask=mask, mask_id=em.mask_id, shift=em.shift,
-                              eos_id=eos, generator=gen, return_stats=True)
-        out.update(zip(chunk, zip(_decode(em.tokenizer, seq[:, ids.shape[1]:], first.stop), stats.nfe.tolist())))
+        seq, stats = generate(
+            em.model,
+            ids,
+            settings,
+            attention_mask=mask,
+            mask_id=em.mask_id,
+            shift=em.shift,
+            eos_id=eos,
+            generator=gen,
+            return_stats=True,
+        )
+        out.update(zip(chunk, zip(_decode(em.tokenizer, seq[:, ids.shape[1] :], first.stop), stats.nfe.tolist())))
     return [out[i][0] for i in range(len(problems))], [out[i][1] for i in range(len(problems))]
 
 
@@ -125,13 +149,18 @@ def autoregressive_generations(em: EvalModel, problems: Sequence[Problem], cfg: 
     out = []
     for chunk in _batches(problems, cfg.batch_size):
         ids, mask = _encode(em.tokenizer, [p.prompt for p in chunk], device, chunk[0].special_tokens)
-        kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=cfg.sampling.gen_length, do_sample=False,
-                  pad_token_id=em.tokenizer.pad_token_id or em.tokenizer.eos_token_id)
+        kw = dict(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=cfg.sampling.gen_length,
+            do_sample=False,
+            pad_token_id=em.tokenizer.pad_token_id or em.tokenizer.eos_token_id,
+        )
         try:  # stop early at the stop strings (the text is cut at them below either way)
             seq = em.model.generate(**kw, stop_strings=list(chunk[0].stop) or None, tokenizer=em.tokenizer)
         except ValueError:  # a tokenizer whose vocabulary transformers cannot map to strings
             seq = em.model.generate(**kw)
-        out += _decode(em.tokenizer, seq[:, ids.shape[1]:], chunk[0].stop)
+        out += _decode(em.tokenizer, seq[:, ids.shape[1] :], chunk[0].stop)
     return out
 
 
@@ -201,12 +230,17 @@ def run_evaluation(
         todo = [p for p in mine if (label, s, p.task_id) not in done]
         bar.update(len(mine) - len(todo))
         for chunk in _batches(todo, max(cfg.batch_size, 1)):
-            texts, nfe = ((autoregressive_generations(em, chunk, cfg), [None] * len(chunk)) if s is None
-                          else diffusion_generations(em, chunk, s, cfg))
+            texts, nfe = (
+                (autoregressive_generations(em, chunk, cfg), [None] * len(chunk))
+                if s is None
+                else diffusion_generations(em, chunk, s, cfg)
+            )
             records = check_generations(chunk, texts, workers=workers, **exec_kw)
             used = None if s is None else _settings_record(cfg.sampling.replace(steps=s))
-            rows = [{"label": label, "steps": s, "nfe": n, "sampler": used, "generation": t, **r}
-                    for t, n, r in zip(texts, nfe, records)]
+            rows = [
+                {"label": label, "steps": s, "nfe": n, "sampler": used, "generation": t, **r}
+                for t, n, r in zip(texts, nfe, records)
+            ]
             _append(path, rows)
             bar.update(len(chunk))
             bar.set_postfix(model=label, steps=s if s is not None else "AR")

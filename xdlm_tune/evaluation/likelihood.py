@@ -7,6 +7,7 @@ depend on which other requests ran before it or on which process ran it, and all
 given target length see the same noise pattern (common random numbers, which makes the
 comparison of the choices of a multiple-choice question less noisy).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -72,10 +73,10 @@ def nelbo_draws(
     for start in range(0, settings.mc_num, settings.batch_size):
         B = min(settings.batch_size, settings.mc_num - start)
         x0 = x0_row.expand(B, T)
-        z_t, alpha, weight = bound_noise(x0, k=settings.k, mask_id=mask_id, vocab_size=V, schedule=sched,
-                                         generator=gen)
+        z_t, alpha, weight = bound_noise(x0, k=settings.k, mask_id=mask_id, vocab_size=V, schedule=sched, generator=gen)
         ids = torch.cat([ctx.expand(B, ctx.numel()), z_t], 1)
         logits = fn(ids, None, T)  # [B, T, V]
-        draws.append(bound_draws(logits, z_t, x0, alpha.to(device), weight.to(device), k=settings.k,
-                                 mask_id=mask_id).double())
+        draws.append(
+            bound_draws(logits, z_t, x0, alpha.to(device), weight.to(device), k=settings.k, mask_id=mask_id).double()
+        )
     return torch.cat(draws)

@@ -13,6 +13,7 @@
 base (converted on the fly, untrained), an xdlm-tune export, a training run or checkpoint folder; or,
 from Python, an ``EvalModel``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,8 +80,17 @@ def _is_training_output(path: str) -> bool:
     return True
 
 
-def load_model(pretrained, device: torch.device, *, kind=None, mask_id=None, shift=None, dtype=None,
-               trust_remote_code=False, attn_implementation="sdpa") -> EvalModel:
+def load_model(
+    pretrained,
+    device: torch.device,
+    *,
+    kind=None,
+    mask_id=None,
+    shift=None,
+    dtype=None,
+    trust_remote_code=False,
+    attn_implementation="sdpa",
+) -> EvalModel:
     """The denoiser for ``pretrained`` through the loaders `xdlm-tune eval` uses."""
     from .run import checkpoint_model, load_diffusion_model
 
@@ -88,9 +98,17 @@ def load_model(pretrained, device: torch.device, *, kind=None, mask_id=None, shi
         return pretrained
     if _is_training_output(str(pretrained)):
         return checkpoint_model(pretrained, device)
-    args = argparse.Namespace(checkpoint=None, model=str(pretrained), kind=kind, mask_id=mask_id, shift=shift,
-                              trust_remote_code=trust_remote_code, dtype=dtype,
-                              attn_implementation=attn_implementation, label=None)
+    args = argparse.Namespace(
+        checkpoint=None,
+        model=str(pretrained),
+        kind=kind,
+        mask_id=mask_id,
+        shift=shift,
+        trust_remote_code=trust_remote_code,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        label=None,
+    )
     return load_diffusion_model(args, device)
 
 
@@ -137,7 +155,8 @@ class XDLMLM(LM):
                 f"model_args {', '.join(sorted(unknown))}: unknown for --model xdlm; known: pretrained, steps, "
                 "block_length, gen_length, sampler, temperature, top_p, k, mc_num, mc_batch_size, schedule, eps, "
                 "max_length, seed, dtype, kind, mask_id, shift, trust_remote_code, attn_implementation, cache, refresh, "
-                "refresh_every, threshold, revise_prompt")
+                "refresh_every, threshold, revise_prompt"
+            )
         if sampler is not None and sampler not in SAMPLERS:
             raise ModelArgError(f"model_args sampler={sampler!r}: choose one of {', '.join(SAMPLERS)}")
         if str(batch_size).startswith("auto"):
@@ -151,33 +170,57 @@ class XDLMLM(LM):
         self.batch_size = _typed("batch_size", batch_size, int, lo=1)
         self.seed = _typed("seed", seed, int)
         self._rank, self._world_size, self._device = self._process(device)
-        self.em = load_model(pretrained, self._device, kind=kind, dtype=dtype,
-                             mask_id=_typed("mask_id", mask_id, int, lo=0, optional=True),
-                             shift=_typed("shift", shift, bool, optional=True),
-                             trust_remote_code=_typed("trust_remote_code", trust_remote_code, bool),
-                             attn_implementation=attn_implementation)
+        self.em = load_model(
+            pretrained,
+            self._device,
+            kind=kind,
+            dtype=dtype,
+            mask_id=_typed("mask_id", mask_id, int, lo=0, optional=True),
+            shift=_typed("shift", shift, bool, optional=True),
+            trust_remote_code=_typed("trust_remote_code", trust_remote_code, bool),
+            attn_implementation=attn_implementation,
+        )
         self.k = _typed("k", k if k is not None else self.em.extra.get("k", 0.1), float, lo=0.0, hi=1.0)
         # The model's own noise schedule unless model_args say otherwise (the bound and ancestral need it).
         schedule = schedule if schedule is not None else self.em.extra.get("schedule", "linear")
         if schedule not in SCHEDULES:
             raise ModelArgError(f"model_args schedule={schedule!r}: choose one of {', '.join(SCHEDULES)}")
         eps = _typed("eps", eps if eps is not None else self.em.extra.get("eps", 1e-3), float, lo=1e-9, hi=0.49)
-        self.bound = BoundSettings(k=self.k, mc_num=_typed("mc_num", mc_num, int, lo=1),
-                                   batch_size=_typed("mc_batch_size", mc_batch_size, int, lo=1),
-                                   schedule=schedule, eps=eps, seed=self.seed)
+        self.bound = BoundSettings(
+            k=self.k,
+            mc_num=_typed("mc_num", mc_num, int, lo=1),
+            batch_size=_typed("mc_batch_size", mc_batch_size, int, lo=1),
+            schedule=schedule,
+            eps=eps,
+            seed=self.seed,
+        )
         # One SamplerSettings for generate_until; each request sets its own length and temperature.
-        self.sampling = SamplerSettings(steps=self.steps, sampler=self.sampler, temperature=self.temperature,
-                                        top_p=self.top_p, k=self.k, schedule=schedule, eps=eps).replace(
-            cache=cache, refresh=refresh, threshold=_typed("threshold", threshold, float, lo=0.0, hi=1.0, optional=True),
+        self.sampling = SamplerSettings(
+            steps=self.steps,
+            sampler=self.sampler,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            k=self.k,
+            schedule=schedule,
+            eps=eps,
+        ).replace(
+            cache=cache,
+            refresh=refresh,
+            threshold=_typed("threshold", threshold, float, lo=0.0, hi=1.0, optional=True),
             refresh_every=_typed("refresh_every", refresh_every, int, lo=1, optional=True),
-            revise_prompt=_typed("revise_prompt", revise_prompt, bool, optional=True))
+            revise_prompt=_typed("revise_prompt", revise_prompt, bool, optional=True),
+        )
         try:
             self.sampling.replace(gen_length=max(self.steps, 1)).check()
         except ValueError as err:
             raise ModelArgError(f"model_args: {err}") from None
         config = getattr(self.em.model, "config", None)
-        self.max_length = _typed("max_length", max_length if max_length is not None else
-                                 getattr(config, "max_position_embeddings", 2048), int, lo=2)
+        self.max_length = _typed(
+            "max_length",
+            max_length if max_length is not None else getattr(config, "max_position_embeddings", 2048),
+            int,
+            lo=2,
+        )
         self.vocab_size = output_size(self.em.model)
         tok = self.em.tokenizer
         self.prefix_token_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
@@ -219,8 +262,9 @@ class XDLMLM(LM):
         return str(getattr(self.em.tokenizer, "name_or_path", "xdlm")).replace("/", "__")
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        return self.em.tokenizer.apply_chat_template(chat_history, tokenize=False,
-                                                     add_generation_prompt=add_generation_prompt)
+        return self.em.tokenizer.apply_chat_template(
+            chat_history, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
     # ------------------------------------------------------------------ likelihood
     def _tokens(self, text: str) -> list[int]:
@@ -235,15 +279,22 @@ class XDLMLM(LM):
         if not context:
             return [self.prefix_token_id], self._tokens(continuation)
         whole, ctx = self._tokens(context + continuation), self._tokens(context)
-        return ctx, whole[len(ctx):]
+        return ctx, whole[len(ctx) :]
 
     def _log_bound(self, context: list[int], target: list[int]) -> float:
         """Minus the estimated bound of ``target`` given ``context`` (left-truncated to max_length)."""
-        context = context[max(0, len(context) + len(target) - self.max_length):]
+        context = context[max(0, len(context) + len(target) - self.max_length) :]
         if not context and self.em.shift:
             context = [self.prefix_token_id]
-        draws = nelbo_draws(self.em.model, context, target, mask_id=self.em.mask_id, shift=self.em.shift,
-                            settings=self.bound, vocab_size=self.vocab_size)
+        draws = nelbo_draws(
+            self.em.model,
+            context,
+            target,
+            mask_id=self.em.mask_id,
+            shift=self.em.shift,
+            settings=self.bound,
+            vocab_size=self.vocab_size,
+        )
         return -float(draws.mean())
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
@@ -266,8 +317,10 @@ class XDLMLM(LM):
         out = []
         for req in tqdm(requests, desc="xdlm loglikelihood_rolling", disable=disable_tqdm or self._rank != 0):
             (text,) = req.args
-            windows = map(make_disjoint_window, get_rolling_token_windows(
-                self._tokens(text), self.prefix_token_id, self.max_length - 1, 1))
+            windows = map(
+                make_disjoint_window,
+                get_rolling_token_windows(self._tokens(text), self.prefix_token_id, self.max_length - 1, 1),
+            )
             total = sum(self._log_bound(list(ctx), list(tgt)) for ctx, tgt in windows)
             out.append(total)
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
@@ -281,13 +334,15 @@ class XDLMLM(LM):
         rounded = math.ceil(length / block) * block
         if rounded != length and (length, rounded) not in self._rounding_noted:
             self._rounding_noted.add((length, rounded))
-            logger.warning("xdlm: generation length %d rounded up to %d, a multiple of block_length=%d",
-                           length, rounded, block)
+            logger.warning(
+                "xdlm: generation length %d rounded up to %d, a multiple of block_length=%d", length, rounded, block
+            )
         n_blocks = rounded // block
         if self.steps > rounded or self.steps % n_blocks:
             raise ModelArgError(
                 f"model_args steps={self.steps}: must be <= the generation length {rounded} and a multiple of "
-                f"its {n_blocks} block(s) of block_length={block}; change steps, block_length or gen_length")
+                f"its {n_blocks} block(s) of block_length={block}; change steps, block_length or gen_length"
+            )
         return rounded
 
     def _temperature(self, gen_kwargs: dict) -> float:
@@ -303,8 +358,8 @@ class XDLMLM(LM):
         ids = torch.full((len(prompts), P), pad, dtype=torch.long)
         mask = torch.zeros(len(prompts), P, dtype=torch.long)
         for i, p in enumerate(prompts):
-            ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, P - len(p):] = 1
+            ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, P - len(p) :] = 1
         return ids.to(self._device), mask.to(self._device)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
@@ -324,15 +379,25 @@ class XDLMLM(LM):
             stops = [ids for ids in (self._tokens(s) for s in until) if ids]
             idxs = sorted(idxs, key=lambda i: -len(requests[i].args[0]))  # similar lengths pad less
             for start in range(0, len(idxs), self.batch_size):
-                chunk = idxs[start:start + self.batch_size]
+                chunk = idxs[start : start + self.batch_size]
                 keep = max(1, self.max_length - length)  # left-truncate long prompts
                 prompts = [self._tokens(requests[i].args[0])[-keep:] for i in chunk]
                 ids, mask = self._left_padded(prompts)
-                settings = self.sampling.replace(gen_length=length, block_length=self.block_length or length,
-                                                 temperature=self._temperature(kwargs))
-                seq = generate(self.em.model, ids, settings, mask_id=self.em.mask_id, attention_mask=mask,
-                               shift=self.em.shift, eos_id=tok.eos_token_id, stop_sequences=stops, generator=gen)
-                texts = tok.batch_decode(seq[:, ids.shape[1]:], skip_special_tokens=True)
+                settings = self.sampling.replace(
+                    gen_length=length, block_length=self.block_length or length, temperature=self._temperature(kwargs)
+                )
+                seq = generate(
+                    self.em.model,
+                    ids,
+                    settings,
+                    mask_id=self.em.mask_id,
+                    attention_mask=mask,
+                    shift=self.em.shift,
+                    eos_id=tok.eos_token_id,
+                    stop_sequences=stops,
+                    generator=gen,
+                )
+                texts = tok.batch_decode(seq[:, ids.shape[1] :], skip_special_tokens=True)
                 for i, text in zip(chunk, texts):
                     out[i] = truncate(text, until)
                     self.cache_hook.add_partial("generate_until", requests[i].args, out[i])

@@ -1,4 +1,5 @@
 """Per-step-budget metrics: pass@1, syntax-valid rate, outcome breakdown; a table and a plot."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -82,9 +83,16 @@ def read_markdown_table(text: str) -> list[Summary]:
             continue
         r = dict(zip(head, cells))
         outcomes = {k: int(r[k.replace("_", " ")]) for k in STATUSES}
-        rows.append(Summary(r.get("model", ""), None if r["steps"] == "AR" else int(r["steps"]), int(r["n"]),
-                            float(r["pass@1"].rstrip("%")) / 100, float(r["syntax valid"].rstrip("%")) / 100,
-                            outcomes))
+        rows.append(
+            Summary(
+                r.get("model", ""),
+                None if r["steps"] == "AR" else int(r["steps"]),
+                int(r["n"]),
+                float(r["pass@1"].rstrip("%")) / 100,
+                float(r["syntax valid"].rstrip("%")) / 100,
+                outcomes,
+            )
+        )
     if head is None or not rows:
         raise ValueError("no results table found (expected the rows of markdown_table)")
     return rows
@@ -122,16 +130,29 @@ def summary_figure(summaries: Sequence[Summary], title: str = "", benchmark: str
             width = 0.8 / max(len(labels), 1)
             for i, label in enumerate(labels):
                 (s,) = [r for r in diffusion if (r.label or "diffusion") == label]
-                bar = ax.bar(i * width, 100 * getattr(s, attr), width=width * 0.9, color=f"C{i % 10}",
-                             label=f"{label} ({steps[0]} steps)")
+                bar = ax.bar(
+                    i * width,
+                    100 * getattr(s, attr),
+                    width=width * 0.9,
+                    color=f"C{i % 10}",
+                    label=f"{label} ({steps[0]} steps)",
+                )
                 ax.bar_label(bar, fmt="%.1f%%", fontsize=8)
             ax.set_xticks([(len(labels) - 1) * width / 2], [f"{steps[0]} denoising steps"])
             ax.set_xlim(-0.6, (len(labels) - 1) * width + 0.6)
         else:
             for i, label in enumerate(labels):
                 rows = sorted((r for r in diffusion if (r.label or "diffusion") == label), key=lambda r: r.steps)
-                ax.plot([r.steps for r in rows], [100 * getattr(r, attr) for r in rows], "o-", color=f"C{i % 10}",
-                        markersize=6, linewidth=1.8, label=label, zorder=3)
+                ax.plot(
+                    [r.steps for r in rows],
+                    [100 * getattr(r, attr) for r in rows],
+                    "o-",
+                    color=f"C{i % 10}",
+                    markersize=6,
+                    linewidth=1.8,
+                    label=label,
+                    zorder=3,
+                )
             if steps:
                 ax.set_xscale("log", base=2)
                 ax.set_xticks(steps, [str(x) for x in steps])
@@ -142,10 +163,25 @@ def summary_figure(summaries: Sequence[Summary], title: str = "", benchmark: str
         at_right = blended_transform_factory(ax.transAxes, ax.transData)
         for j, s in enumerate(ar):
             value = 100 * getattr(s, attr)
-            ax.axhline(value, color=("0.15", "0.45", "0.65")[j % 3], linestyle=(0, (5, 3)), linewidth=1.6,
-                       zorder=4, label=f"{ar_name(s.label)}, greedy")
-            ax.text(0.99, value + 1.5, f"{ar_name(s.label)}: {value:.1f}%", transform=at_right, ha="right",
-                    va="bottom", fontsize=8, color=("0.15", "0.45", "0.65")[j % 3], zorder=5)
+            ax.axhline(
+                value,
+                color=("0.15", "0.45", "0.65")[j % 3],
+                linestyle=(0, (5, 3)),
+                linewidth=1.6,
+                zorder=4,
+                label=f"{ar_name(s.label)}, greedy",
+            )
+            ax.text(
+                0.99,
+                value + 1.5,
+                f"{ar_name(s.label)}: {value:.1f}%",
+                transform=at_right,
+                ha="right",
+                va="bottom",
+                fontsize=8,
+                color=("0.15", "0.45", "0.65")[j % 3],
+                zorder=5,
+            )
         ax.set_title(name)
         ax.set_ylim(-4, 108)  # 0% and 100% stay off the frame
         ax.grid(alpha=0.3)

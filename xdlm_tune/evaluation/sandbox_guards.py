@@ -15,6 +15,7 @@ Python signal handler (a handler receives the interrupted frame without any audi
 (which would bring the replaced originals back; every built-in module is imported first, so
 none is left to create).
 """
+
 from __future__ import annotations
 
 import os
@@ -137,14 +138,37 @@ def _guard_files(root: str) -> None:
     builtins.open = io.open = _io.open = guarded_open
     io.FileIO = _io.FileIO = GuardedFileIO
     replacements = {"open": guarded_os_open}
-    for name, npaths in [("remove", 1), ("unlink", 1), ("rmdir", 1), ("mkdir", 1), ("rename", 2),
-                         ("replace", 2), ("truncate", 1), ("utime", 1), ("mkfifo", 1)]:
+    for name, npaths in [
+        ("remove", 1),
+        ("unlink", 1),
+        ("rmdir", 1),
+        ("mkdir", 1),
+        ("rename", 2),
+        ("replace", 2),
+        ("truncate", 1),
+        ("utime", 1),
+        ("mkfifo", 1),
+    ]:
         replacements[name] = confined(f"os.{name}", getattr(os, name), npaths)
     for name in [
         # permissions, links, device nodes, the working directory (putenv stays: numpy calls it
         # on import, and with process creation disabled the environment only affects this process)
-        "chmod", "fchmod", "lchmod", "chown", "fchown", "lchown", "chflags", "lchflags", "mknod",
-        "link", "symlink", "chdir", "fchdir", "chroot", "setxattr", "removexattr",
+        "chmod",
+        "fchmod",
+        "lchmod",
+        "chown",
+        "fchown",
+        "lchown",
+        "chflags",
+        "lchflags",
+        "mknod",
+        "link",
+        "symlink",
+        "chdir",
+        "fchdir",
+        "chroot",
+        "setxattr",
+        "removexattr",
     ]:
         replacements[name] = deny(f"os.{name}")
     _patch_os(posix, replacements)
@@ -162,13 +186,50 @@ def _guard_processes_and_network() -> None:
     replacements = {}
     for name in [
         # processes and programs
-        "system", "popen", "fork", "forkpty", "posix_spawn", "posix_spawnp",
-        "execl", "execle", "execlp", "execlpe", "execv", "execve", "execvp", "execvpe",
-        "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe",
+        "system",
+        "popen",
+        "fork",
+        "forkpty",
+        "posix_spawn",
+        "posix_spawnp",
+        "execl",
+        "execle",
+        "execlp",
+        "execlpe",
+        "execv",
+        "execve",
+        "execvp",
+        "execvpe",
+        "spawnl",
+        "spawnle",
+        "spawnlp",
+        "spawnlpe",
+        "spawnv",
+        "spawnve",
+        "spawnvp",
+        "spawnvpe",
         # other processes, privileges, sessions, namespaces (setns: back to the host network)
-        "kill", "killpg", "setpriority", "sched_setaffinity", "sched_setscheduler", "sched_setparam",
-        "setuid", "setgid", "seteuid", "setegid", "setreuid", "setregid", "setresuid", "setresgid",
-        "setgroups", "initgroups", "setsid", "setpgid", "setpgrp", "unshare", "setns",
+        "kill",
+        "killpg",
+        "setpriority",
+        "sched_setaffinity",
+        "sched_setscheduler",
+        "sched_setparam",
+        "setuid",
+        "setgid",
+        "seteuid",
+        "setegid",
+        "setreuid",
+        "setregid",
+        "setresuid",
+        "setresgid",
+        "setgroups",
+        "initgroups",
+        "setsid",
+        "setpgid",
+        "setpgrp",
+        "unshare",
+        "setns",
     ]:
         replacements[name] = deny(f"os.{name}")
     _patch_os(posix, replacements)
@@ -195,8 +256,17 @@ def _guard_processes_and_network() -> None:
             raise PermissionError("network access is disabled in the sandbox")
 
     socket.socket = socket.SocketType = _socket.socket = _socket.SocketType = NoSocket
-    for name in ["socketpair", "fromfd", "create_connection", "create_server", "getaddrinfo",
-                 "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo"]:
+    for name in [
+        "socketpair",
+        "fromfd",
+        "create_connection",
+        "create_server",
+        "getaddrinfo",
+        "gethostbyname",
+        "gethostbyname_ex",
+        "gethostbyaddr",
+        "getnameinfo",
+    ]:
         for module in (socket, _socket):
             if hasattr(module, name):
                 setattr(module, name, deny(f"socket.{name}"))
@@ -232,7 +302,12 @@ def tamper_check(namespace: dict, tests) -> Callable[[], str]:
     before = tuple(real.items())
     # Bound now: the check must not use builtins the program may have replaced.
     _len, _type, _isinstance, _getattr, _list, _any, _type_type = len, type, isinstance, getattr, list, any, type
-    function, method, module_type, _BaseException = types.FunctionType, types.MethodType, types.ModuleType, BaseException
+    function, method, module_type, _BaseException = (
+        types.FunctionType,
+        types.MethodType,
+        types.ModuleType,
+        BaseException,
+    )
     modules = sys.modules
     used = frozenset(_names(tests))  # modules the tests name, e.g. in `import math`
 

@@ -30,6 +30,7 @@ A blocked action ends the run at once with an authenticated ``blocked <what>`` r
 the program would catch the exception. The parent also screens the source before it runs
 (screen.py). Residual risks are listed in the README's sandbox section.
 """
+
 from __future__ import annotations
 
 import marshal
@@ -40,10 +41,10 @@ PASS_EVENT = "xdlm.sandbox.passed"  # raised only by the runner's pass line
 REPORT_EVENT = "xdlm.sandbox.report"  # raised only by the runner's failure line
 BLOCK_EVENT = "xdlm.sandbox.blocked"  # raised by the Python-level guards
 BLOCKED_EXIT = 97
-_CLONE_NEWUSER = 0x10000000
-_CLONE_NEWNET = 0x40000000
 _FRAME_ATTRS = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame"})
 _CODE_ATTRS = frozenset({"__code__", "gi_code", "cr_code", "ag_code"})
+# Tables: one event per line would double their length.
+# fmt: off
 _HOOK_EVENTS = frozenset({"sys.settrace", "sys.setprofile", "sys.addaudithook",
                           "sys.monitoring.register_callback", "sys.monitoring.set_events"})
 _GC_EVENTS = frozenset({"gc.get_objects", "gc.get_referrers", "gc.get_referents"})
@@ -57,6 +58,7 @@ _PROCESS_EVENTS = frozenset({"os.exec", "os.fork", "os.forkpty", "os.posix_spawn
                              "os.killpg", "resource.setrlimit", "resource.prlimit"})
 # Readable device nodes; any other (e.g. /dev/mem, or one made with mknod) is blocked.
 _DEVICES_OK = frozenset({"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"})
+# fmt: on
 
 
 def main() -> None:
@@ -66,8 +68,12 @@ def main() -> None:
     os.dup2(null, 0)  # the program sees an empty stdin
     os.close(null)
     sys.path.extend(job["site_packages"])
-    _isolate_network()
-    _set_limits(job)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import sandbox_limits  # the process-level confinement (network namespace, rlimits)
+
+    del sys.path[0]
+    sandbox_limits.isolate_network()
+    sandbox_limits.set_limits(job)
     _run(job)
 
 
@@ -78,7 +84,12 @@ def _run(job: dict) -> None:
     # Bound now: the program may replace any of these names in builtins, sys or os.
     _exec, _compile, _audit, _exit, _str = exec, compile, sys.audit, os._exit, str
     _BaseException, _AssertionError, _SystemExit, _isinstance, _type = (
-        BaseException, AssertionError, SystemExit, isinstance, type)
+        BaseException,
+        AssertionError,
+        SystemExit,
+        isinstance,
+        type,
+    )
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import sandbox_guards  # the Python-level guards (layer 5) and the tamper check
 
@@ -130,40 +141,6 @@ def _read_all(fd: int) -> bytes:
     while chunk := os.read(fd, 1 << 20):
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _isolate_network() -> None:
-    """Move this process into a new network namespace (only a down loopback), if allowed."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.unshare(_CLONE_NEWNET) != 0:  # needs root; else try an unprivileged user namespace
-            libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET)
-    except Exception:  # no ctypes or no libc: the Python-level socket guards still apply
-        pass
-
-
-def _set_limits(job: dict) -> None:
-    """Resource limits; soft and hard equal (CPU: +1 s hard) so the program cannot raise them."""
-    import resource
-
-    memory = job["memory_mb"] * 1024 * 1024
-    file_size = job["max_file_mb"] * 1024 * 1024
-    cpu = job["cpu_seconds"]
-    limits = {
-        resource.RLIMIT_AS: (memory, memory),
-        resource.RLIMIT_DATA: (memory, memory),
-        resource.RLIMIT_CPU: (cpu, cpu + 1),  # SIGXCPU first, then SIGKILL
-        resource.RLIMIT_FSIZE: (file_size, file_size),
-        resource.RLIMIT_CORE: (0, 0),
-        resource.RLIMIT_NPROC: (job["max_procs"], job["max_procs"]),
-    }
-    for which, (soft, hard) in limits.items():
-        old_soft, old_hard = resource.getrlimit(which)
-        if old_hard != resource.RLIM_INFINITY:  # a limit can only be lowered
-            hard, soft = min(hard, old_hard), min(soft, old_hard)
-        resource.setrlimit(which, (soft, hard))
 
 
 # ------------------------------------------------------------------------ the vault and the hook
@@ -224,11 +201,14 @@ def _install_hook(job: dict, runner_frame) -> None:
     loaded = frozenset(modules)  # re-creating any of these would undo a guard
     blocked_modules = frozenset(job["blocked_modules"])
     # The only callers allowed sys._getframe: they read the caller's module name and drop the frame.
-    getframe_callers = (collections.namedtuple.__code__, typing._caller.__code__,
-                        enum.EnumType._create_.__code__)
+    getframe_callers = (collections.namedtuple.__code__, typing._caller.__code__, enum.EnumType._create_.__code__)
     getframe_ids = frozenset(id(c) for c in getframe_callers)
-    code_attrs = ((types.FunctionType, "__code__"), (types.GeneratorType, "gi_code"),
-                  (types.CoroutineType, "cr_code"), (types.AsyncGeneratorType, "ag_code"))
+    code_attrs = (
+        (types.FunctionType, "__code__"),
+        (types.GeneratorType, "gi_code"),
+        (types.CoroutineType, "cr_code"),
+        (types.AsyncGeneratorType, "ag_code"),
+    )
     _type, _str, _bytes, _int, _id, _len, _getattr = type, str, bytes, int, id, len, getattr
     _BaseException, _OSError = BaseException, OSError
     _getframe, _lstat, _readlink, _get_ident = sys._getframe, os.lstat, os.readlink, _thread.get_ident
@@ -238,10 +218,13 @@ def _install_hook(job: dict, runner_frame) -> None:
     # The one audit event the hook's own next look-up raises: (thread, event, attribute or None).
     # One-shot and exact, so a finalizer that runs meanwhile gains nothing it could use.
     expected = [None]
+    # A table: one event per line would double its length.
+    # fmt: off
     watched = frozenset({"sys._getframe", "sys._current_frames", "sys._current_exceptions",
                          "object.__getattr__", "import", "open", "os.listdir", "os.scandir",
                          "os.symlink", "os.link", "os.rename", "os.chdir", PASS_EVENT, REPORT_EVENT,
                          BLOCK_EVENT}) | _HOOK_EVENTS | _GC_EVENTS | _PROCESS_EVENTS | _WRITE_EVENTS
+    # fmt: on
 
     def realpath(path: str):
         """(``path`` absolute with every symlink resolved, its lstat or None if it does not exist,
@@ -394,8 +377,7 @@ def _install_hook(job: dict, runner_frame) -> None:
                 kind, phase, message = args if _len(args) == 3 else ("?", "tests", "?")
                 if _type(kind) is not _str or _type(phase) is not _str or _type(message) is not _str:
                     kind, phase, message = "?", "tests", "a malformed report"
-                vault.send(("runner", kind if kind in ("assertion", "exception", "blocked") else "?",
-                            phase, message))
+                vault.send(("runner", kind if kind in ("assertion", "exception", "blocked") else "?", phase, message))
             what = policy(event, args)
         except _BaseException:  # a bug here, or a broken vault: never let it pass silently
             what = "an error inside the sandbox's audit hook"

@@ -6,6 +6,7 @@ attributes, imports and string constants, so ``getattr(sys, "_getframe")`` is ca
 what it cannot see (``"_get" + "frame"``) is left to the hook. Measured on all 974 MBPP and 164
 HumanEval reference solutions: none is flagged (tests/test_tasks.py runs them all).
 """
+
 from __future__ import annotations
 
 import ast
@@ -20,16 +21,48 @@ _MODULES = {
     "object graph walk (gc)": ("gc",),
     "ctypes": ("ctypes", "_ctypes", "cffi"),
     "signal handlers": ("signal", "_signal"),
-    "interpreter internals": ("_imp", "_thread", "builtins", "_testcapi", "_testinternalcapi",
-                              "_xxsubinterpreters", "_posixsubprocess"),
+    "interpreter internals": (
+        "_imp",
+        "_thread",
+        "builtins",
+        "_testcapi",
+        "_testinternalcapi",
+        "_xxsubinterpreters",
+        "_posixsubprocess",
+    ),
 }
 _NAMES = {
-    "frame introspection": ("_getframe", "_current_frames", "_current_exceptions", "f_back", "f_locals",
-                            "f_globals", "f_builtins", "f_code", "f_trace", "tb_frame", "tb_next",
-                            "gi_frame", "cr_frame", "ag_frame", "currentframe", "extract_stack",
-                            "walk_stack", "walk_tb"),
-    "code introspection": ("__code__", "__closure__", "__globals__", "co_consts", "co_code",
-                           "gi_code", "cr_code", "ag_code", "__subclasses__"),
+    "frame introspection": (
+        "_getframe",
+        "_current_frames",
+        "_current_exceptions",
+        "f_back",
+        "f_locals",
+        "f_globals",
+        "f_builtins",
+        "f_code",
+        "f_trace",
+        "tb_frame",
+        "tb_next",
+        "gi_frame",
+        "cr_frame",
+        "ag_frame",
+        "currentframe",
+        "extract_stack",
+        "walk_stack",
+        "walk_tb",
+    ),
+    "code introspection": (
+        "__code__",
+        "__closure__",
+        "__globals__",
+        "co_consts",
+        "co_code",
+        "gi_code",
+        "cr_code",
+        "ag_code",
+        "__subclasses__",
+    ),
     "object graph walk (gc)": ("get_objects", "get_referrers", "get_referents"),
     "trace, profile or audit hook": ("settrace", "setprofile", "gettrace", "addaudithook"),
     "ctypes": ("pythonapi",),

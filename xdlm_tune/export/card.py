@@ -1,4 +1,5 @@
 """The model card (README.md) of an export: what the model is, how to use it, how it was made."""
+
 from __future__ import annotations
 
 import re
@@ -87,11 +88,23 @@ def model_card(
     meta: dict[str, Any] = {"library_name": "transformers"}
     if hub_id(base_model):
         meta["base_model"] = hub_id(base_model)
-    meta.update(pipeline_tag="text-generation", tags=["xdlm", "discrete-diffusion", "diffusion-language-model", "xdlm-tune"])
-    mask = f"`{settings['mask_token']}` (id {settings['mask_id']})" if settings.get("mask_token") else f"id {settings['mask_id']}"
-    shift = "yes: the output at position i - 1 predicts token i" if settings["shift"] else "no: position i predicts token i"
+    meta.update(
+        pipeline_tag="text-generation", tags=["xdlm", "discrete-diffusion", "diffusion-language-model", "xdlm-tune"]
+    )
+    mask = (
+        f"`{settings['mask_token']}` (id {settings['mask_id']})"
+        if settings.get("mask_token")
+        else f"id {settings['mask_id']}"
+    )
+    shift = (
+        "yes: the output at position i - 1 predicts token i" if settings["shift"] else "no: position i predicts token i"
+    )
     repo, repo_note = load_target(repo_id, folder or name)
-    base_link = f"[{hub_id(base_model)}](https://huggingface.co/{hub_id(base_model)})" if hub_id(base_model) else f"`{base_model}`"
+    base_link = (
+        f"[{hub_id(base_model)}](https://huggingface.co/{hub_id(base_model)})"
+        if hub_id(base_model)
+        else f"`{base_model}`"
+    )
     parts = [
         "---\n" + yaml.safe_dump(meta, sort_keys=False).strip() + "\n---",
         f"# {name}",
@@ -118,7 +131,7 @@ def model_card(
         "out = model.diffusion_generate(\n"
         "    inputs.input_ids, attention_mask=inputs.attention_mask,\n"
         f"    max_new_tokens={gen['max_new_tokens']}, steps={gen['steps']}, block_length={gen['block_length']},\n"
-        f"    temperature={gen['temperature']}, alg=\"{gen['alg']}\",  # \"confidence\", \"xdlm\" (revisions), \"ancestral\"\n"
+        f'    temperature={gen["temperature"]}, alg="{gen["alg"]}",  # "confidence", "xdlm" (revisions), "ancestral"\n'
         ")\n"
         "print(tokenizer.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=True))\n```\n\n"
         "`diffusion_generate(input_ids, attention_mask=None, max_new_tokens, steps, block_length, temperature, "
@@ -126,8 +139,8 @@ def model_card(
         "threshold=None, eos_token_id=None, generator=None)` returns "
         "the full sequences (prompt + answer), as Dream's models do; prompts are left-padded. Defaults come "
         "from `config.json` (`xdlm.generation`). `steps` is exactly the number of forward passes "
-        "(`final_step=\"ancestral\"` adds one per block; `threshold` may end blocks early). "
-        "`cache=\"prefix\"` or `\"dual\"` reuses keys/values inside a block (faster, approximate; "
+        '(`final_step="ancestral"` adds one per block; `threshold` may end blocks early). '
+        '`cache="prefix"` or `"dual"` reuses keys/values inside a block (faster, approximate; '
         "`refresh_every=1` is exactly uncached).",
     ]
     table = eval_table(eval_summary)
@@ -140,8 +153,10 @@ def model_card(
         parts.append(section)
     recipe = recipe_yaml(settings.get("recipe"))
     if recipe:
-        parts.append("## Training recipe\n\nThe resolved xdlm-tune recipe (also in `config.json` under "
-                     f"`xdlm.recipe`):\n\n```yaml\n{recipe}\n```")
+        parts.append(
+            "## Training recipe\n\nThe resolved xdlm-tune recipe (also in `config.json` under "
+            f"`xdlm.recipe`):\n\n```yaml\n{recipe}\n```"
+        )
     parts.append(
         "## Further training\n\nThe export loads back into xdlm-tune as a diffusion base (mask id and shift are read "
         "from `config.json`):\n\n```yaml\nmodel:\n"

@@ -11,6 +11,7 @@
 The folder is written beside `out_dir` and renamed into place, so an interrupted export leaves
 any earlier export whole. A folder that is not an export is never overwritten.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,9 +37,20 @@ from xdlm_tune.model import PreparedModel, check_mask_id, prepare_model, unwrap
 XDLM_KEY = "xdlm"
 FORMAT = 1
 # alg None: xdlm for k > 0, confidence for k = 0 (resolved at export time).
-GENERATION_DEFAULTS = {"alg": None, "max_new_tokens": 256, "steps": 32, "block_length": 256,
-                       "temperature": 0.0, "top_p": 1.0, "revise_prompt": False, "final_step": "none",
-                       "cache": "none", "refresh": "step", "refresh_every": None, "threshold": None}
+GENERATION_DEFAULTS = {
+    "alg": None,
+    "max_new_tokens": 256,
+    "steps": 32,
+    "block_length": 256,
+    "temperature": 0.0,
+    "top_p": 1.0,
+    "revise_prompt": False,
+    "final_step": "none",
+    "cache": "none",
+    "refresh": "step",
+    "refresh_every": None,
+    "threshold": None,
+}
 
 
 class ExportError(RuntimeError):
@@ -83,8 +95,9 @@ def export_model(
     """
     out_dir = Path(out_dir)
     recipe_dict = _recipe_dict(recipe)
-    settings = _settings(mask_id=mask_id, k=k, shift=shift, schedule=schedule, eps=eps,
-                         recipe=recipe_dict, generation=generation)
+    settings = _settings(
+        mask_id=mask_id, k=k, shift=shift, schedule=schedule, eps=eps, recipe=recipe_dict, generation=generation
+    )
     _check_target(out_dir)
     config = unwrap(model).config
     for key, value in (("mask_token_id", mask_id), ("xdlm_shift", bool(shift))):
@@ -145,8 +158,12 @@ def load_export(export_dir: str | os.PathLike, **prepare_kwargs) -> PreparedMode
     (e.g. lora={"r": 16}, dtype) go to prepare_model."""
     settings = read_settings(export_dir)
     return prepare_model(
-        export_dir, kind="diffusion", trust_remote_code=True,
-        mask_id=settings["mask_id"], shift=bool(settings["shift"]), **prepare_kwargs,
+        export_dir,
+        kind="diffusion",
+        trust_remote_code=True,
+        mask_id=settings["mask_id"],
+        shift=bool(settings["shift"]),
+        **prepare_kwargs,
     )
 
 
@@ -165,16 +182,23 @@ def _settings(*, mask_id, k, shift, schedule, eps, recipe, generation) -> dict:
     diffusion = (recipe or {}).get("diffusion") or {}
     for key, value in (("k", float(k)), ("schedule", schedule), ("eps", float(eps))):
         if key in diffusion and diffusion[key] != value:
-            raise ValueError(f"{key}={value!r} differs from the recipe's diffusion.{key}={diffusion[key]!r}: "
-                             "the export must describe how the model was trained")
+            raise ValueError(
+                f"{key}={value!r} differs from the recipe's diffusion.{key}={diffusion[key]!r}: "
+                "the export must describe how the model was trained"
+            )
     gen = dict(GENERATION_DEFAULTS)
     ev = (recipe or {}).get("eval") or {}
     if ev:
-        gen.update(alg=ev.get("sampler", gen["alg"]), max_new_tokens=ev.get("gen_length", gen["max_new_tokens"]),
-                   steps=(ev.get("steps") or [gen["steps"]])[0], block_length=ev.get("block_length", gen["block_length"]),
-                   temperature=ev.get("temperature", gen["temperature"]), top_p=ev.get("top_p", gen["top_p"]),
-                   revise_prompt=ev.get("revise_prompt", gen["revise_prompt"]),
-                   final_step=ev.get("final_step", gen["final_step"]))
+        gen.update(
+            alg=ev.get("sampler", gen["alg"]),
+            max_new_tokens=ev.get("gen_length", gen["max_new_tokens"]),
+            steps=(ev.get("steps") or [gen["steps"]])[0],
+            block_length=ev.get("block_length", gen["block_length"]),
+            temperature=ev.get("temperature", gen["temperature"]),
+            top_p=ev.get("top_p", gen["top_p"]),
+            revise_prompt=ev.get("revise_prompt", gen["revise_prompt"]),
+            final_step=ev.get("final_step", gen["final_step"]),
+        )
         gen.update({key: ev[key] for key in ("cache", "refresh", "refresh_every", "threshold") if key in ev})
     unknown = set(generation or {}) - set(GENERATION_DEFAULTS)
     if unknown:
@@ -182,9 +206,18 @@ def _settings(*, mask_id, k, shift, schedule, eps, recipe, generation) -> dict:
     gen.update(generation or {})
     if gen["alg"] is None:
         gen["alg"] = "xdlm" if float(k) > 0 else "confidence"
-    return {"format": FORMAT, "xdlm_tune_version": xdlm_tune.__version__, "k": float(k), "mask_id": mask_id,
-            "mask_token": None, "shift": bool(shift), "schedule": schedule, "eps": float(eps),
-            "generation": gen, "recipe": recipe}
+    return {
+        "format": FORMAT,
+        "xdlm_tune_version": xdlm_tune.__version__,
+        "k": float(k),
+        "mask_id": mask_id,
+        "mask_token": None,
+        "shift": bool(shift),
+        "schedule": schedule,
+        "eps": float(eps),
+        "generation": gen,
+        "recipe": recipe,
+    }
 
 
 def _recipe_dict(recipe: Any) -> dict | None:

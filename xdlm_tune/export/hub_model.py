@@ -5,6 +5,7 @@ code, into the `modeling_xdlm.py` of every export, with the import of `_XDLMBase
 base family's class (e.g. LlamaForCausalLM) and the intra-package import removed. Attention is
 bidirectional because the exported config sets `is_causal: false`, transformers' own switch.
 """
+
 from __future__ import annotations
 
 import torch
@@ -72,12 +73,15 @@ class XDLMForCausalLM(_XDLMBase):
         if steps is None:
             steps = min(defaults.get("steps", max_new_tokens), max_new_tokens)
         chosen = SamplerSettings(
-            steps=steps, gen_length=max_new_tokens, block_length=block_length,
+            steps=steps,
+            gen_length=max_new_tokens,
+            block_length=block_length,
             sampler=alg if alg is not None else defaults.get("alg"),
             temperature=defaults.get("temperature", 0.0) if temperature is None else temperature,
             top_p=defaults.get("top_p", 1.0) if top_p is None else top_p,
             k=settings["k"] if k is None else k,
-            schedule=settings.get("schedule", "linear"), eps=settings.get("eps", 1e-3),
+            schedule=settings.get("schedule", "linear"),
+            eps=settings.get("eps", 1e-3),
             revise_prompt=defaults.get("revise_prompt", False) if revise_prompt is None else revise_prompt,
             final_step=defaults.get("final_step", "none") if final_step is None else final_step,
             cache=defaults.get("cache", "none") if cache is None else cache,
@@ -87,7 +91,12 @@ class XDLMForCausalLM(_XDLMBase):
         )
         device = self.get_input_embeddings().weight.device
         return generate(
-            self, input_ids.to(device), chosen, mask_id=settings["mask_id"],
+            self,
+            input_ids.to(device),
+            chosen,
+            mask_id=settings["mask_id"],
             attention_mask=None if attention_mask is None else attention_mask.to(device),
-            shift=bool(settings.get("shift", False)), eos_id=eos_token_id, generator=generator,
+            shift=bool(settings.get("shift", False)),
+            eos_id=eos_token_id,
+            generator=generator,
         )

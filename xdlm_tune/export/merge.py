@@ -12,6 +12,7 @@
   base + the trained adapters", the standard QLoRA merge; it differs from the trained 4-bit
   model by the base's quantisation error, not by anything that was trained.
 """
+
 from __future__ import annotations
 
 import copy
@@ -59,8 +60,10 @@ def merged_model(
         model = model.to(dtype)
     family = model.config.model_type
     if family not in SUPPORTED_FAMILIES:
-        raise ValueError(f"model_type {family!r} cannot be exported; supported: {', '.join(SUPPORTED_FAMILIES)} "
-                         "(LLaDA and Dream load natively as llama / qwen2; other remote-code bases cannot be exported)")
+        raise ValueError(
+            f"model_type {family!r} cannot be exported; supported: {', '.join(SUPPORTED_FAMILIES)} "
+            "(LLaDA and Dream load natively as llama / qwen2; other remote-code bases cannot be exported)"
+        )
     return model.eval()
 
 

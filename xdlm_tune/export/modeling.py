@@ -9,6 +9,7 @@ at the top, and the import of `_XDLMBase` names the base family's class. A relat
 `xdlm_tune` import that cannot be satisfied by an earlier file is an error, so a new dependency
 of the sampler shows up here rather than in a broken export.
 """
+
 from __future__ import annotations
 
 import ast
@@ -113,7 +114,9 @@ def _split(rel: str, text: str, defined: set[str], base_class: str) -> tuple[str
             raise ValueError(f"{rel}: `import xdlm_tune...` cannot be embedded; use `from ... import name`")
         else:
             imports.append(ast.get_source_segment(text, node))
-    for node in ast.walk(ast.Module(body=[n for n in body if not isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[])):
+    for node in ast.walk(
+        ast.Module(body=[n for n in body if not isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[])
+    ):
         if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("xdlm_tune")):
             raise ValueError(f"{rel}:{node.lineno}: a nested project import cannot be embedded; move it to the top")
     lines = text.splitlines()

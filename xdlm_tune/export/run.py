@@ -3,6 +3,7 @@
 The run comes back as a model through xdlm_tune/runs.py (the same loader evaluation uses);
 this module merges it and writes the Hub folder (export.py), then pushes it (hub.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,19 @@ def export_run(
         out_dir = recipe.export.out_dir or ckpt.parent / "export"
     d = recipe.diffusion
     out = export_model(
-        model, tokenizer, out_dir, mask_id=mask_id, k=d.k, shift=shift, schedule=d.schedule, eps=d.eps,
-        recipe=recipe, inplace=True, name=name or push_to_hub_repo,
-        repo_id=export_kwargs.pop("repo_id", None) or push_to_hub_repo, **export_kwargs,
+        model,
+        tokenizer,
+        out_dir,
+        mask_id=mask_id,
+        k=d.k,
+        shift=shift,
+        schedule=d.schedule,
+        eps=d.eps,
+        recipe=recipe,
+        inplace=True,
+        name=name or push_to_hub_repo,
+        repo_id=export_kwargs.pop("repo_id", None) or push_to_hub_repo,
+        **export_kwargs,
     )
     logger.info("exported %s to %s", ckpt, out)
     if push_to_hub_repo:
@@ -55,18 +66,26 @@ def export_main(argv: list[str] | None = None) -> int:
     from xdlm_tune.console import HelpFormatter
 
     parser = argparse.ArgumentParser(
-        prog="xdlm-tune export", formatter_class=HelpFormatter,
+        prog="xdlm-tune export",
+        formatter_class=HelpFormatter,
         description="Merge a run's adapters (or full weights) into the base and write a self-contained Hugging Face "
-                    "folder: merged safetensors, tokenizer with its mask token, config.json with the XDLM settings, "
-                    "the generated modeling_xdlm.py (diffusion_generate) and a model card; optionally push it.",
+        "folder: merged safetensors, tokenizer with its mask token, config.json with the XDLM settings, "
+        "the generated modeling_xdlm.py (diffusion_generate) and a model card; optionally push it.",
         epilog="examples:\n  xdlm-tune export runs/smollm2-135m-xdlm-lora --out exports/smollm2-xdlm\n"
-               "  xdlm-tune export runs/smollm2-135m-xdlm-lora/checkpoint-00000200 --out exports/smollm2-xdlm "
-               "--push-to-hub you/smollm2-135m-xdlm")
-    parser.add_argument("path", help="a run folder (training.output_dir: its newest checkpoint) or a checkpoint-* folder")
+        "  xdlm-tune export runs/smollm2-135m-xdlm-lora/checkpoint-00000200 --out exports/smollm2-xdlm "
+        "--push-to-hub you/smollm2-135m-xdlm",
+    )
+    parser.add_argument(
+        "path", help="a run folder (training.output_dir: its newest checkpoint) or a checkpoint-* folder"
+    )
     parser.add_argument("--out", help="export folder (default: the recipe's export.out_dir, else <run>/export)")
-    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the export to this Hub repo (token: $HF_TOKEN)")
+    parser.add_argument(
+        "--push-to-hub", metavar="REPO_ID", help="upload the export to this Hub repo (token: $HF_TOKEN)"
+    )
     parser.add_argument("--private", action="store_true", help="create the Hub repo private")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="of the saved weights (default: the recipe's)")
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], help="of the saved weights (default: the recipe's)"
+    )
     parser.add_argument("--max-shard-size", default="2GB", help="safetensors shard size (default 2GB)")
     parser.add_argument("--eval-summary", metavar="FILE", help="evaluation table for the card: .json (rows) or .md")
     parser.add_argument("--plot", metavar="FILE", help="evaluation plot (png) for the card")

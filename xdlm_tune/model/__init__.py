@@ -1,9 +1,10 @@
 """Model adaptation: load a pretrained LLM and make it a bidirectional XDLM denoiser with LoRA.
 
-    prepared = prepare_model("smollm2-135m", lora={"r": 16})
-    hidden = denoiser_hidden(prepared.model, ids, mask, shift=prepared.shift)   # [B, L, H]
-    weight, bias, softcap = output_projection(prepared.model)                  # [V, H], ...
+prepared = prepare_model("smollm2-135m", lora={"r": 16})
+hidden = denoiser_hidden(prepared.model, ids, mask, shift=prepared.shift)   # [B, L, H]
+weight, bias, softcap = output_projection(prepared.model)                  # [V, H], ...
 """
+
 from xdlm_tune.model.bidirectional import (
     SUPPORTED_FAMILIES,
     anneal_progress,
@@ -19,9 +20,25 @@ from xdlm_tune.model.mask_token import DEFAULT_MASK_TOKEN, check_mask_id, setup_
 from xdlm_tune.model.prepare import PreparedModel, prepare_model
 
 __all__ = [
-    "DEFAULT_MASK_TOKEN", "EMBEDDED_MODELS", "SUPPORTED_FAMILIES", "PreparedModel",
-    "anneal_progress", "annealed_attention_mask", "attach_lora", "cache_dir", "check_mask_id",
-    "denoiser_hidden", "embedded_model_dir", "is_bidirectional", "load_base", "make_bidirectional",
-    "output_projection", "parameter_counts", "position_ids_from_mask", "prepare_model",
-    "setup_mask_token", "shift_hidden", "unwrap",
+    "DEFAULT_MASK_TOKEN",
+    "EMBEDDED_MODELS",
+    "SUPPORTED_FAMILIES",
+    "PreparedModel",
+    "anneal_progress",
+    "annealed_attention_mask",
+    "attach_lora",
+    "cache_dir",
+    "check_mask_id",
+    "denoiser_hidden",
+    "embedded_model_dir",
+    "is_bidirectional",
+    "load_base",
+    "make_bidirectional",
+    "output_projection",
+    "parameter_counts",
+    "position_ids_from_mask",
+    "prepare_model",
+    "setup_mask_token",
+    "shift_hidden",
+    "unwrap",
 ]

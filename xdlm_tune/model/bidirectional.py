@@ -8,6 +8,7 @@ sdpa/eager, < W under flash-attention). The switch is stored in config.json, so 
 model reloads bidirectional. (Gemma 3's own `use_bidirectional_attention` is not used: it
 acts only at construction, halves the window, and always materialises the mask.)
 """
+
 from __future__ import annotations
 
 import torch
@@ -127,8 +128,10 @@ def attention_mask_for_model(model: nn.Module, allowed: torch.Tensor) -> torch.T
         pos = torch.arange(allowed.shape[-1], device=allowed.device)
         masks["sliding_attention"] = allowed & ((pos[:, None] - pos[None, :]).abs() < window)
     if backend == "eager":
-        masks = {k: torch.zeros(m.shape, device=m.device).masked_fill(~m, torch.finfo(torch.float32).min)
-                 for k, m in masks.items()}
+        masks = {
+            k: torch.zeros(m.shape, device=m.device).masked_fill(~m, torch.finfo(torch.float32).min)
+            for k, m in masks.items()
+        }
     if not layer_types:  # one mask for every layer: Llama, or Mistral (all sliding)
         return masks.get("sliding_attention", masks["full_attention"])
     if layer_types == {"full_attention"}:

@@ -1,4 +1,5 @@
 """Small helpers shared by the model modules."""
+
 from __future__ import annotations
 
 from peft import PeftModel

@@ -4,6 +4,7 @@ The trainer never materialises [B, L, V] logits: it takes `denoiser_hidden` [B, 
 `output_projection` (weight [V, H], bias, softcap) and calls the fused XDLM loss, which
 computes the logits chunk by chunk.
 """
+
 from __future__ import annotations
 
 import torch

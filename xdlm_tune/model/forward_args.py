@@ -6,6 +6,7 @@ either raises TypeError). Every call into a model that may be remote code (the s
 denoiser's hidden states, evaluation) filters its arguments here. Standard library only: the
 sampler's exported modeling file embeds this module.
 """
+
 from __future__ import annotations
 
 import inspect

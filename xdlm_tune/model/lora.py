@@ -1,4 +1,5 @@
 """LoRA / QLoRA adapters with a trainable mask-token row, and trainable-parameter accounting."""
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,10 @@ def attach_lora(
         raise ValueError("the model already carries PEFT adapters")
     head = hf.get_output_embeddings()
     head_name = module_name(hf, head) if head is not None else None
-    if head_name and not isinstance(target_modules, str) and any(
-        head_name == t or head_name.endswith("." + t) for t in target_modules
+    if (
+        head_name
+        and not isinstance(target_modules, str)
+        and any(head_name == t or head_name.endswith("." + t) for t in target_modules)
     ):
         raise ValueError(
             f"target_modules must not include the output head {head_name!r}: the fused loss reads "
@@ -110,7 +113,11 @@ def log_parameter_counts(model: nn.Module) -> dict[str, int]:
     c = parameter_counts(model)
     logger.info(
         "trainable parameters: %s of %s (%.4f%%): LoRA %s, mask/token rows %s, other %s",
-        f"{c['trainable']:,}", f"{c['total']:,}", 100 * c["trainable"] / max(c["total"], 1),
-        f"{c['lora']:,}", f"{c['token_rows']:,}", f"{c['other']:,}",
+        f"{c['trainable']:,}",
+        f"{c['total']:,}",
+        100 * c["trainable"] / max(c["total"], 1),
+        f"{c['lora']:,}",
+        f"{c['token_rows']:,}",
+        f"{c['other']:,}",
     )
     return c

@@ -5,6 +5,7 @@ Order of choice when the recipe names none: the tokenizer's own mask token (Gemm
 (Llama 3's `<|reserved_special_token_N|>`, Gemma's `<unusedN>`), else a new `<|mask|>`
 token whose embedding row starts as the mean of the existing rows.
 """
+
 from __future__ import annotations
 
 import logging

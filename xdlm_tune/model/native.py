@@ -23,6 +23,7 @@ Tokenizers: a base whose tokenizer_config.json names a class transformers does n
 merges.txt) Qwen2's byte-level BPE, which DreamTokenizer reimplements. Special tokens come
 from the base's tokenizer_config.json / special_tokens_map.json as usual.
 """
+
 from __future__ import annotations
 
 import json
@@ -120,8 +121,10 @@ def native_config(raw: dict[str, Any], source: str = "config.json") -> LlamaConf
     elif family == "Dream":
         config = _dream_config(raw)
     else:
-        raise NativeConfigError(f"{source}: model_type {raw.get('model_type')!r} has no native mapping "
-                                f"(native: {', '.join(NATIVE_FAMILIES)})")
+        raise NativeConfigError(
+            f"{source}: model_type {raw.get('model_type')!r} has no native mapping "
+            f"(native: {', '.join(NATIVE_FAMILIES)})"
+        )
     config.is_causal = False
     config.use_cache = False
     return config
@@ -149,7 +152,8 @@ def load_native(source: str | os.PathLike, raw: dict[str, Any], **kwargs) -> Pre
     # under a Llama config.json; everything saved from here on (checkpoints, exports) is a Llama.
     ours = {tuple(p) for p in ([k] for k in LLADA_KEY_MAPPING)}
     model._weight_conversions = [
-        c for c in (getattr(model, "_weight_conversions", None) or [])
+        c
+        for c in (getattr(model, "_weight_conversions", None) or [])
         if tuple(getattr(c, "source_patterns", ())) not in ours
     ]
     # Recorded (and saved with the model) so that prepare_model knows the family's shift default.
@@ -204,18 +208,34 @@ def save_llada_format(model: LlamaForCausalLM, path: str | os.PathLike, *, mask_
     save_file(state, path / "model.safetensors", metadata={"format": "pt"})
     rope = (getattr(c, "rope_parameters", None) or {}).get("rope_theta", getattr(c, "rope_theta", 10000.0))
     config = {
-        "architectures": ["LLaDAModelLM"], "model_type": "llada",
-        "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig",
-                     "AutoModel": "modeling_llada.LLaDAModelLM",
-                     "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM"},
-        "d_model": c.hidden_size, "n_heads": c.num_attention_heads, "n_kv_heads": c.num_key_value_heads,
-        "n_layers": c.num_hidden_layers, "mlp_hidden_size": c.intermediate_size, "mlp_ratio": 4,
-        "embedding_size": c.vocab_size, "vocab_size": c.vocab_size, "weight_tying": bool(c.tie_word_embeddings),
-        "rope_theta": rope, "rms_norm_eps": c.rms_norm_eps, "max_sequence_length": c.max_position_embeddings,
-        "mask_token_id": mask_token_id, "pad_token_id": c.pad_token_id, "eos_token_id": c.eos_token_id,
-        "bos_token_id": c.bos_token_id, "use_cache": False,
+        "architectures": ["LLaDAModelLM"],
+        "model_type": "llada",
+        "auto_map": {
+            "AutoConfig": "configuration_llada.LLaDAConfig",
+            "AutoModel": "modeling_llada.LLaDAModelLM",
+            "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+        },
+        "d_model": c.hidden_size,
+        "n_heads": c.num_attention_heads,
+        "n_kv_heads": c.num_key_value_heads,
+        "n_layers": c.num_hidden_layers,
+        "mlp_hidden_size": c.intermediate_size,
+        "mlp_ratio": 4,
+        "embedding_size": c.vocab_size,
+        "vocab_size": c.vocab_size,
+        "weight_tying": bool(c.tie_word_embeddings),
+        "rope_theta": rope,
+        "rms_norm_eps": c.rms_norm_eps,
+        "max_sequence_length": c.max_position_embeddings,
+        "mask_token_id": mask_token_id,
+        "pad_token_id": c.pad_token_id,
+        "eos_token_id": c.eos_token_id,
+        "bos_token_id": c.bos_token_id,
+        "use_cache": False,
         **{k: v for k, v in _LLADA_REQUIRED.items() if v is not None},
-        "attention_dropout": 0.0, "residual_dropout": 0.0, "embedding_dropout": 0.0,
+        "attention_dropout": 0.0,
+        "residual_dropout": 0.0,
+        "embedding_dropout": 0.0,
     }
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return path
@@ -232,8 +252,12 @@ def _file(source: str | os.PathLike, name: str) -> str | None:
     try:
         from transformers.utils import cached_file
 
-        return cached_file(str(source), name, _raise_exceptions_for_missing_entries=False,
-                           _raise_exceptions_for_connection_errors=False)
+        return cached_file(
+            str(source),
+            name,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+        )
     except (OSError, ValueError):
         return None
 
@@ -247,12 +271,16 @@ def _llada_config(raw: dict[str, Any], source: str) -> LlamaConfig:
                 "the Llama-style LLaDA of LLaDA-8B and LLaDA-1.5, maps exactly onto LlamaForCausalLM)"
             )
     if raw.get("bias_for_layer_norm") not in (None, False):
-        raise NativeConfigError(f"{source}: LLaDA field bias_for_layer_norm={raw['bias_for_layer_norm']!r} "
-                                "is not supported natively (Llama's RMSNorm has no bias)")
+        raise NativeConfigError(
+            f"{source}: LLaDA field bias_for_layer_norm={raw['bias_for_layer_norm']!r} "
+            "is not supported natively (Llama's RMSNorm has no bias)"
+        )
     for key in _LLADA_ZERO:
         if raw.get(key, 0.0):
-            raise NativeConfigError(f"{source}: LLaDA field {key}={raw[key]!r} is not supported natively "
-                                    "(Llama has no such dropout; set it to 0.0)")
+            raise NativeConfigError(
+                f"{source}: LLaDA field {key}={raw[key]!r} is not supported natively "
+                "(Llama has no such dropout; set it to 0.0)"
+            )
     n_heads = raw["n_heads"]
     n_kv = raw.get("n_kv_heads")
     if n_kv is None:
@@ -260,7 +288,9 @@ def _llada_config(raw: dict[str, Any], source: str) -> LlamaConfig:
     elif raw.get("multi_query_attention") and n_kv != 1:
         raise NativeConfigError(f"{source}: LLaDA fields multi_query_attention and n_kv_heads={n_kv} contradict")
     hidden = raw["d_model"]
-    special = {k: raw[k] for k in ("pad_token_id", "eos_token_id", "bos_token_id", "mask_token_id") if raw.get(k) is not None}
+    special = {
+        k: raw[k] for k in ("pad_token_id", "eos_token_id", "bos_token_id", "mask_token_id") if raw.get(k) is not None
+    }
     return LlamaConfig(
         hidden_size=hidden,
         num_attention_heads=n_heads,
@@ -282,9 +312,20 @@ def _llada_config(raw: dict[str, Any], source: str) -> LlamaConfig:
 
 
 def _dream_config(raw: dict[str, Any]) -> Qwen2Config:
-    fields = {k: v for k, v in raw.items()
-              if k not in ("model_type", "auto_map", "architectures", "transformers_version", "_name_or_path",
-                           "torch_dtype", "dtype")}
+    fields = {
+        k: v
+        for k, v in raw.items()
+        if k
+        not in (
+            "model_type",
+            "auto_map",
+            "architectures",
+            "transformers_version",
+            "_name_or_path",
+            "torch_dtype",
+            "dtype",
+        )
+    }
     return Qwen2Config(**fields)
 
 

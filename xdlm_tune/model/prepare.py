@@ -1,4 +1,5 @@
 """One call from recipe fields to a trainable denoiser: load, convert, mask token, LoRA."""
+
 from __future__ import annotations
 
 import logging
@@ -60,8 +61,13 @@ def prepare_model(
         use_dora, train_mask_row); None trains all weights (not possible on a 4-bit base).
     """
     model, tokenizer = load_base(
-        name_or_path, kind=kind, dtype=dtype, attn_implementation=attn_implementation,
-        gguf_file=gguf_file, quantization=quantization, trust_remote_code=trust_remote_code,
+        name_or_path,
+        kind=kind,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        gguf_file=gguf_file,
+        quantization=quantization,
+        trust_remote_code=trust_remote_code,
     )
     family = model.config.model_type
     if kind == "causal":
@@ -83,9 +89,7 @@ def prepare_model(
     model.config.xdlm_shift = bool(shift)
 
     if lora is not None:
-        model = attach_lora(
-            model, mask_id=mask_id, **{"gradient_checkpointing": gradient_checkpointing, **lora}
-        )
+        model = attach_lora(model, mask_id=mask_id, **{"gradient_checkpointing": gradient_checkpointing, **lora})
     else:
         if quantization is not None:
             raise ValueError("a 4-bit (nf4) base cannot be fully fine-tuned; set a `lora` section for QLoRA")
@@ -95,6 +99,11 @@ def prepare_model(
     counts = log_parameter_counts(model)
     logger.info("prepared %s (%s base, family %s): mask id %d, shift %s", name_or_path, kind, family, mask_id, shift)
     return PreparedModel(
-        model=model, tokenizer=tokenizer, mask_id=mask_id, shift=bool(shift),
-        kind=kind, family=family, parameter_counts=counts,
+        model=model,
+        tokenizer=tokenizer,
+        mask_id=mask_id,
+        shift=bool(shift),
+        kind=kind,
+        family=family,
+        parameter_counts=counts,
     )

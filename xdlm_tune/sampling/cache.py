@@ -21,6 +21,7 @@ hands over to ``create_bidirectional_mask`` when ``is_causal`` is False; without
 None and sdpa gets ``is_causal=False`` from the config). Sliding-window layers index keys by
 their place in the cache, so a model whose window is shorter than the sequence is refused.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -41,15 +42,20 @@ def native_model(model):
         raise ValueError(
             f"cache needs a transformers-native model; {type(hf).__name__} ({type(hf).__module__}) brings its own "
             "modeling code without transformers' Cache support: load LLaDA / Dream natively (kind='diffusion' "
-            "without trust_remote_code) or use cache='none'")
+            "without trust_remote_code) or use cache='none'"
+        )
     config = hf.config
     if getattr(config, "is_causal", True):
-        raise ValueError("cache needs a bidirectional model (config.is_causal = False); this one is causal: "
-                         "convert it with make_bidirectional or use cache='none'")
+        raise ValueError(
+            "cache needs a bidirectional model (config.is_causal = False); this one is causal: "
+            "convert it with make_bidirectional or use cache='none'"
+        )
     backend = getattr(config, "_attn_implementation", None)
     if backend not in CACHE_BACKENDS:
-        raise ValueError(f"cache supports attn_implementation {', '.join(CACHE_BACKENDS)}, not {backend!r}; "
-                         "use cache='none' or load the model with attn_implementation='sdpa'")
+        raise ValueError(
+            f"cache supports attn_implementation {', '.join(CACHE_BACKENDS)}, not {backend!r}; "
+            "use cache='none' or load the model with attn_implementation='sdpa'"
+        )
     return hf
 
 
@@ -74,8 +80,10 @@ class BlockCache:
         hf = native_model(model)
         window = sliding_window(hf.config)
         if window is not None and window < length:
-            raise ValueError(f"cache={mode!r} needs full attention, but this model has sliding-window layers "
-                             f"(sliding_window={window} < sequence length {length}): use cache='none'")
+            raise ValueError(
+                f"cache={mode!r} needs full attention, but this model has sliding-window layers "
+                f"(sliding_window={window} < sequence length {length}): use cache='none'"
+            )
         params = inspect.signature(type(hf).forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.24
         self.model, self.mode, self.shift, self.mask, self.length = model, mode, bool(shift), attention_mask, length
@@ -100,8 +108,9 @@ class BlockCache:
         index = torch.arange(q_lo, device=device)
         if self.mode == "dual":
             index = torch.cat([index, torch.arange(hi, self.length, device=device)])
-        self.kept = [(layer.keys.index_select(2, index), layer.values.index_select(2, index))
-                     for layer in self._filling.layers]
+        self.kept = [
+            (layer.keys.index_select(2, index), layer.values.index_select(2, index)) for layer in self._filling.layers
+        ]
         self.index, self._filling = index, None
 
     def block_logits(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -117,8 +126,9 @@ class BlockCache:
             mask = torch.cat([self.mask[:, self.index], self.mask[:, q_lo:hi]], 1)
         cache = DynamicCache(ddp_cache_data=self.kept)
         kwargs = {} if mask is None else {"attention_mask": mask}
-        out = self.model(input_ids=x[:, q_lo:hi], position_ids=positions, use_cache=True,
-                         **{self.cache_kw: cache}, **kwargs)
+        out = self.model(
+            input_ids=x[:, q_lo:hi], position_ids=positions, use_cache=True, **{self.cache_kw: cache}, **kwargs
+        )
         logits = out.logits if hasattr(out, "logits") else out
         return logits[:, : hi - lo]  # with shift: positions lo - 1 .. hi - 2 predict lo .. hi - 1
 

@@ -43,6 +43,7 @@ the batch is padding-exact. Temperature 0 means no noise anywhere (argmax decisi
 everything at its last step: use it with temperature > 0), so a sample does not depend on its
 batch neighbours or on left padding. No Python loop over samples.
 """
+
 from __future__ import annotations
 
 import math
@@ -194,11 +195,15 @@ def generate(
     device = prompt_ids.device
     if attention_mask is not None and bool((attention_mask == 1).all()):
         attention_mask = None  # no padding: let attention take its unmasked fast path
-    full_mask = None if attention_mask is None else torch.cat(
-        [attention_mask.long(), torch.ones(B, gen_length, dtype=torch.long, device=device)], 1)
+    full_mask = (
+        None
+        if attention_mask is None
+        else torch.cat([attention_mask.long(), torch.ones(B, gen_length, dtype=torch.long, device=device)], 1)
+    )
     kv = None if cfg.cache == "none" else BlockCache(model, cfg.cache, shift=shift, attention_mask=full_mask, length=L)
-    stats = SamplerStats(nfe=torch.zeros(B, dtype=torch.long, device=device),
-                         tokens=torch.zeros(B, dtype=torch.long, device=device))
+    stats = SamplerStats(
+        nfe=torch.zeros(B, dtype=torch.long, device=device), tokens=torch.zeros(B, dtype=torch.long, device=device)
+    )
 
     x = torch.cat([prompt_ids.long(), torch.full((B, gen_length), mask_id, dtype=torch.long, device=device)], 1)
     if sampler == "ancestral" and k > 0 and temperature > 0:  # the state at t = 1: the stationary law pi
@@ -244,21 +249,23 @@ def generate(
                 if fill:
                     kv.keep(lo, hi)
                     stale = False
-            stats.count(cached, kv.tokens_per_pass(lo, hi) if cached else L,
-                        todo if cfg.threshold is not None else None)
+            stats.count(
+                cached, kv.tokens_per_pass(lo, hi) if cached else L, todo if cfg.threshold is not None else None
+            )
             raw[..., mask_id] = -math.inf
             logits = top_p_filter(raw / temperature, cfg.top_p) if temperature > 0 else raw
             if sampler == "ancestral":
                 s = ts[j + 1] if j < steps_per_block else None  # None: the extra step at alpha_s = 1
                 cleanup = j == steps_per_block - 1 and cfg.final_step == "none"
-                x[:, lo:hi] = _ancestral_step(logits, region, ts[min(j, steps_per_block)], s, cleanup,
-                                              temperature, k, mask_id, sched, generator)
+                x[:, lo:hi] = _ancestral_step(
+                    logits, region, ts[min(j, steps_per_block)], s, cleanup, temperature, k, mask_id, sched, generator
+                )
                 continue
-            pred, conf, current = _choices(logits, raw, x[:, hi - raw.shape[1]:hi], temperature, generator)
+            pred, conf, current = _choices(logits, raw, x[:, hi - raw.shape[1] : hi], temperature, generator)
             if cached and lo > r_lo:  # xdlm outside the block: the choices of the last full pass
                 pred, conf, current = (torch.cat([h, c], 1) for h, c in zip(held, (pred, conf, current)))
             elif kv is not None and lo > r_lo:
-                held = (pred[:, :lo - r_lo], conf[:, :lo - r_lo], current[:, :lo - r_lo])
+                held = (pred[:, : lo - r_lo], conf[:, : lo - r_lo], current[:, : lo - r_lo])
             is_masked = region == mask_id
             if cfg.threshold is None:
                 n_reveal = reveals[j].expand(B)

@@ -5,6 +5,7 @@ export's ``config.json``) and passed whole to ``generate``. ``k``, ``schedule`` 
 how the model was trained; the rest choose the sampler. This file is also
 copied into every export's ``modeling_xdlm.py`` (after the diffusion core it imports from).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -96,14 +97,18 @@ class SamplerSettings:
         if self.gen_length < 1:
             raise ValueError(f"gen_length={self.gen_length} must be >= 1")
         if not 1 <= self.steps <= self.gen_length:
-            raise ValueError(f"steps={self.steps} must be in [1, gen_length={self.gen_length}]: "
-                             "one forward pass reveals at least one token")
+            raise ValueError(
+                f"steps={self.steps} must be in [1, gen_length={self.gen_length}]: "
+                "one forward pass reveals at least one token"
+            )
         block = self.block_length or self.gen_length
         if block < 1 or self.gen_length % block:
             raise ValueError(f"block_length={self.block_length} must divide gen_length={self.gen_length}")
         if self.steps % self.blocks:
-            raise ValueError(f"steps={self.steps} must be a multiple of the number of blocks "
-                             f"({self.blocks} = gen_length / block_length)")
+            raise ValueError(
+                f"steps={self.steps} must be a multiple of the number of blocks "
+                f"({self.blocks} = gen_length / block_length)"
+            )
         if self.temperature < 0:
             raise ValueError(f"temperature={self.temperature} must be >= 0")
         if not 0 < self.top_p <= 1:
@@ -117,11 +122,14 @@ class SamplerSettings:
         if self.final_step not in FINAL_STEPS:
             raise ValueError(f"final_step={self.final_step!r} is unknown: choose one of {', '.join(FINAL_STEPS)}")
         if self.final_step != "none" and self.resolved_sampler != "ancestral":
-            raise ValueError(f"final_step={self.final_step!r} applies to the ancestral sampler only "
-                             f"(sampler is {self.resolved_sampler!r}); set final_step='none'")
+            raise ValueError(
+                f"final_step={self.final_step!r} applies to the ancestral sampler only "
+                f"(sampler is {self.resolved_sampler!r}); set final_step='none'"
+            )
         if self.revise_prompt and self.resolved_sampler != "xdlm":
-            raise ValueError(f"revise_prompt=True applies to the xdlm sampler only (sampler is "
-                             f"{self.resolved_sampler!r})")
+            raise ValueError(
+                f"revise_prompt=True applies to the xdlm sampler only (sampler is {self.resolved_sampler!r})"
+            )
         if self.cache not in CACHES:
             raise ValueError(f"cache={self.cache!r} is unknown: choose one of {', '.join(CACHES)}")
         if self.refresh not in REFRESHES:
@@ -130,14 +138,18 @@ class SamplerSettings:
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
             raise ValueError(f"refresh_every={every!r} must be a positive integer (1: a full pass every step) or None")
         if self.cache == "none" and (self.refresh != "step" or self.refresh_every is not None):
-            raise ValueError("refresh / refresh_every apply to a KV cache only (cache is 'none'); "
-                             "set cache='prefix' or 'dual', or drop them")
+            raise ValueError(
+                "refresh / refresh_every apply to a KV cache only (cache is 'none'); "
+                "set cache='prefix' or 'dual', or drop them"
+            )
         if self.threshold is not None:
             if not 0 < self.threshold <= 1:
                 raise ValueError(f"threshold={self.threshold} must be in (0, 1] (a confidence), or None")
             if self.resolved_sampler == "ancestral":
-                raise ValueError("threshold applies to the confidence and xdlm samplers only (sampler is "
-                                 "'ancestral'); drop threshold or choose another sampler")
+                raise ValueError(
+                    "threshold applies to the confidence and xdlm samplers only (sampler is "
+                    "'ancestral'); drop threshold or choose another sampler"
+                )
         return self
 
 

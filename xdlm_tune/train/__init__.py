@@ -7,6 +7,7 @@
 Importing this package is cheap (torch and transformers load only when a run starts), so a
 bad recipe is refused at once.
 """
+
 from __future__ import annotations
 
 from .entry import add_arguments, main, run

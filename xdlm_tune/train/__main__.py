@@ -1,4 +1,5 @@
 """`python -m xdlm_tune.train RECIPE [overrides]`: the module accelerate / torchrun launch."""
+
 import sys
 
 from .entry import main

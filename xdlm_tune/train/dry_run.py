@@ -26,6 +26,7 @@ semantics (an explicit id naming a dedicated vocabulary entry, `<|mdm_mask|>`, n
 shift as in the recipe) with that entry as the last id of their small vocabulary.
 What a dry run cannot check: downloads (model, gated licences, Hub datasets), memory, speed.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,24 +43,47 @@ from ..model import SUPPORTED_FAMILIES
 
 logger = logging.getLogger(__name__)
 
-STANDIN_DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, head_dim=16)
+STANDIN_DIMS = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+)
 MAX_SEQ_LEN = 64
 DIFFUSION_MASK = "<|mdm_mask|>"
 # Name fragments -> transformers model_type, most specific first.
-_NAME_HINTS = (("qwen3", "qwen3"), ("qwen", "qwen2"), ("mixtral", "mistral"), ("mistral", "mistral"),
-               ("gemma-3", "gemma3_text"), ("gemma3", "gemma3_text"), ("gemma", "gemma2"),
-               ("llama", "llama"), ("smollm", "llama"))
+_NAME_HINTS = (
+    ("qwen3", "qwen3"),
+    ("qwen", "qwen2"),
+    ("mixtral", "mistral"),
+    ("mistral", "mistral"),
+    ("gemma-3", "gemma3_text"),
+    ("gemma3", "gemma3_text"),
+    ("gemma", "gemma2"),
+    ("llama", "llama"),
+    ("smollm", "llama"),
+)
 # Structure per family (as the 7-8B bases have it): untied heads; Gemma ties and soft-caps.
 _FAMILY_EXTRAS: dict[str, dict[str, Any]] = {
     "llama": dict(tie_word_embeddings=False),
     "qwen2": dict(tie_word_embeddings=False),
     "qwen3": dict(tie_word_embeddings=False),
     "mistral": dict(tie_word_embeddings=False, sliding_window=16),
-    "gemma2": dict(tie_word_embeddings=True, sliding_window=16, final_logit_softcapping=30.0,
-                   layer_types=["sliding_attention", "full_attention"], query_pre_attn_scalar=16),
-    "gemma3_text": dict(tie_word_embeddings=True, sliding_window=16, query_pre_attn_scalar=16,
-                        layer_types=["sliding_attention", "full_attention"]),
+    "gemma2": dict(
+        tie_word_embeddings=True,
+        sliding_window=16,
+        final_logit_softcapping=30.0,
+        layer_types=["sliding_attention", "full_attention"],
+        query_pre_attn_scalar=16,
+    ),
+    "gemma3_text": dict(
+        tie_word_embeddings=True,
+        sliding_window=16,
+        query_pre_attn_scalar=16,
+        layer_types=["sliding_attention", "full_attention"],
+    ),
 }
 _COPIED_FIELDS = ("tie_word_embeddings", "final_logit_softcapping", "attention_bias", "mlp_bias")
 
@@ -77,9 +101,11 @@ def dry_run(recipe: Recipe):
         loss = result.losses.get(result.step, float("nan"))
         nelbo = result.evals.get(result.step, {}).get("nelbo", float("nan"))
         stage = result.info["zero_stage"]
-        print(f"dry run OK: {recipe.model.name_or_path} -> {result.info['family']} stand-in "
-              f"({'no DeepSpeed' if stage is None else f'ZeRO-{stage}'}, {result.world_size} process(es)); "
-              f"step {result.step} loss {loss:.4f}, held-out NELBO {nelbo:.4f}; checkpoint: {', '.join(files)}")
+        print(
+            f"dry run OK: {recipe.model.name_or_path} -> {result.info['family']} stand-in "
+            f"({'no DeepSpeed' if stage is None else f'ZeRO-{stage}'}, {result.world_size} process(es)); "
+            f"step {result.step} loss {loss:.4f}, held-out NELBO {nelbo:.4f}; checkpoint: {', '.join(files)}"
+        )
         return result
 
 
@@ -97,13 +123,17 @@ def stand_in_recipe(recipe: Recipe, workdir: Path) -> tuple[Recipe, list[str]]:
         if native is not None:
             m.name_or_path, mask_id = _native_stand_in(workdir / "model", native, mask_token=a.mask_token)
             m.trust_remote_code = False
-            notes.append(f"model: a 2-layer {native}-format checkpoint (its config.json and weight names, "
-                         "no modeling code) through the native path")
+            notes.append(
+                f"model: a 2-layer {native}-format checkpoint (its config.json and weight names, "
+                "no modeling code) through the native path"
+            )
         else:
             m.name_or_path, mask_id = _diffusion_stand_in(workdir / "model", mask_token=a.mask_token)
             m.trust_remote_code = True
-            notes.append("model: a 2-layer bidirectional denoiser with its own modeling file (remote-code path, "
-                         "LLaDA's strict forward signature)")
+            notes.append(
+                "model: a 2-layer bidirectional denoiser with its own modeling file (remote-code path, "
+                "LLaDA's strict forward signature)"
+            )
         if a.mask_id is not None:
             entry = a.mask_token or DIFFUSION_MASK
             notes.append(f"adaptation.mask_id {a.mask_id} -> {mask_id} ({entry}, the stand-in's last id)")
@@ -208,8 +238,16 @@ def _causal_stand_in(path: Path, family: str, real: dict[str, Any], *, mask_toke
     from transformers import AutoConfig, AutoModelForCausalLM
 
     tok = byte_tokenizer(extra_special=[mask_token] if mask_token else [])
-    kwargs = {**STANDIN_DIMS, **_FAMILY_EXTRAS[family], **real, "vocab_size": len(tok),
-              "max_position_embeddings": 4 * MAX_SEQ_LEN, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+    kwargs = {
+        **STANDIN_DIMS,
+        **_FAMILY_EXTRAS[family],
+        **real,
+        "vocab_size": len(tok),
+        "max_position_embeddings": 4 * MAX_SEQ_LEN,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
     config = AutoConfig.for_model(family, **kwargs)
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -220,7 +258,7 @@ def _causal_stand_in(path: Path, family: str, real: dict[str, Any], *, mask_toke
 
 
 def _native_family(name_or_path: str) -> str | None:
-    """"llada" / "Dream" when the diffusion base loads natively (its config offline, else its name)."""
+    """ "llada" / "Dream" when the diffusion base loads natively (its config offline, else its name)."""
     from ..model.native import NATIVE_FAMILIES
 
     config = _local_config(name_or_path)
@@ -239,9 +277,16 @@ def _native_stand_in(path: Path, family: str, *, mask_token: str | None) -> tupl
 
     tok = byte_tokenizer(mask_token=mask_token or DIFFUSION_MASK)
     arch = "llama" if family == "llada" else "qwen2"
-    config = AutoConfig.for_model(arch, **STANDIN_DIMS, **_FAMILY_EXTRAS[arch], vocab_size=len(tok),
-                                  max_position_embeddings=4 * MAX_SEQ_LEN, pad_token_id=0, bos_token_id=1,
-                                  eos_token_id=2)
+    config = AutoConfig.for_model(
+        arch,
+        **STANDIN_DIMS,
+        **_FAMILY_EXTRAS[arch],
+        vocab_size=len(tok),
+        max_position_embeddings=4 * MAX_SEQ_LEN,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config)
@@ -250,8 +295,12 @@ def _native_stand_in(path: Path, family: str, *, mask_token: str | None) -> tupl
     else:  # Dream's checkpoints are Qwen2's, under their own model_type and remote classes
         model.save_pretrained(path)
         raw = json.loads((path / "config.json").read_text())
-        raw.update(model_type="Dream", architectures=["DreamModel"], mask_token_id=tok.mask_token_id,
-                   auto_map={"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"})
+        raw.update(
+            model_type="Dream",
+            architectures=["DreamModel"],
+            mask_token_id=tok.mask_token_id,
+            auto_map={"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
+        )
         (path / "config.json").write_text(json.dumps(raw, indent=2))
     tok.save_pretrained(path)
     return str(path), tok.mask_token_id
@@ -349,8 +398,9 @@ def _diffusion_stand_in(path: Path, *, mask_token: str | None) -> tuple[str, int
         module.XdlmStandInModel.register_for_auto_class("AutoModel")
         module.XdlmStandInModel.register_for_auto_class("AutoModelForCausalLM")
         tok = byte_tokenizer(mask_token=mask_token or DIFFUSION_MASK)
-        config = module.XdlmStandInConfig(vocab_size=len(tok), max_positions=4 * MAX_SEQ_LEN,
-                                          pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        config = module.XdlmStandInConfig(
+            vocab_size=len(tok), max_positions=4 * MAX_SEQ_LEN, pad_token_id=0, bos_token_id=1, eos_token_id=2
+        )
         with torch.random.fork_rng():
             torch.manual_seed(0)
             model = module.XdlmStandInModel(config)
@@ -380,7 +430,12 @@ def _offline_records(path: Path, mode: str) -> Path:
             if len(rows) == 12:
                 break
     else:
-        rows = [{"prompt": f"Write a function that adds {i} to its argument.\n",
-                 "answer": f"def add_{i}(x):\n    return x + {i}\n"} for i in range(24)]
+        rows = [
+            {
+                "prompt": f"Write a function that adds {i} to its argument.\n",
+                "answer": f"def add_{i}(x):\n    return x + {i}\n",
+            }
+            for i in range(24)
+        ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -13,6 +13,7 @@ holds it open, then builds the op, so concurrent first runs wait for one build a
 folder is torch's: $TORCH_EXTENSIONS_DIR when set, else ``~/.cache/torch_extensions/py<ver>_<cpu|cuXY>``,
 whichever way the toolkit was started (the Makefile no longer sets its own).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -96,8 +97,11 @@ def clear_stale_lock(build_dir: Path, *, timeout_s: float = 900.0, poll_s: float
         if not holders and complete:
             with contextlib.suppress(FileNotFoundError):
                 lock.unlink()
-            logger.warning("removed a stale torch extensions lock %s (left by an interrupted build; no process "
-                           "holds it); the op is rebuilt", lock)
+            logger.warning(
+                "removed a stale torch extensions lock %s (left by an interrupted build; no process "
+                "holds it); the op is rebuilt",
+                lock,
+            )
             return True
         waited = time.monotonic() - start
         if waited > timeout_s:
@@ -105,7 +109,8 @@ def clear_stale_lock(build_dir: Path, *, timeout_s: float = 900.0, poll_s: float
             raise ExtensionLockError(
                 f"the torch extensions lock {lock} has blocked for {waited:.0f} s ({who}). If no build is "
                 f"running (on this or another machine sharing the folder), delete it: rm {lock} "
-                f"(or the whole folder {build_dir}) and start again")
+                f"(or the whole folder {build_dir}) and start again"
+            )
         if waited - last_note >= 30.0 or last_note == 0.0:
             logger.warning("waiting for a DeepSpeed op build in %s (lock held by %s)", build_dir, holders or "?")
             last_note = waited or 1e-9
@@ -150,5 +155,6 @@ def prepare_deepspeed_ops(*, timeout_s: float = 900.0) -> Path | None:
             raise ExtensionLockError(
                 f"DeepSpeed could not build or load its CPU op {builder.NAME} in {build_dir}: {e}. It needs a "
                 f"C++ compiler and ninja; delete {build_dir} and start again (set TORCH_EXTENSIONS_DIR to build "
-                "elsewhere)") from e
+                "elsewhere)"
+            ) from e
     return build_dir

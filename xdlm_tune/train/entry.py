@@ -3,6 +3,7 @@
 The recipe is resolved (file + overrides, unknown keys and bad values refused, the DeepSpeed
 JSON read) before anything heavy is imported or loaded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,14 +15,24 @@ import warnings
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("recipe", help="a YAML recipe (see recipes/), e.g. recipes/smollm2-135m-xdlm-lora.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="change any recipe field, the value read as YAML (numbers, true/false, null, lists "
-                             "like [q_proj, v_proj]), e.g. diffusion.k=0.5 training.max_steps=2 training.output_dir=runs/try")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest checkpoint in training.output_dir (= training.resume=latest)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="check the recipe: build a tiny random stand-in of the same model family, run one "
-                             "optimizer step (and a save) through the real loop on offline data, in a temp dir")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="change any recipe field, the value read as YAML (numbers, true/false, null, lists "
+        "like [q_proj, v_proj]), e.g. diffusion.k=0.5 training.max_steps=2 training.output_dir=runs/try",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint in training.output_dir (= training.resume=latest)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the recipe: build a tiny random stand-in of the same model family, run one "
+        "optimizer step (and a save) through the real loop on offline data, in a temp dir",
+    )
     return parser
 
 
@@ -60,9 +71,12 @@ def run(args: argparse.Namespace) -> int:
 
         if not peer_lost(e):
             raise
-        print(f"xdlm-tune train: lost another process of the run (a node or process died, or the network between "
-              f"them failed): {type(e).__name__}: {str(e)[:500]}. Start the run again on every node with --resume to "
-              "continue from its last checkpoint.", file=sys.stderr)
+        print(
+            f"xdlm-tune train: lost another process of the run (a node or process died, or the network between "
+            f"them failed): {type(e).__name__}: {str(e)[:500]}. Start the run again on every node with --resume to "
+            "continue from its last checkpoint.",
+            file=sys.stderr,
+        )
         return 3
     return 0
 
@@ -71,12 +85,14 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m xdlm_tune.trai
     from ..console import HelpFormatter
 
     parser = argparse.ArgumentParser(
-        prog=prog, formatter_class=HelpFormatter,
+        prog=prog,
+        formatter_class=HelpFormatter,
         description="Train an XDLM denoiser from a recipe: LoRA (or full) fine-tuning with the XDLM loss, "
-                    "held-out ELBO, checkpoints in training.output_dir. Several processes / GPUs / nodes: "
-                    "accelerate launch --config_file deepspeed_configs/... -m xdlm_tune.train RECIPE [overrides]",
+        "held-out ELBO, checkpoints in training.output_dir. Several processes / GPUs / nodes: "
+        "accelerate launch --config_file deepspeed_configs/... -m xdlm_tune.train RECIPE [overrides]",
         epilog="example:\n  xdlm-tune train recipes/smollm2-135m-xdlm-lora.yaml diffusion.k=0.5 training.max_steps=2 "
-               "training.output_dir=runs/try")
+        "training.output_dir=runs/try",
+    )
     return run(add_arguments(parser).parse_intermixed_args(argv))
 
 
@@ -90,7 +106,10 @@ def _setup_logging() -> None:
 
     main_process = os.environ.get("RANK", "0") == "0"
     # Our modules speak at INFO; libraries keep their own (usually WARNING) level.
-    setup_logging(logging.INFO if main_process else logging.WARNING,
-                  "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging(
+        logging.INFO if main_process else logging.WARNING,
+        "%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     # DeepSpeed calls renamed torch.distributed functions on every step; the warning says nothing to a user.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)

@@ -10,6 +10,7 @@ seeds or process counts see the same noise. Every process runs the same number o
 passes (ZeRO-3 gathers parameters collectively): one without rows of its own in the last
 batch runs a batch that counts for nothing.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,9 @@ EVAL_SEED = 20260202  # fixed: independent of training.seed
 
 
 @torch.no_grad()
-def heldout_elbo(model, data: DataBundle, sampler: NoiseSampler, *, accelerator, batch_size: int,
-                 max_batches: int, mask_id: int) -> dict[str, float] | None:
+def heldout_elbo(
+    model, data: DataBundle, sampler: NoiseSampler, *, accelerator, batch_size: int, max_batches: int, mask_id: int
+) -> dict[str, float] | None:
     """{"nelbo": nats/token, "bits_per_token", "ppl_bound", "tokens"}; None without held-out data.
 
     The set is the first eval_batches global batches (per-device batch x processes) of the
@@ -59,5 +61,9 @@ def heldout_elbo(model, data: DataBundle, sampler: NoiseSampler, *, accelerator,
     if tokens == 0:
         return None
     nats = total[0].item() / tokens
-    return {"nelbo": nats, "bits_per_token": nats / math.log(2), "ppl_bound": math.exp(min(nats, 700.0)),
-            "tokens": tokens}
+    return {
+        "nelbo": nats,
+        "bits_per_token": nats / math.log(2),
+        "ppl_bound": math.exp(min(nats, 700.0)),
+        "tokens": tokens,
+    }

@@ -17,6 +17,7 @@ global batch: runs with the same per-device batch x processes x accumulation (sa
 With data.pad_answer_with_eos (SFT) the loss is instead the mean over the global batch's answers
 of each answer's mean w(t) * h (LLaDA's SFT normalisation).
 """
+
 from __future__ import annotations
 
 import logging
@@ -92,9 +93,11 @@ def _train(recipe: Recipe, ds_config: dict | None) -> TrainResult:
     # 1. Where the run lives. A fresh run never writes over another run's checkpoints.
     resume_from = resolve_resume(out, cfg.resume)
     if resume_from is None and list_checkpoints(out):
-        raise CheckpointError(f"{out} already holds checkpoints ({list_checkpoints(out)[-1][1].name}); set "
-                              "training.resume=true (or --resume) to continue that run, or choose another "
-                              "training.output_dir")
+        raise CheckpointError(
+            f"{out} already holds checkpoints ({list_checkpoints(out)[-1][1].name}); set "
+            "training.resume=true (or --resume) to continue that run, or choose another "
+            "training.output_dir"
+        )
     if resume_from is not None:
         check_resume_compatible(resume_from, recipe)
 
@@ -115,23 +118,39 @@ def _train(recipe: Recipe, ds_config: dict | None) -> TrainResult:
     m, a = recipe.model, recipe.adaptation
     with whole_model_loading(accelerator):
         prepared = prepare_model(
-            m.name_or_path, kind=m.kind, dtype=m.dtype, attn_implementation=m.attn_implementation,
-            gguf_file=m.gguf_file, quantization=m.quantization, trust_remote_code=m.trust_remote_code,
-            mask_token=a.mask_token, mask_id=a.mask_id, shift=a.shift, lora=recipe.lora.to_dict(),
+            m.name_or_path,
+            kind=m.kind,
+            dtype=m.dtype,
+            attn_implementation=m.attn_implementation,
+            gguf_file=m.gguf_file,
+            quantization=m.quantization,
+            trust_remote_code=m.trust_remote_code,
+            mask_token=a.mask_token,
+            mask_id=a.mask_id,
+            shift=a.shift,
+            lora=recipe.lora.to_dict(),
             gradient_checkpointing=cfg.gradient_checkpointing,
         )
     mask_id, (vocab, hidden_size) = prepared.mask_id, output_projection(prepared.model)[0].shape
     d = recipe.diffusion
-    objective = DenoiserObjective(prepared.model, k=d.k, mask_id=mask_id, shift=prepared.shift,
-                                  chunk_size=d.chunk_size, chunk_mib=d.chunk_mib)
+    objective = DenoiserObjective(
+        prepared.model, k=d.k, mask_id=mask_id, shift=prepared.shift, chunk_size=d.chunk_size, chunk_mib=d.chunk_mib
+    )
 
     # 4. The data (each process reads its share) and the noise.
     with accelerator.main_process_first():  # one process fills the datasets cache, the others read it
-        data = build_data(recipe.data, prepared.tokenizer, batch_size=cfg.per_device_batch_size, seed=cfg.seed,
-                          rank=rank, world_size=world)
+        data = build_data(
+            recipe.data,
+            prepared.tokenizer,
+            batch_size=cfg.per_device_batch_size,
+            seed=cfg.seed,
+            rank=rank,
+            world_size=world,
+        )
     schedule = make_schedule(d.schedule, d.eps)
-    noise = NoiseSampler(schedule, d.k, mask_id, vocab, seed=cfg.seed, antithetic=d.antithetic,
-                         elbo_weight=d.loss_weighting == "elbo")
+    noise = NoiseSampler(
+        schedule, d.k, mask_id, vocab, seed=cfg.seed, antithetic=d.antithetic, elbo_weight=d.loss_weighting == "elbo"
+    )
     eval_noise = NoiseSampler(schedule, d.k, mask_id, vocab, seed=EVAL_SEED)  # fixed for every run
 
     # 5. Optimizer and schedule. The schedule stays ours: stepped once per optimizer step.
@@ -145,38 +164,69 @@ def _train(recipe: Recipe, ds_config: dict | None) -> TrainResult:
     # 6. Resume exactly where the checkpoint left off.
     step, tokens_seen = 0, 0
     if resume_from is not None:
-        load_run_checkpoint(resume_from, accelerator=accelerator, model=model, optimizer=optimizer,
-                            scheduler=scheduler)
+        load_run_checkpoint(resume_from, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler)
         state = read_state(resume_from, rank, world)  # restores this process's RNG
         data.train.load_state_dict(state.data)
         step, tokens_seen = state.step, state.tokens_seen
 
     # 7. The loop.
-    result = TrainResult(output_dir=out, step=step, world_size=world, model=model, info={
-        "mask_id": mask_id, "vocab": vocab, "shift": prepared.shift, "family": prepared.family,
-        "parameters": prepared.parameter_counts, "zero_stage": zero_stage(accelerator),
-        "resumed_from": str(resume_from) if resume_from else None,
-    })
+    result = TrainResult(
+        output_dir=out,
+        step=step,
+        world_size=world,
+        model=model,
+        info={
+            "mask_id": mask_id,
+            "vocab": vocab,
+            "shift": prepared.shift,
+            "family": prepared.family,
+            "parameters": prepared.parameter_counts,
+            "zero_stage": zero_stage(accelerator),
+            "resumed_from": str(resume_from) if resume_from else None,
+        },
+    )
     metrics = MetricsWriter(out, enabled=main, start_step=step)
     progress = Progress(total=cfg.max_steps, start=step, enabled=main)
     progress.write(_banner(recipe, prepared, world, accelerator, resume_from, step))
 
     def evaluate(at: int) -> None:
-        ev = heldout_elbo(model, data, eval_noise, accelerator=accelerator, batch_size=cfg.per_device_batch_size,
-                          max_batches=cfg.eval_batches, mask_id=mask_id)
+        ev = heldout_elbo(
+            model,
+            data,
+            eval_noise,
+            accelerator=accelerator,
+            batch_size=cfg.per_device_batch_size,
+            max_batches=cfg.eval_batches,
+            mask_id=mask_id,
+        )
         if ev is None:
             return
         result.evals[at] = ev
         metrics.log(at, {f"eval/{k}": v for k, v in ev.items()})
-        progress.write(f"step {at}: held-out NELBO {ev['nelbo']:.4f} nats/token ({ev['bits_per_token']:.4f} "
-                       f"bits/token, perplexity <= {ev['ppl_bound']:.2f}) over {ev['tokens']} tokens")
+        progress.write(
+            f"step {at}: held-out NELBO {ev['nelbo']:.4f} nats/token ({ev['bits_per_token']:.4f} "
+            f"bits/token, perplexity <= {ev['ppl_bound']:.2f}) over {ev['tokens']} tokens"
+        )
 
     def save(at: int) -> None:
-        state = TrainState(step=at, data=data.train.state_dict(), world_size=world, tokens_seen=tokens_seen,
-                           extra={"eval": result.evals.get(max(result.evals, default=-1))})
-        result.checkpoint = save_run_checkpoint(out, at, accelerator=accelerator, model=model, optimizer=optimizer,
-                                                scheduler=scheduler, tokenizer=prepared.tokenizer, recipe=recipe,
-                                                state=state)
+        state = TrainState(
+            step=at,
+            data=data.train.state_dict(),
+            world_size=world,
+            tokens_seen=tokens_seen,
+            extra={"eval": result.evals.get(max(result.evals, default=-1))},
+        )
+        result.checkpoint = save_run_checkpoint(
+            out,
+            at,
+            accelerator=accelerator,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            tokenizer=prepared.tokenizer,
+            recipe=recipe,
+            state=state,
+        )
         progress.write(f"step {at}: saved {result.checkpoint}")
 
     try:
@@ -191,27 +241,45 @@ def _train(recipe: Recipe, ds_config: dict | None) -> TrainResult:
         while step < cfg.max_steps:
             t_step = time.perf_counter()
             micro_batches = [drop_mask_tokens(next(batches), mask_id) for _ in range(cfg.grad_accum)]
-            stats = train_step(step, micro_batches, model=model, optimizer=optimizer, scheduler=scheduler,
-                               params=params, accelerator=accelerator, noise=noise, recipe=recipe)
+            stats = train_step(
+                step,
+                micro_batches,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                params=params,
+                accelerator=accelerator,
+                noise=noise,
+                recipe=recipe,
+            )
             step += 1
             if not math.isfinite(stats["loss"]):
-                raise FloatingPointError(f"the loss is {stats['loss']} at step {step}; nothing was saved for this "
-                                         "step. Lower training.lr, or check the data and training.mixed_precision")
+                raise FloatingPointError(
+                    f"the loss is {stats['loss']} at step {step}; nothing was saved for this "
+                    "step. Lower training.lr, or check the data and training.mixed_precision"
+                )
             tokens_seen += stats["tokens"]
             result.step, result.losses[step] = step, stats["loss"]
             window.append(stats["loss"])
-            rate = progress.update(loss=stats["loss"], tokens=stats["tokens"], lr=stats["lr"],
-                                   seconds=time.perf_counter() - t_step)
+            rate = progress.update(
+                loss=stats["loss"], tokens=stats["tokens"], lr=stats["lr"], seconds=time.perf_counter() - t_step
+            )
             result.tokens_per_s = rate
             last = step == cfg.max_steps
             if step % cfg.log_every == 0 or last:
                 elapsed = time.perf_counter() - t_start
-                metrics.log(step, {
-                    "train/loss": sum(window) / len(window), "train/lr": stats["lr"],
-                    "train/grad_norm": stats["grad_norm"], "train/tokens_per_s": rate,
-                    "train/tokens_seen": tokens_seen, "train/elapsed_s": elapsed,
-                    "train/eta_s": elapsed / len(result.losses) * (cfg.max_steps - step),
-                })
+                metrics.log(
+                    step,
+                    {
+                        "train/loss": sum(window) / len(window),
+                        "train/lr": stats["lr"],
+                        "train/grad_norm": stats["grad_norm"],
+                        "train/tokens_per_s": rate,
+                        "train/tokens_seen": tokens_seen,
+                        "train/elapsed_s": elapsed,
+                        "train/eta_s": elapsed / len(result.losses) * (cfg.max_steps - step),
+                    },
+                )
                 window = []
             if (cfg.eval_every and step % cfg.eval_every == 0) or (last and cfg.eval_every):
                 evaluate(step)
@@ -219,26 +287,45 @@ def _train(recipe: Recipe, ds_config: dict | None) -> TrainResult:
                 save(step)
         if result.losses:
             first, final = result.evals.get(min(result.evals, default=-1)), result.evals.get(step)
-            elbo = (f"; held-out NELBO {first['nelbo']:.4f} -> {final['nelbo']:.4f} nats/token"
-                    if first and final and first is not final else "")
-            progress.write(f"done: step {step}, {result.tokens_per_s:,.0f} tokens/s{elbo}; last checkpoint "
-                           f"{result.checkpoint}")
+            elbo = (
+                f"; held-out NELBO {first['nelbo']:.4f} -> {final['nelbo']:.4f} nats/token"
+                if first and final and first is not final
+                else ""
+            )
+            progress.write(
+                f"done: step {step}, {result.tokens_per_s:,.0f} tokens/s{elbo}; last checkpoint {result.checkpoint}"
+            )
     finally:
         progress.close()
         metrics.close()
     return result
 
 
-def train_step(step: int, micro_batches: list[dict[str, torch.Tensor]], *, model, optimizer, scheduler, params,
-               accelerator, noise: NoiseSampler, recipe: Recipe) -> dict[str, Any]:
+def train_step(
+    step: int,
+    micro_batches: list[dict[str, torch.Tensor]],
+    *,
+    model,
+    optimizer,
+    scheduler,
+    params,
+    accelerator,
+    noise: NoiseSampler,
+    recipe: Recipe,
+) -> dict[str, Any]:
     """One optimizer step over `micro_batches` (this process's share of the accumulation)."""
     cfg = recipe.training
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     batch_size, accum = cfg.per_device_batch_size, len(micro_batches)
-    counts = torch.tensor([sum(float(b["loss_mask"].sum()) for b in micro_batches),
-                           sum(float(b["attention_mask"].sum()) for b in micro_batches),
-                           sum(float(b["loss_mask"].any(-1).sum()) for b in micro_batches)], dtype=torch.float64,
-                          device=device)
+    counts = torch.tensor(
+        [
+            sum(float(b["loss_mask"].sum()) for b in micro_batches),
+            sum(float(b["attention_mask"].sum()) for b in micro_batches),
+            sum(float(b["loss_mask"].any(-1).sum()) for b in micro_batches),
+        ],
+        dtype=torch.float64,
+        device=device,
+    )
     loss_tokens, real_tokens, answers = accelerator.reduce(counts, "sum").tolist()
     per_answer = recipe.data.mode == "sft" and recipe.data.pad_answer_with_eos
     denominator = answers if per_answer else loss_tokens
@@ -254,12 +341,14 @@ def train_step(step: int, micro_batches: list[dict[str, torch.Tensor]], *, model
         # in the loader's order: t is stratified over all of them.
         first = (micro * world + rank) * batch_size
         rows = list(range(first, first + batch["input_ids"].shape[0]))
-        nz = noise(batch["input_ids"], batch["loss_mask"], key=(_NOISE, step), rows=rows,
-                   n_rows=batch_size * world * accum)
+        nz = noise(
+            batch["input_ids"], batch["loss_mask"], key=(_NOISE, step), rows=rows, n_rows=batch_size * world * accum
+        )
         bias = None
         if anneal < 1.0:  # one draw per step, the same on every process
-            bias = annealed_attention_mask(batch["attention_mask"], anneal,
-                                           generator=keyed_generator(cfg.seed, _ANNEAL, step))
+            bias = annealed_attention_mask(
+                batch["attention_mask"], anneal, generator=keyed_generator(cfg.seed, _ANNEAL, step)
+            )
         inputs = step_inputs(batch, nz, device, bias)
         if per_answer:  # each answer's tokens weigh 1 / its length: a per-answer mean
             inputs["token_weight"] = inputs["token_weight"] * per_answer_weights(inputs["loss_mask"])
@@ -275,8 +364,13 @@ def train_step(step: int, micro_batches: list[dict[str, torch.Tensor]], *, model
     lr = scheduler.get_last_lr()[0]  # the rate this update used
     scheduler.step()
     loss = accelerator.reduce(total, "sum").item() / max(denominator, 1.0)
-    return {"loss": loss, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
-            "tokens": int(real_tokens), "loss_tokens": int(loss_tokens)}
+    return {
+        "loss": loss,
+        "lr": lr,
+        "grad_norm": None if grad_norm is None else float(grad_norm),
+        "tokens": int(real_tokens),
+        "loss_tokens": int(loss_tokens),
+    }
 
 
 def _quiet() -> None:

@@ -4,6 +4,7 @@ TensorBoard (<output_dir>/tensorboard, when tensorboard is installed), and the p
 Keys are "train/..." and "eval/..." plus "step". A resumed run first drops the lines past its
 checkpoint's step, so the file always reads as one run.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,9 @@ class MetricsWriter:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is a dev extra
             return
-        self.tb = SummaryWriter(str(Path(output_dir) / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+        self.tb = SummaryWriter(
+            str(Path(output_dir) / "tensorboard"), purge_step=start_step + 1 if start_step else None
+        )
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -69,8 +72,15 @@ class Progress:
 
     def _bar(self):
         if self.bar is None:
-            self.bar = console.progress(total=self.total, initial=self.start, disable=not self.enabled, desc="train",
-                                        unit="step", dynamic_ncols=True, mininterval=1.0)
+            self.bar = console.progress(
+                total=self.total,
+                initial=self.start,
+                disable=not self.enabled,
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+                mininterval=1.0,
+            )
         return self.bar
 
     def update(self, *, loss: float, tokens: int, lr: float, seconds: float) -> float:

@@ -16,6 +16,7 @@ global batch) only. A run on 1 or N processes, with or without gradient accumula
 resumed from a checkpoint, draws the same noise for the same example, which is what makes
 those runs match step for step.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -60,17 +61,26 @@ class NoiseSampler:
     antithetic: bool = True
     elbo_weight: bool = True  # False: loss_weighting "unit"
 
-    def __call__(self, x0: torch.Tensor, noisable: torch.Tensor, *, key: Sequence[int],
-                 rows: Sequence[int], n_rows: int) -> Noise:
+    def __call__(
+        self, x0: torch.Tensor, noisable: torch.Tensor, *, key: Sequence[int], rows: Sequence[int], n_rows: int
+    ) -> Noise:
         x0 = x0.cpu()
         t_all = self.schedule.sample_t(n_rows, antithetic=self.antithetic, generator=keyed_generator(self.seed, *key))
         t = t_all[torch.as_tensor(list(rows), dtype=torch.long)]
         alpha = self.schedule.alpha(t)
-        z = torch.cat([
-            forward_noise(x0[i:i + 1], alpha[i:i + 1], k=self.k, mask_id=self.mask_id, vocab_size=self.vocab_size,
-                          generator=keyed_generator(self.seed, *key, r))
-            for i, r in enumerate(rows)
-        ])
+        z = torch.cat(
+            [
+                forward_noise(
+                    x0[i : i + 1],
+                    alpha[i : i + 1],
+                    k=self.k,
+                    mask_id=self.mask_id,
+                    vocab_size=self.vocab_size,
+                    generator=keyed_generator(self.seed, *key, r),
+                )
+                for i, r in enumerate(rows)
+            ]
+        )
         z = torch.where(noisable.cpu(), z, x0)
         weight = self.schedule.neg_dalpha_dt(t) if self.elbo_weight else torch.ones_like(t)
         return Noise(z_t=z, alpha=alpha, weight=weight)
@@ -90,8 +100,16 @@ def gathered(params: list[nn.Parameter]):
 class DenoiserObjective(nn.Module):
     """model + fused XDLM loss. forward(...) -> h [B, L] float32 (0 outside loss_mask)."""
 
-    def __init__(self, model: nn.Module, *, k: float, mask_id: int, shift: bool, chunk_size: int | None = None,
-                 chunk_mib: float | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        k: float,
+        mask_id: int,
+        shift: bool,
+        chunk_size: int | None = None,
+        chunk_mib: float | None = None,
+    ):
         super().__init__()
         self.model = model
         self.k, self.mask_id, self.shift, self.chunk_size, self.chunk_mib = k, mask_id, shift, chunk_size, chunk_mib
@@ -114,15 +132,33 @@ class DenoiserObjective(nn.Module):
             register_external_parameter(self, p)
         return True
 
-    def forward(self, z_t: torch.Tensor, x0: torch.Tensor, attention_mask: torch.Tensor, alpha: torch.Tensor,
-                loss_mask: torch.Tensor, token_weight: torch.Tensor,
-                attention_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        z_t: torch.Tensor,
+        x0: torch.Tensor,
+        attention_mask: torch.Tensor,
+        alpha: torch.Tensor,
+        loss_mask: torch.Tensor,
+        token_weight: torch.Tensor,
+        attention_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         hidden = denoiser_hidden(self.model, z_t, attention_mask, shift=self.shift, attention_bias=attention_bias)
         weight, rows, bias, softcap = head_weight_rows(self.model)
         return fused_xdlm_loss(
-            hidden, weight, z_t, x0, alpha, k=self.k, mask_id=self.mask_id, loss_mask=loss_mask,
-            chunk_size=self.chunk_size, chunk_mib=self.chunk_mib, bias=bias, logit_softcap=softcap,
-            token_weight=token_weight, weight_rows=rows,
+            hidden,
+            weight,
+            z_t,
+            x0,
+            alpha,
+            k=self.k,
+            mask_id=self.mask_id,
+            loss_mask=loss_mask,
+            chunk_size=self.chunk_size,
+            chunk_mib=self.chunk_mib,
+            bias=bias,
+            logit_softcap=softcap,
+            token_weight=token_weight,
+            weight_rows=rows,
         )
 
 
@@ -133,8 +169,11 @@ def head_weight_rows(model: nn.Module) -> tuple[torch.Tensor, tuple | None, torc
     copy of the head is never made); otherwise ``output_projection``'s weight and rows None."""
     head = unwrap(model).get_output_embeddings()
     adapter = getattr(head, "token_adapter", None)
-    names = [] if adapter is None or adapter.disable_adapters or adapter.merged else \
-        [n for n in adapter.active_adapters if n in adapter.token_indices]
+    names = (
+        []
+        if adapter is None or adapter.disable_adapters or adapter.merged
+        else [n for n in adapter.active_adapters if n in adapter.token_indices]
+    )
     if not names or adapter.base_layer.weight.requires_grad or hasattr(head, "lora_A"):
         weight, bias, softcap = output_projection(model)
         return weight, None, bias, softcap
@@ -143,7 +182,12 @@ def head_weight_rows(model: nn.Module) -> tuple[torch.Tensor, tuple | None, torc
     rows = torch.cat([adapter.trainable_tokens_delta[n] for n in names]).to(base.device)
     hf = unwrap(model)
     config = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
-    return base, (ids, rows), getattr(adapter.base_layer, "bias", None), getattr(config, "final_logit_softcapping", None)
+    return (
+        base,
+        (ids, rows),
+        getattr(adapter.base_layer, "bias", None),
+        getattr(config, "final_logit_softcapping", None),
+    )
 
 
 def drop_mask_tokens(batch: dict[str, torch.Tensor], mask_id: int) -> dict[str, torch.Tensor]:
@@ -161,12 +205,17 @@ def per_answer_weights(loss_mask: torch.Tensor) -> torch.Tensor:
     return torch.where(n > 0, 1.0 / n.clamp(min=1.0), torch.zeros_like(n))
 
 
-def step_inputs(batch: dict[str, torch.Tensor], noise: Noise, device: torch.device,
-                attention_bias: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def step_inputs(
+    batch: dict[str, torch.Tensor], noise: Noise, device: torch.device, attention_bias: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """DenoiserObjective's keyword arguments for a collated batch and its noise, on `device`."""
     inputs = {
-        "z_t": noise.z_t, "x0": batch["input_ids"], "attention_mask": batch["attention_mask"],
-        "alpha": noise.alpha, "loss_mask": batch["loss_mask"], "token_weight": noise.weight,
+        "z_t": noise.z_t,
+        "x0": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "alpha": noise.alpha,
+        "loss_mask": batch["loss_mask"],
+        "token_weight": noise.weight,
         "attention_bias": attention_bias,
     }
     return {k: None if v is None else v.to(device) for k, v in inputs.items()}

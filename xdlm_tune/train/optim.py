@@ -1,5 +1,6 @@
 """AdamW over the trainable parameters, and the learning-rate schedule (linear warmup, then
 cosine to 0 or constant)."""
+
 from __future__ import annotations
 
 import math

@@ -15,6 +15,7 @@ Writing follows xdlm_tune.checkpoint's on-disk protocol (temp dir, every rank wr
 commits with an atomic rename, keep-last-N). Frozen weights are never saved: a
 resumed run rebuilds them from the base model exactly as the first run did.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,11 +44,21 @@ _FORMAT = 1
 
 # Recipe fields that may change between a checkpoint and its resume: they do not change
 # what is trained or in which order (logging, saving, evaluation, the run's length).
-RESUME_MAY_DIFFER = frozenset({
-    "training.output_dir", "training.max_steps", "training.log_every", "training.eval_every",
-    "training.eval_batches", "training.save_every", "training.keep_last", "training.resume",
-    "training.gradient_checkpointing", "model.attn_implementation", "data.num_proc",
-})
+RESUME_MAY_DIFFER = frozenset(
+    {
+        "training.output_dir",
+        "training.max_steps",
+        "training.log_every",
+        "training.eval_every",
+        "training.eval_batches",
+        "training.save_every",
+        "training.keep_last",
+        "training.resume",
+        "training.gradient_checkpointing",
+        "model.attn_implementation",
+        "data.num_proc",
+    }
+)
 RESUME_MAY_DIFFER_SECTIONS = ("eval.", "export.")
 
 
@@ -66,8 +77,18 @@ def _trainable(objective) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in objective.model.named_parameters() if p.requires_grad}
 
 
-def save_run_checkpoint(output_dir: str | Path, step: int, *, accelerator, model, optimizer, scheduler,
-                        tokenizer, recipe: Recipe, state: TrainState) -> Path:
+def save_run_checkpoint(
+    output_dir: str | Path,
+    step: int,
+    *,
+    accelerator,
+    model,
+    optimizer,
+    scheduler,
+    tokenizer,
+    recipe: Recipe,
+    state: TrainState,
+) -> Path:
     """Every process calls this; returns the committed checkpoint directory."""
     main = accelerator.is_main_process
     tmp = begin_save(output_dir, step, main)
@@ -126,23 +147,34 @@ def load_run_checkpoint(ckpt: Path, *, accelerator, model, optimizer, scheduler)
     objective = unwrap_prepared(accelerator, model)
     if is_deepspeed(accelerator):
         if not (ckpt / DS_TAG).is_dir():
-            raise CheckpointError(f"{ckpt} has no {DS_TAG}/ (it was not written by a DeepSpeed run); "
-                                  "resume it with the recipe's deepspeed section as it was")
+            raise CheckpointError(
+                f"{ckpt} has no {DS_TAG}/ (it was not written by a DeepSpeed run); "
+                "resume it with the recipe's deepspeed section as it was"
+            )
         lora = isinstance(objective.model, PeftModel)
-        path, _ = model.load_checkpoint(str(ckpt), tag=DS_TAG, load_module_strict=not lora,
-                                        load_optimizer_states=True, load_lr_scheduler_states=False)
+        path, _ = model.load_checkpoint(
+            str(ckpt),
+            tag=DS_TAG,
+            load_module_strict=not lora,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=False,
+        )
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load {ckpt / DS_TAG}")
     else:
         if not (ckpt / TRAINABLE_FILE).is_file():
-            raise CheckpointError(f"{ckpt} has no {TRAINABLE_FILE} (it was written by a DeepSpeed run?); "
-                                  "resume it with the recipe's deepspeed section as it was")
+            raise CheckpointError(
+                f"{ckpt} has no {TRAINABLE_FILE} (it was written by a DeepSpeed run?); "
+                "resume it with the recipe's deepspeed section as it was"
+            )
         saved = load_file(ckpt / TRAINABLE_FILE)
         params = _trainable(objective)
         if saved.keys() != params.keys():
             missing, extra = sorted(params.keys() - saved.keys()), sorted(saved.keys() - params.keys())
-            raise CheckpointError(f"{ckpt}: the trainable parameters differ from this run's (missing {missing[:3]}, "
-                                  f"unexpected {extra[:3]}, ...)")
+            raise CheckpointError(
+                f"{ckpt}: the trainable parameters differ from this run's (missing {missing[:3]}, "
+                f"unexpected {extra[:3]}, ...)"
+            )
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(saved[name].to(device=p.device, dtype=p.dtype))
@@ -188,8 +220,7 @@ def write_state(ckpt: Path, state: TrainState, rank: int = 0, is_main: bool = Tr
         (ckpt / STATE_FILE).write_text(json.dumps(body, indent=1))
 
 
-def read_state(ckpt: str | Path, rank: int = 0, world_size: int | None = None,
-               restore_rng: bool = True) -> TrainState:
+def read_state(ckpt: str | Path, rank: int = 0, world_size: int | None = None, restore_rng: bool = True) -> TrainState:
     """Load the loop state for this rank, restoring its RNG; refuse another world size."""
     ckpt = Path(ckpt)
     try:
@@ -199,9 +230,11 @@ def read_state(ckpt: str | Path, rank: int = 0, world_size: int | None = None,
     body.pop("format", None)
     state = TrainState(**body)
     if world_size is not None and world_size != state.world_size:
-        raise CheckpointError(f"cannot resume from {ckpt}: it was written by {state.world_size} processes and this "
-                              f"run has {world_size}; the batch geometry (and data order) would change. "
-                              f"Launch with {state.world_size} processes, or start a new run.")
+        raise CheckpointError(
+            f"cannot resume from {ckpt}: it was written by {state.world_size} processes and this "
+            f"run has {world_size}; the batch geometry (and data order) would change. "
+            f"Launch with {state.world_size} processes, or start a new run."
+        )
     rank_file = _rank_file(ckpt, rank)
     if not rank_file.is_file():
         raise CheckpointError(f"{ckpt}: no state for rank {rank} ({rank_file.name})")
@@ -217,8 +250,11 @@ def read_state(ckpt: str | Path, rank: int = 0, world_size: int | None = None,
 
 def resume_differences(saved: Recipe, current: Recipe) -> list[tuple[str, Any, Any]]:
     """Fields that differ and would make the resumed run a different run."""
-    return [(k, a, b) for k, a, b in diff_recipes(saved, current)
-            if k not in RESUME_MAY_DIFFER and not k.startswith(RESUME_MAY_DIFFER_SECTIONS)]
+    return [
+        (k, a, b)
+        for k, a, b in diff_recipes(saved, current)
+        if k not in RESUME_MAY_DIFFER and not k.startswith(RESUME_MAY_DIFFER_SECTIONS)
+    ]
 
 
 def check_resume_compatible(ckpt: str | Path, current: Recipe) -> None:
@@ -234,6 +270,8 @@ def check_resume_compatible(ckpt: str | Path, current: Recipe) -> None:
     diffs = resume_differences(saved, current)
     if diffs:
         lines = "\n".join(f"  {k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in diffs)
-        raise CheckpointError(f"cannot resume from {ckpt}: the recipe differs in fields that change what is "
-                              f"trained or in what order:\n{lines}\nUse the checkpoint's values, or start a new "
-                              "run in another training.output_dir.")
+        raise CheckpointError(
+            f"cannot resume from {ckpt}: the recipe differs in fields that change what is "
+            f"trained or in what order:\n{lines}\nUse the checkpoint's values, or start a new "
+            "run in another training.output_dir."
+        )

@@ -12,6 +12,7 @@ The recipe decides precision and DeepSpeed; the launcher (`accelerate launch`, t
   extensions folder; ds_ops.py builds it once, clearing a stale lock); accelerate's own CPU switch would silently turn DeepSpeed off, so
   it is cleared for DeepSpeed runs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,8 +40,10 @@ def deepspeed_config(recipe: Recipe) -> dict[str, Any] | None:
         return None
     for section in ("optimizer", "scheduler"):
         if section in ds:
-            raise RecipeError(f"deepspeed.config: remove the {section!r} section; the recipe's training section sets "
-                              "the optimizer (AdamW) and the learning-rate schedule")
+            raise RecipeError(
+                f"deepspeed.config: remove the {section!r} section; the recipe's training section sets "
+                "the optimizer (AdamW) and the learning-rate schedule"
+            )
     t = recipe.training
     owned = {
         "train_micro_batch_size_per_gpu": t.per_device_batch_size,
@@ -62,8 +65,14 @@ def single_process_group_env(needed: bool) -> Iterator[None]:
         yield
         return
     saved = {k: os.environ.get(k) for k in _LAUNCH_VARS}
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    os.environ.update(
+        RANK="0",
+        LOCAL_RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+    )
     try:
         yield
     finally:
@@ -81,15 +90,16 @@ def build_accelerator(recipe: Recipe, ds_config: dict[str, Any] | None):
 
     t = recipe.training
     if ds_config is None and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        raise RecipeError("launched with DeepSpeed (accelerate launch --use_deepspeed or a DeepSpeed accelerate "
-                          "config) but the recipe has no deepspeed section; set deepspeed.config (e.g. "
-                          "deepspeed.config=deepspeed_configs/zero2.json): the recipe decides, not the launcher")
+        raise RecipeError(
+            "launched with DeepSpeed (accelerate launch --use_deepspeed or a DeepSpeed accelerate "
+            "config) but the recipe has no deepspeed section; set deepspeed.config (e.g. "
+            "deepspeed.config=deepspeed_configs/zero2.json): the recipe decides, not the launcher"
+        )
     if ds_config is not None and os.environ.pop("ACCELERATE_USE_CPU", None) is not None:
         logger.info("DeepSpeed run: ignoring ACCELERATE_USE_CPU (DeepSpeed picks its CPU accelerator by itself)")
     cpu = cpu_requested(torch.cuda.is_available())
     handlers = [InitProcessGroupKwargs(backend="gloo")] if cpu and launched() else []
-    common = dict(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
-                  kwargs_handlers=handlers)
+    common = dict(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum, kwargs_handlers=handlers)
     if ds_config is None:
         return Accelerator(cpu=cpu, **common)
     # DeepSpeed's CPU comm op is built here, under our own lock: a stale torch lock is cleared
@@ -109,9 +119,11 @@ def fill_hidden_size_autos(accelerator, hidden_size: int) -> None:
     if not is_deepspeed(accelerator):
         return
     zero = accelerator.state.deepspeed_plugin.deepspeed_config.setdefault("zero_optimization", {})
-    values = {"reduce_bucket_size": hidden_size * hidden_size,
-              "stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
-              "stage3_param_persistence_threshold": 10 * hidden_size}
+    values = {
+        "reduce_bucket_size": hidden_size * hidden_size,
+        "stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
+        "stage3_param_persistence_threshold": 10 * hidden_size,
+    }
     for key, value in values.items():
         if zero.get(key) == "auto":
             zero[key] = value

@@ -10,6 +10,7 @@ local files, never the Hub:
   the code in-process and downloads its script from the Hub).
 * ``pydocs_ppl`` / ``pydocs_mc``: ``pydocs.jsonl`` beside this file (see the YAMLs).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,14 +34,16 @@ def _mbpp_file(mbpp_path: str | None) -> Path:
     else:
         shared = os.environ.get("XDLM_SHARED_DATA")
         candidates = ([("$XDLM_SHARED_DATA", Path(shared) / "mbpp.jsonl")] if shared else []) + [
-            ("default", Path("../shared/data/mbpp.jsonl"))]
+            ("default", Path("../shared/data/mbpp.jsonl"))
+        ]
     for _, path in candidates:
         if path.is_file():
             return path
     tried = ", ".join(f"{path} ({origin})" for origin, path in candidates)
     raise LocalDataError(
         f"mbpp_local: no MBPP file found (tried {tried}). Pass --metadata mbpp_path=/path/to/mbpp.jsonl "
-        "(google-research mbpp/mbpp.jsonl, 974 records) or set XDLM_SHARED_DATA to its folder")
+        "(google-research mbpp/mbpp.jsonl, 974 records) or set XDLM_SHARED_DATA to its folder"
+    )
 
 
 def mbpp_dataset(mbpp_path: str | None = None, **_metadata) -> datasets.DatasetDict:
@@ -54,8 +57,10 @@ def mbpp_dataset(mbpp_path: str | None = None, **_metadata) -> datasets.DatasetD
     for r in records:
         missing = [f for f in MBPP_FIELDS if f not in r]
         if missing:
-            raise LocalDataError(f"{path}: record {r.get('task_id', '?')} has no field {missing[0]!r} "
-                                 f"(an MBPP record needs {list(MBPP_FIELDS)})")
+            raise LocalDataError(
+                f"{path}: record {r.get('task_id', '?')} has no field {missing[0]!r} "
+                f"(an MBPP record needs {list(MBPP_FIELDS)})"
+            )
         by_id[int(r["task_id"])] = {f: r[f] for f in MBPP_FIELDS}
     absent = [i for i in MBPP_SHOT_IDS if i not in by_id]
     if absent:
@@ -93,7 +98,9 @@ def pass_at_1(references: list[str], predictions: list[str], **_) -> float:
 
 
 def _pydocs() -> list[dict]:
-    return [json.loads(line) for line in (HERE / "pydocs.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in (HERE / "pydocs.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def pydocs_dataset(**_metadata) -> datasets.DatasetDict:
@@ -111,6 +118,12 @@ def pydocs_mc_dataset(n_choices: int = 4, **_metadata) -> datasets.DatasetDict:
         wrong = rng.sample([n for n in names if n != r["module"]], int(n_choices) - 1)
         choices = wrong + [r["module"]]
         rng.shuffle(choices)
-        out.append({"module": r["module"], "summary": r["text"].split("\n\n")[0], "choices": choices,
-                    "label": choices.index(r["module"])})
+        out.append(
+            {
+                "module": r["module"],
+                "summary": r["text"].split("\n\n")[0],
+                "choices": choices,
+                "label": choices.index(r["module"]),
+            }
+        )
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(out)})
