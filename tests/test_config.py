@@ -199,6 +199,14 @@ def test_cross_field_rules():
     assert "path of mbpp.jsonl" in error_of(None, ["data.source=mbpp-train"])
 
 
+def test_eval_tasks_are_checked():
+    assert "eval.tasks: must be a non-empty list of mbpp, humaneval, genppl" in error_of(
+        DEFAULT, ["eval.tasks=[mbpp, gsm8k]"]
+    )
+    assert "eval.genppl_samples" in error_of(DEFAULT, ["eval.tasks=[genppl]", "eval.genppl_samples=0"])
+    assert load_recipe(DEFAULT, ["eval.tasks=[mbpp, genppl]"]).eval.tasks == ["mbpp", "genppl"]
+
+
 def test_all_errors_are_reported_at_once():
     msg = error_of(DEFAULT, ["diffusion.k=2", "training.max_steps=0", "diffusion.schedule=x"])
     assert "diffusion.k" in msg and "training.max_steps" in msg and "diffusion.schedule" in msg

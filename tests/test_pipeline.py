@@ -26,6 +26,9 @@ def test_run_pipeline_end_to_end(shared_data, tmp_path):
             "data.seq_len=32",
             "data.max_records=8",
             "data.eval_holdout=2",
+            "eval.tasks=[mbpp, genppl]",
+            "eval.genppl_samples=2",
+            "eval.genppl_prefix_tokens=4",
             "eval.limit=2",
             "eval.steps=[2]",
             "eval.gen_length=4",
@@ -42,6 +45,15 @@ def test_run_pipeline_end_to_end(shared_data, tmp_path):
     rows = [json.loads(l) for l in (run_dir / "eval" / "mbpp" / "samples.jsonl").read_text().splitlines()]
     assert sorted((r["label"], r["steps"]) for r in rows) == sorted([("base (AR)", None)] * 2 + [("xdlm k=0.1", 2)] * 2)
     assert (run_dir / "eval" / "mbpp" / "pass_at_1.png").is_file()
+    # genppl: the judge's own two rows, then the untrained conversion and the trained model per budget.
+    gen = json.loads((run_dir / "eval" / "genppl" / "genppl.json").read_text())
+    assert [(r["label"], r["steps"], r["n"]) for r in gen] == [
+        ("tiny (AR judge) AR greedy", None, 2),
+        ("tiny (AR judge) AR sampled", None, 2),
+        ("untrained", 2, 2),
+        ("xdlm k=0.1 (trained)", 2, 2),
+    ]
+    assert all(r["syntax_valid"] is not None for r in gen)  # python-stdlib is code: the compile rate is there
     # The run's schedule reaches the sampler (evaluation) and the export's config (diffusion_generate).
     used = {json.dumps(r["sampler"], sort_keys=True) for r in rows if r["steps"] is not None}
     assert [json.loads(u)["schedule"] for u in used] == ["cosine"] and json.loads(used.pop())["sampler"] == "xdlm"

@@ -96,6 +96,9 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, stamps: Stamps | None = None)
     cfg = GenerationConfig(sampling=settings, batch_size=ev.batch_size, seed=recipe.training.seed)
     results = {}
     for task in ev.tasks:
+        if task == "genppl":
+            results[task] = _genppl_task(recipe, run_dir, ckpt, device, stamps)
+            continue
         data = Path(ev.data_dir) / BENCHMARK_FILES[task] if ev.data_dir else None
         problems = load_benchmark(
             task, data, limit=ev.limit, prompt_format=ev.prompt_format if task == "mbpp" else "original"
@@ -140,6 +143,48 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, stamps: Stamps | None = None)
         if stamps is not None:
             stamps.record(f"eval/{task}", key, [*results[task]["files"], out / "summary.md", results[task]["plot"]])
     return results
+
+
+def _genppl_task(recipe: Recipe, run_dir: Path, ckpt: Path, device, stamps: Stamps | None) -> dict:
+    """eval.tasks `genppl`: the untrained conversion next to the trained checkpoint (genppl_task.py)."""
+    from .evaluation.genppl import markdown_table
+    from .evaluation.genppl_task import genppl_settings, run_genppl_task
+
+    ev = recipe.eval
+    out = run_dir / "eval" / "genppl"
+    key = stage_key(
+        stage="eval",
+        task="genppl",
+        checkpoint=checkpoint_id(ckpt),
+        model=dataclasses.asdict(recipe.model),
+        adaptation=dataclasses.asdict(recipe.adaptation),
+        data=dataclasses.asdict(recipe.data),
+        eval=dataclasses.asdict(ev),
+        sampling=dataclasses.asdict(genppl_settings(recipe)),
+        seed=recipe.training.seed,
+    )
+    if stamps is not None and stamps.fresh("eval/genppl", key):
+        _say(f"reused: the genppl evaluation in {out}/ (same checkpoint {ckpt.name}, recipe and code)")
+        from .evaluation.genppl import GenRow
+
+        rows = [GenRow(**r) for r in json.loads((out / "genppl.json").read_text())]
+        table = markdown_table(rows)
+        print(table, flush=True)
+        return {
+            "table": table,
+            "files": [out / "samples_genppl.jsonl", out / "genppl.json"],
+            "plot": out / "genppl.png",
+        }
+    _say(
+        f"evaluating genppl: the untrained conversion vs the trained model, {ev.genppl_samples} held-out prefixes, "
+        f"{ev.gen_length} tokens, steps {ev.steps}, sampler ancestral (temperature 1) -> {out}"
+    )
+    result = run_genppl_task(recipe, ckpt, device, out)
+    table = markdown_table(result["rows"])
+    print(table, flush=True)
+    if stamps is not None:
+        stamps.record("eval/genppl", key, [*result["files"], out / "genppl.md", result["plot"]])
+    return {"table": table, "files": result["files"], "plot": result["plot"]}
 
 
 def sample_export(export_dir: Path, prompt: str, *, steps: int = 16, new_tokens: int = 32) -> str:
@@ -275,7 +320,8 @@ def run_pipeline(recipe_path: str, overrides: list[str] = ()) -> dict:
     _say(f"done in {time.time() - t0:.0f} s. Where everything went:")
     print(f"  recipe + checkpoints: {run_dir}/ (metrics.jsonl, TensorBoard events, checkpoint-*)")
     for task, res in results.items():
-        files = ", ".join(sorted({"summary.md", Path(res["plot"]).name, *(Path(f).name for f in res["files"])}))
+        summary = "genppl.md" if task == "genppl" else "summary.md"
+        files = ", ".join(sorted({summary, Path(res["plot"]).name, *(Path(f).name for f in res["files"])}))
         print(f"  {task} evaluation:     {run_dir}/eval/{task}/ ({files})")
     print(
         f"  export:               {export_dir}/ (load with AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True))"

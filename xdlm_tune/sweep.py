@@ -176,9 +176,9 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
     import torch
 
     from .evaluation.genppl_run import CODE_SOURCES, generation_metrics, is_sft, make_prefixes
-    from .evaluation.harness import EvalModel, GenerationConfig
+    from .evaluation.genppl_task import untrained_model
+    from .evaluation.harness import GenerationConfig
     from .evaluation.run import ar_baseline_model, checkpoint_model
-    from .model import prepare_model
     from .sampling import SamplerSettings
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -266,18 +266,7 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
                 row["syntax_valid"] = g["syntax_valid"]
             rows.append(row)
         if i == 0 and cached_ref is None:  # references: the untrained conversion and the judge itself
-            pm = prepare_model(
-                m.name_or_path,
-                kind=m.kind,
-                dtype=dtype,
-                attn_implementation=m.attn_implementation,
-                gguf_file=m.gguf_file,
-                trust_remote_code=m.trust_remote_code,
-                mask_token=recipe.adaptation.mask_token,
-                mask_id=recipe.adaptation.mask_id,
-                shift=recipe.adaptation.shift,
-            )
-            em0 = EvalModel(pm.model.to(device).eval(), pm.tokenizer, "untrained", mask_id=pm.mask_id, shift=pm.shift)
+            em0 = untrained_model(recipe, device, dtype=dtype)
             prefixes = prefixes or make_prefixes(
                 em0.tokenizer, recipe=recipe, n=args.num_samples, prefix_tokens=args.prefix_tokens
             )
@@ -300,6 +289,7 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
                 for r in ref
             ]
             _write_cache(ref_path, ref_key, cached_ref)
+    rows.sort(key=lambda r: (r["k"], r["steps"]))  # whatever order --k trained them in
     return {
         "settings": {
             **settings,

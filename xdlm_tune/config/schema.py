@@ -360,12 +360,16 @@ class DeepSpeedConfig:
         return errs
 
 
+EVAL_TASKS = ("mbpp", "humaneval", "genppl")
+
+
 @dataclass
 class EvalConfig:
     """Benchmark evaluation of checkpoints (generation with the XDLM sampler)."""
 
     tasks: list[str] = field(default_factory=lambda: ["mbpp"])
-    """Benchmarks: `mbpp`, `humaneval`."""
+    """Benchmarks: `mbpp`, `humaneval`, and `genppl` (gen-PPL, entropy and compile rate of the untrained
+    conversion and the trained model on held-out prefixes, under the base as AR judge: what training did)."""
     steps: list[int] = field(default_factory=lambda: [32])
     """Sampler step budgets to evaluate (forward passes per answer)."""
     gen_length: int = 256
@@ -399,6 +403,10 @@ class EvalConfig:
     """Prompts per sampler call."""
     ar_baseline: bool = True
     """Also score the original causal model with greedy AR decoding."""
+    genppl_samples: int = 8
+    """genppl: held-out prefixes continued, one sample each (sampler ancestral, temperature 1, one block)."""
+    genppl_prefix_tokens: int = 32
+    """genppl: tokens of each held-out block kept as its prefix (SFT data: the prompt; 0: unconditional)."""
     limit: int | None = None
     """The first N problems only; null: all."""
     data_dir: str | None = None
@@ -422,6 +430,15 @@ class EvalConfig:
             errs.append(("batch_size", f"must be a positive integer, got {self.batch_size}"))
         if self.limit is not None and self.limit < 1:
             errs.append(("limit", f"must be a positive integer or null, got {self.limit}"))
+        unknown = [t for t in self.tasks if t not in EVAL_TASKS]
+        if unknown or not self.tasks:
+            errs.append(("tasks", f"must be a non-empty list of {', '.join(EVAL_TASKS)}, got {self.tasks}"))
+        if self.genppl_samples < 1:
+            errs.append(("genppl_samples", f"must be a positive integer, got {self.genppl_samples}"))
+        if self.genppl_prefix_tokens < 0:
+            errs.append(("genppl_prefix_tokens", f"must be >= 0, got {self.genppl_prefix_tokens}"))
+        if "genppl" in self.tasks and recipe.model.kind != "causal":
+            errs.append(("tasks", "genppl needs a causal base as its AR judge (model.kind is diffusion); drop it"))
         sampler = self.sampler or ("xdlm" if recipe.diffusion.k > 0 else "confidence")
         if self.final_step == "ancestral" and sampler != "ancestral":
             errs.append(
