@@ -145,13 +145,13 @@ def save_native_layout(model: PreTrainedModel, path: str | Path, family: str, *,
 
 def save_remote_stand_in(path: str | Path, tokenizer: PreTrainedTokenizerFast, *, seed: int = 0) -> Path:
     """Save a tiny bidirectional denoiser with its own modeling file (modeling_xdlm_standin.py,
-    copied beside the weights, under AutoModel and AutoModelForCausalLM) and `tokenizer`: loaded
-    with trust_remote_code=True, its forward has LLaDA's original strict signature."""
+    copied beside the weights; config.json's auto_map names it for AutoConfig and
+    AutoModelForCausalLM) and `tokenizer`: loaded with trust_remote_code=True, its forward has
+    LLaDA's original strict signature."""
     from xdlm_tune.model import modeling_xdlm_standin as remote
 
     # The auto_map entries save_pretrained writes into config.json, and the copied modeling file.
     remote.XdlmStandInConfig.register_for_auto_class()
-    remote.XdlmStandInModel.register_for_auto_class("AutoModel")
     remote.XdlmStandInModel.register_for_auto_class("AutoModelForCausalLM")
     config = remote.XdlmStandInConfig(
         vocab_size=len(tokenizer),

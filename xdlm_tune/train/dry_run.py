@@ -19,8 +19,9 @@ the natively loaded families (LLaDA, Dream: from the config, else from the name)
 checkpoint in that family's own layout (LLaDA's config.json fields and parameter names, or
 Dream's model_type with Qwen2 names; no modeling code), so the run takes the native path the
 real model takes. Other diffusion bases get a tiny denoiser with its own modeling file
-(model/modeling_xdlm_standin.py, copied beside its weights; trust_remote_code, registered under AutoModel and AutoModelForCausalLM) whose forward has
-LLaDA's original strict signature: no **kwargs, no position_ids, no logits_to_keep.
+(model/modeling_xdlm_standin.py, copied beside its weights; trust_remote_code, registered
+under AutoModelForCausalLM) whose forward has LLaDA's original strict signature: no
+**kwargs, no position_ids, no logits_to_keep.
 LLaDA's mask id 126336 would need a 126k-row vocabulary; the stand-ins keep the same mask
 semantics (an explicit id naming a dedicated vocabulary entry, `<|mdm_mask|>`, no new token,
 shift as in the recipe) with that entry as the last id of their small vocabulary.
