@@ -1,9 +1,9 @@
 """A fixed tiny training run whose loss and held-out NELBO are pinned in tests/data/golden_train.json.
 
 Everything the run depends on is fixed here or checked in: a 2-layer Llama whose weights are a
-formula of their position (not an initializer, so no library's init scheme enters), a byte-level
-tokenizer, the corpus tests/data/golden_corpus.jsonl (not this Python's stdlib), and the recipe
-below, run through the real loop (xdlm_tune.train.loop.train) in float32 on CPU.
+formula of their position (not an initializer, so no library's init scheme enters), the byte-level
+tokenizer of xdlm_tune/model/tiny.py, the corpus tests/data/golden_corpus.jsonl (not this Python's
+stdlib), and the recipe below, run through the real loop (xdlm_tune.train.loop.train) in float32 on CPU.
 
 When a change is meant to move these numbers (noise keying, data order, the schedule, ...):
 
@@ -55,27 +55,14 @@ OVERRIDES = [
 ]
 
 
-def byte_tokenizer():
-    """<pad>=0, <s>=1, </s>=2, then the 256 bytes: any text encodes exactly; no mask token (the
-    library adds one)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate(["<pad>", "<s>", "</s>"])}
-    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[ch] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-
-
 def write_model(folder: Path) -> Path:
     """The fixed base: weights w[i] = scale * sin(1.3 i + 0.7 p) over parameter p's flat index i."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = byte_tokenizer()
+    from xdlm_tune.model.tiny import byte_tokenizer
+
+    tok = byte_tokenizer()  # no mask token: the library adds one
     config = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=32,

@@ -55,6 +55,7 @@ def test_wheel_install_runs_the_demo_from_any_folder(tmp_path):
         "xdlm_tune/recipes/smollm2-135m-xdlm-lora.yaml",
         "xdlm_tune/deepspeed_configs/zero3.json",
         "xdlm_tune/deepspeed_configs/accelerate_multi_gpu.yaml",
+        "xdlm_tune/model/modeling_xdlm_standin.py",  # copied into the dry run's remote-code stand-in
     ):
         assert data in names
 

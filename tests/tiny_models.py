@@ -1,8 +1,8 @@
-"""Tiny random-weight models and tokenizers of every supported family, for fast CPU tests.
+"""Test helpers around the library's tiny models (xdlm_tune/model/tiny.py), for fast CPU tests.
 
     tiny_model("llama")                      # 2 layers, hidden 32, vocab 128
     tiny_model("mistral", sliding_window=3)  # config fields can be overridden
-    tiny_tokenizer(reserved=True)            # a tokenizer with <|reserved_special_token_*|>
+    tiny_tokenizer(reserved=True)            # a word-level tokenizer with <|reserved_special_token_*|>
 
 Nothing here touches the network. Weights are seeded, so two calls give the same model.
 """
@@ -11,71 +11,23 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
-FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text")
+from xdlm_tune.model.tiny import BOS_ID, EOS_ID, FAMILIES, PAD_ID, VOCAB, default_attn, tiny_config, tiny_model
 
-VOCAB = 128
-PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
-
-_COMMON = dict(
-    vocab_size=VOCAB,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=8,
-    max_position_embeddings=256,
-    pad_token_id=PAD_ID,
-    bos_token_id=BOS_ID,
-    eos_token_id=EOS_ID,
-    # Larger than the usual 0.02 so that attention patterns visibly change the logits.
-    initializer_range=0.2,
-)
-
-# Per-family settings: sliding windows are small so that a 12-token test crosses them.
-_FAMILY = {
-    "llama": dict(tie_word_embeddings=False),
-    "qwen2": dict(tie_word_embeddings=True),
-    "qwen3": dict(tie_word_embeddings=False),
-    "mistral": dict(tie_word_embeddings=False, sliding_window=4),
-    # Gemma 2 runs on eager only (transformers refuses sdpa for it): see `default_attn`.
-    "gemma2": dict(
-        sliding_window=4,
-        layer_types=["sliding_attention", "full_attention"],
-        final_logit_softcapping=30.0,
-        query_pre_attn_scalar=8,
-    ),
-    "gemma3_text": dict(
-        sliding_window=4,
-        layer_types=["sliding_attention", "full_attention"],
-        query_pre_attn_scalar=8,
-    ),
-}
-
-
-def tiny_config(family: str, **overrides):
-    """A small random config of `family` (a transformers `model_type`)."""
-    if family not in _FAMILY:
-        raise ValueError(f"unknown tiny family {family!r}; choose from {FAMILIES}")
-    kwargs = {**_COMMON, **_FAMILY[family], **overrides}
-    return AutoConfig.for_model(family, **kwargs)
-
-
-def default_attn(family: str) -> str:
-    """sdpa everywhere except Gemma 2, which transformers only runs with eager attention."""
-    return "eager" if family == "gemma2" else "sdpa"
-
-
-def tiny_model(family: str, *, attn_implementation: str | None = None, seed: int = 0, **overrides) -> PreTrainedModel:
-    """A float32 tiny causal LM of `family` in eval mode; `overrides` go into its config."""
-    config = tiny_config(family, **overrides)
-    attn_implementation = attn_implementation or default_attn(family)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
-    return model.eval()
+__all__ = [
+    "BOS_ID",
+    "EOS_ID",
+    "FAMILIES",
+    "PAD_ID",
+    "VOCAB",
+    "default_attn",
+    "random_ids",
+    "save_tiny_model",
+    "tiny_config",
+    "tiny_model",
+    "tiny_tokenizer",
+]
 
 
 def tiny_tokenizer(*, reserved: bool = False, vocab_size: int = VOCAB - 8) -> PreTrainedTokenizerFast:
