@@ -51,21 +51,14 @@ shutdown_process_group()
 """
 
 
-def launch(recipe: Path, out: Path, *overrides: str, deepspeed: bool = False) -> list[dict]:
-    """accelerate launch 2 CPU processes of LAUNCHED; returns each rank's saved results."""
-    script = out.parent / "launched.py"
-    script.write_text(LAUNCHED)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    if not deepspeed:
-        # Without it a CUDA-less `--multi_gpu` launch would look like 2 separate runs to
-        # accelerate (the trainer also sets cpu=True itself when there is no GPU).
-        env["ACCELERATE_USE_CPU"] = "1"
-    cmd = [
+def accelerate_launch(processes: int) -> list[str]:
+    """`accelerate launch` of ``processes`` CPU processes on this machine (append the script)."""
+    return [
         str(ACCELERATE),
         "launch",
         "--multi_gpu",
         "--num_processes",
-        "2",
+        str(processes),
         "--num_machines",
         "1",
         "--mixed_precision",
@@ -76,11 +69,19 @@ def launch(recipe: Path, out: Path, *overrides: str, deepspeed: bool = False) ->
         "127.0.0.1",
         "--main_process_port",
         str(free_port()),
-        str(script),
-        str(recipe),
-        f"training.output_dir={out}",
-        *overrides,
     ]
+
+
+def launch(recipe: Path, out: Path, *overrides: str, deepspeed: bool = False) -> list[dict]:
+    """accelerate launch 2 CPU processes of LAUNCHED; returns each rank's saved results."""
+    script = out.parent / "launched.py"
+    script.write_text(LAUNCHED)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    if not deepspeed:
+        # Without it a CUDA-less `--multi_gpu` launch would look like 2 separate runs to
+        # accelerate (the trainer also sets cpu=True itself when there is no GPU).
+        env["ACCELERATE_USE_CPU"] = "1"
+    cmd = [*accelerate_launch(2), str(script), str(recipe), f"training.output_dir={out}", *overrides]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, f"launch failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
@@ -215,3 +216,40 @@ def test_smollm2_trains_saves_and_resumes_exactly(tmp_path):
     assert b.losses == {3: a.losses[3], 4: a.losses[4]}
     wb = trainable(b.checkpoint)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_sweep_under_accelerate_launch_two_processes(tiny, tmp_path):
+    """`accelerate launch -m xdlm_tune.sweep` trains every k on both processes and samples on the
+    main one: the held-out NELBO of each k equals a one-process sweep with the same global batch
+    (per-device batch doubled), and the files are written once."""
+    args = ["--k", "0", "0.5", "--steps", "2", "--num-samples", "2", "--gen-length", "4", "--code"]
+    common = [*COMMON[:1], "training.save_every=4", "training.eval_every=4", "data.eval_holdout=2"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1")
+    two = tmp_path / "two"
+    cmd = [
+        *accelerate_launch(2),
+        "-m",
+        "xdlm_tune.sweep",
+        str(tiny),
+        "--out",
+        str(two),
+        *args,
+        *common,
+        "training.per_device_batch_size=1",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, f"launch failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    assert proc.stdout.count("2 process(es)") == 2, proc.stdout[-3000:]  # one line per k, from rank 0
+    assert proc.stdout.count("[sweep] ") >= 3  # training lines for each k and the outputs, once
+    one = tmp_path / "one"
+    one_cmd = [sys.executable, "-m", "xdlm_tune.sweep", str(tiny), "--out", str(one), *args, *common]
+    proc1 = subprocess.run(
+        [*one_cmd, "training.per_device_batch_size=2"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert proc1.returncode == 0, proc1.stderr[-4000:]
+    rows2 = json.loads((two / "sweep.json").read_text())["rows"]
+    rows1 = json.loads((one / "sweep.json").read_text())["rows"]
+    assert [(r["k"], r["steps"]) for r in rows2] == [(r["k"], r["steps"]) for r in rows1] == [(0, 2), (0.5, 2)]
+    for a, b in zip(rows2, rows1):
+        assert a["heldout_nelbo"] == pytest.approx(b["heldout_nelbo"], rel=1e-4)
+    assert (two / "pareto.png").is_file() and (two / "sweep.md").is_file()
