@@ -48,6 +48,7 @@ def test_sweep_files_fields_and_resume(tmp_path, capsys):
     labels = [r["label"] for r in result["reference"]]
     assert labels[:2] == ["model AR greedy", "model AR sampled"] and labels[2:] == ["untrained", "untrained"]
     assert "| 1 | 4 |" in (out / "sweep.md").read_text() and (out / "pareto.png").stat().st_size > 0
+    assert "3 samples of 4 tokens (unconditional)" in (out / "sweep.md").read_text()
     first = capsys.readouterr().out
     assert "k=0: training 4 steps" in first and "k=1: training 4 steps" in first
 

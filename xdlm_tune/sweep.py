@@ -297,6 +297,13 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
             "recipe": str(args.recipe),
             "overrides": list(args.overrides),
             "max_steps": first.training.max_steps,
+            "prefixes": (
+                "after held-out SFT prompts"
+                if is_sft(first)
+                else f"after {args.prefix_tokens}-token held-out prefixes"
+                if args.prefix_tokens
+                else "unconditional"
+            ),
         },
         "rows": rows,
         "reference": cached_ref or [],
@@ -310,7 +317,9 @@ def markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     code = s["code"]
     head = ["k", "steps", "held-out NELBO", "gen-PPL", "entropy"] + (["compiles"] if code else []) + ["ended"]
-    where = "unconditional" if not s["prefix_tokens"] else f"after {s['prefix_tokens']}-token held-out prefixes"
+    where = s.get("prefixes") or (
+        "unconditional" if not s["prefix_tokens"] else f"after {s['prefix_tokens']}-token held-out prefixes"
+    )
     lines = [
         f"# xdlm-tune sweep: {Path(s['recipe']).name}, {s['max_steps']} training steps per k",
         "",
