@@ -42,8 +42,9 @@ def demo_main(argv: list[str] | None = None) -> int:
         prog="xdlm-tune demo",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="`xdlm-tune run` of recipes/smollm2-135m-xdlm-lora.yaml on the embedded SmolLM2-135M, sized\n"
-        "for a CPU (demo.yaml: 30 steps, 2 MBPP problems at 8 and 16 steps) into runs/demo; the console\n"
-        "output is also written to runs/demo/demo.log. A second run reuses what did not change.",
+        "for a CPU (demo.yaml: 30 steps, 2 MBPP problems at 8 and 16 steps, gen-PPL of 8 held-out continuations\n"
+        "untrained vs trained) into runs/demo; the console output is also written to runs/demo/demo.log.\n"
+        "A second run reuses what did not change.",
         epilog="examples:\n  xdlm-tune demo             # or: make demo\n"
         "  xdlm-tune demo --dry-run   # the recipe on a tiny stand-in, one step\n"
         "  xdlm-tune demo --core      # the diffusion math only",

@@ -393,14 +393,8 @@ def pareto_plot(result: dict[str, Any], path: Path) -> Path:
             ax.plot(
                 r["heldout_nelbo"], r["gen_ppl"], markers[ks.index(r["k"]) % len(markers)], color=f"C{i}", markersize=7
             )
-            if i == 0:  # one label per k (its markers share the x of its held-out NELBO)
-                ax.annotate(
-                    f"k={r['k']:g}",
-                    (r["heldout_nelbo"], r["gen_ppl"]),
-                    textcoords="offset points",
-                    xytext=(5, 4),
-                    fontsize=8,
-                )
+    for k in ks:  # one legend entry per k: its marker (close points would hide text labels)
+        ax.plot([], [], markers[ks.index(k) % len(markers)], color="0.3", linestyle="none", label=f"k={k:g}")
     untrained = [r for r in result["reference"] if r["steps"] is not None and r.get("heldout_nelbo") is not None]
     for j, r in enumerate(untrained):  # x markers in the colour of their step budget
         i = sorted({q["steps"] for q in rows}).index(r["steps"]) if r["steps"] in {q["steps"] for q in rows} else 0
