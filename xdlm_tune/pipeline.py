@@ -180,11 +180,10 @@ def _genppl_task(recipe: Recipe, run_dir: Path, ckpt: Path, device, stamps: Stam
         f"{ev.gen_length} tokens, steps {ev.steps}, sampler ancestral (temperature 1) -> {out}"
     )
     result = run_genppl_task(recipe, ckpt, device, out)
-    table = markdown_table(result["rows"])
-    print(table, flush=True)
+    print(result["table"], flush=True)
     if stamps is not None:
         stamps.record("eval/genppl", key, [*result["files"], out / "genppl.md", result["plot"]])
-    return {"table": table, "files": result["files"], "plot": result["plot"]}
+    return {"table": result["table"], "files": result["files"], "plot": result["plot"]}
 
 
 def sample_export(export_dir: Path, prompt: str, *, steps: int = 16, new_tokens: int = 32) -> str:

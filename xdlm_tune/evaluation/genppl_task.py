@@ -66,7 +66,7 @@ def genppl_settings(recipe) -> SamplerSettings:
 
 def run_genppl_task(recipe, checkpoint: Path, device: torch.device, out: Path) -> dict:
     """Rows for the AR judge (reference), the untrained conversion and ``checkpoint`` at every
-    budget of ``recipe.eval.steps``; returns {"table", "files", "plot", "rows"}."""
+    budget of ``recipe.eval.steps``; returns {"table", "files", "plot", "rows"} (``table`` untitled)."""
     from .run import ar_baseline_model, checkpoint_model
 
     ev, m = recipe.eval, recipe.model
@@ -105,7 +105,7 @@ def run_genppl_task(recipe, checkpoint: Path, device: torch.device, out: Path) -
     )
     paths = write_outputs(rows, out, title)
     return {
-        "table": markdown_table(rows, title),
+        "table": markdown_table(rows),  # the printed table; genppl.md carries the title
         "files": [samples_file, paths["json"]],
         "plot": paths["png"],
         "rows": rows,
