@@ -203,6 +203,7 @@ def main() -> None:
     ap.add_argument("--note", default="", help="a line added to the saved results (e.g. the machine's load)")
     ap.add_argument("--batching", action="store_true", help="batched generate vs a per-sample loop instead")
     ap.add_argument("--save", action="store_true")
+    ap.add_argument("--out", default=None, help="results file name under benchmarks/results/ (with --save)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -213,7 +214,8 @@ def main() -> None:
     print(report)
     if args.save:
         kind = "batching" if args.batching else "speed"
-        path = ROOT / "benchmarks" / "results" / f"sampling_{kind}_{'cuda' if torch.cuda.is_available() else 'cpu'}.md"
+        name = args.out or f"sampling_{kind}_{'cuda' if torch.cuda.is_available() else 'cpu'}.md"
+        path = ROOT / "benchmarks" / "results" / name
         cmd = "python benchmarks/sampling_speed.py " + " ".join(sys.argv[1:])
         path.write_text(f"# benchmarks/sampling_speed.py\n\n`{cmd}`\n\n" + report)
         print(f"saved {path.relative_to(ROOT)}")
