@@ -7,7 +7,10 @@ One command (the issue's grid; every ratio is to `none` measured in the same run
 prints, per prompt (a short one and the 3-shot MBPP prompt, ~600 tokens) and batch size (1 and 8):
 wall time, answer tokens/s, NFE (forward passes per sample), full passes (block starts and
 refreshes, `refresh` step / block), tokens run through the model per sample, the speed-up over
-`none` and the agreement of the answer tokens with `none` at the same threshold (temperature 0). The model is the embedded `smollm2-135m` converted into a denoiser
+`none`, the agreement of the answer tokens with `none` at the same threshold (temperature 0) and
+the share of answer tokens that are EOS (a trained SFT model pads its answers with EOS, and EOS
+is easy to be confident about). `--prompts sft` adds MBPP test problems in the SFT recipe's
+zero-shot training format. The model is the embedded `smollm2-135m` converted into a denoiser
 (bidirectional + mask token, untrained: an untrained denoiser is rarely confident, so the
 threshold rows say little here; `--model` takes a trained export). Smaller grids for a slow CPU:
 `--gen 64 --block 32 --steps 8`, `--max-tokens` skips batches whose full pass is longer.
@@ -61,10 +64,20 @@ def encode(tok, texts, device):
 
 
 def mbpp_prompts(n: int) -> list[str]:
+    """The 3-shot MBPP prompts of the first n test problems (evaluation's `original` format)."""
     from xdlm_tune.evaluation.tasks import load_mbpp
 
     data = Path(os.environ.get("XDLM_SHARED_DATA", ROOT.parent / "shared" / "data")) / "mbpp.jsonl"
     return [p.prompt for p in load_mbpp(data if data.is_file() else None, limit=n)]
+
+
+def sft_prompts(n: int) -> list[str]:
+    """The first n MBPP test problems (task ids 11-510) in the SFT recipe's zero-shot training format
+    (problem + tests, the code follows): what the MBPP-SFT checkpoint was trained to continue."""
+    from xdlm_tune.data.sources import mbpp_records
+
+    data = Path(os.environ.get("XDLM_SHARED_DATA", ROOT.parent / "shared" / "data")) / "mbpp.jsonl"
+    return [r["prompt"] for r in mbpp_records(data, task_ids=range(11, 511))[:n]]
 
 
 def cache_grid(args) -> str:
@@ -87,6 +100,8 @@ def cache_grid(args) -> str:
     )
     generate(model, encode(tok, ["x"], device)[0], **{**base, "steps": 1, "gen_length": 2, "block_length": None})
     prompts = {"short": SHORT_PROMPTS, "mbpp": mbpp_prompts(max(args.batch))}
+    if "sft" in args.prompts:
+        prompts["sft"] = sft_prompts(max(args.batch))
     lines, summary = [], []
     for name in args.prompts:
         for batch in args.batch:
@@ -104,8 +119,8 @@ def cache_grid(args) -> str:
                 head,
                 "",
                 "| cache | threshold | time (s) | tokens/s | NFE | full passes | tokens processed | "
-                "speed-up vs none | agreement with none |",
-                "|---|---|---|---|---|---|---|---|---|",
+                "speed-up vs none | agreement with none | EOS share |",
+                "|---|---|---|---|---|---|---|---|---|---|",
             ]
             variants = [(c, r) for c in args.caches for r in (["step"] if c == "none" else args.refresh)]
             for tau in args.thresholds:
@@ -125,7 +140,8 @@ def cache_grid(args) -> str:
                     row = (
                         f"| {label} | {tau if tau is not None else 'off'} | {t:.1f} | {batch * args.gen / t:.1f} | "
                         f"{stats.nfe.float().mean().item():.1f} | {stats.full_passes} | "
-                        f"{stats.tokens.float().mean().item():.0f} | {speed} | {agree} |"
+                        f"{stats.tokens.float().mean().item():.0f} | {speed} | {agree} | "
+                        f"{(answer == tok.eos_token_id).float().mean().item():.2f} |"
                     )
                     lines.append(row)
                     print(f"[{name} b{batch}] {row}", flush=True)
@@ -192,7 +208,7 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=32)
     ap.add_argument("--steps", type=int, default=256)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--prompts", nargs="+", choices=("short", "mbpp"), default=["short", "mbpp"])
+    ap.add_argument("--prompts", nargs="+", choices=("short", "mbpp", "sft"), default=["short", "mbpp"])
     ap.add_argument("--caches", nargs="+", default=["none", "prefix", "dual"])
     ap.add_argument("--refresh", nargs="+", choices=("step", "block"), default=["step", "block"])
     ap.add_argument("--thresholds", type=lambda s: None if s == "off" else float(s), nargs="+", default=[None, 0.9])
