@@ -255,7 +255,10 @@ FORGERIES = [
     ),
     (
         "interrupt_main from a thread",
-        "import _thread, threading, time\nthreading.Thread(target=_thread.interrupt_main).start()\ntime.sleep(0.5)\n",
+        # join: the interrupt is pending before the program goes on (a bare sleep raced a late
+        # thread start on a loaded machine, and the tests' assertion came first)
+        "import _thread, threading, time\nt = threading.Thread(target=_thread.interrupt_main)\nt.start()\nt.join()\n"
+        "time.sleep(0.1)\n",
         "KeyboardInterrupt",
     ),
     (
