@@ -7,6 +7,8 @@ child's audit hook and guards are what stops it, and with the screen, as the har
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from xdlm_tune.evaluation import execute
@@ -255,8 +257,7 @@ FORGERIES = [
     ),
     (
         "interrupt_main from a thread",
-        # join: the interrupt is pending before the program goes on (a bare sleep raced a late
-        # thread start on a loaded machine, and the tests' assertion came first)
+        # join: the interrupt is pending before the program goes on
         "import _thread, threading, time\nt = threading.Thread(target=_thread.interrupt_main)\nt.start()\nt.join()\n"
         "time.sleep(0.1)\n",
         "KeyboardInterrupt",
@@ -277,6 +278,19 @@ def test_forgery_is_not_a_pass_at_run_time(program, detail):
     result = execute(program, TESTS, timeout=10, _screen=False)
     assert result.status in ("error", "wrong_answer"), result
     assert detail in result.detail, result
+
+
+def test_a_parent_that_ignores_sigint_gives_the_same_verdict():
+    """An evaluation started in the background (`cmd &` in a script) ignores SIGINT and its
+    children inherit that; the runner restores Python's handler, so the interrupt still ends the
+    program (before the fix: 'AssertionError (in the tests)')."""
+    program = dict((f[0], f[1]) for f in FORGERIES)["interrupt_main from a thread"] + WRONG
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        result = execute(program, TESTS, timeout=10, _screen=False)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert result.status == "error" and "KeyboardInterrupt" in result.detail, result
 
 
 @pytest.mark.parametrize("program", [f[1] for f in FORGERIES], ids=[f[0] for f in FORGERIES])

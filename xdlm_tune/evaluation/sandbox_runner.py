@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import marshal
 import os
+import signal
 import sys
 
 PASS_EVENT = "xdlm.sandbox.passed"  # raised only by the runner's pass line
@@ -64,6 +65,10 @@ _DEVICES_OK = frozenset({"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "
 def main() -> None:
     """Inside the sandbox: read the job, confine this process, run program and tests, report."""
     job = marshal.loads(_read_all(0))
+    # A parent started in the background (`cmd &` in a script, nohup) ignores SIGINT, and the
+    # child inherits that: Python then installs no KeyboardInterrupt handler. Restore it, so a
+    # program's verdict does not depend on how the evaluation was launched.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)  # the program sees an empty stdin
     os.close(null)
