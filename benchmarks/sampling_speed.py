@@ -51,6 +51,11 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
+def eos_share(answer: torch.Tensor, eos_id: int | None) -> str:
+    """The share of answer tokens [B, G] that are EOS ("-" for a tokenizer without one)."""
+    return "-" if eos_id is None else f"{(answer == eos_id).float().mean().item():.2f}"
+
+
 def encode(tok, texts, device):
     """Left-padded ids and mask [B, P]."""
     enc = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -63,21 +68,29 @@ def encode(tok, texts, device):
     return ids.to(device), mask.to(device)
 
 
+def shared_mbpp() -> Path:
+    """The shared mbpp.jsonl (``$XDLM_SHARED_DATA`` or ../shared/data beside the checkout)."""
+    return Path(os.environ.get("XDLM_SHARED_DATA", ROOT.parent / "shared" / "data")) / "mbpp.jsonl"
+
+
 def mbpp_prompts(n: int) -> list[str]:
     """The 3-shot MBPP prompts of the first n test problems (evaluation's `original` format)."""
     from xdlm_tune.evaluation.tasks import load_mbpp
 
-    data = Path(os.environ.get("XDLM_SHARED_DATA", ROOT.parent / "shared" / "data")) / "mbpp.jsonl"
+    data = shared_mbpp()
     return [p.prompt for p in load_mbpp(data if data.is_file() else None, limit=n)]
 
 
 def sft_prompts(n: int) -> list[str]:
-    """The first n MBPP test problems (task ids 11-510) in the SFT recipe's zero-shot training format
-    (problem + tests, the code follows): what the MBPP-SFT checkpoint was trained to continue."""
+    """The first n MBPP test problems in the SFT recipe's zero-shot training format (problem +
+    tests, the code follows): what the MBPP-SFT checkpoint was trained to continue."""
     from xdlm_tune.data.sources import mbpp_records
+    from xdlm_tune.evaluation.tasks import MBPP_SPLITS
 
-    data = Path(os.environ.get("XDLM_SHARED_DATA", ROOT.parent / "shared" / "data")) / "mbpp.jsonl"
-    return [r["prompt"] for r in mbpp_records(data, task_ids=range(11, 511))[:n]]
+    return [r["prompt"] for r in mbpp_records(shared_mbpp(), task_ids=MBPP_SPLITS["test"])[:n]]
+
+
+PROMPT_SETS = {"short": lambda n: SHORT_PROMPTS, "mbpp": mbpp_prompts, "sft": sft_prompts}
 
 
 def cache_grid(args) -> str:
@@ -99,9 +112,7 @@ def cache_grid(args) -> str:
         return_stats=True,
     )
     generate(model, encode(tok, ["x"], device)[0], **{**base, "steps": 1, "gen_length": 2, "block_length": None})
-    prompts = {"short": SHORT_PROMPTS, "mbpp": mbpp_prompts(max(args.batch))}
-    if "sft" in args.prompts:
-        prompts["sft"] = sft_prompts(max(args.batch))
+    prompts = {name: PROMPT_SETS[name](max(args.batch)) for name in args.prompts}
     lines, summary = [], []
     for name in args.prompts:
         for batch in args.batch:
@@ -141,7 +152,7 @@ def cache_grid(args) -> str:
                         f"| {label} | {tau if tau is not None else 'off'} | {t:.1f} | {batch * args.gen / t:.1f} | "
                         f"{stats.nfe.float().mean().item():.1f} | {stats.full_passes} | "
                         f"{stats.tokens.float().mean().item():.0f} | {speed} | {agree} | "
-                        f"{(answer == tok.eos_token_id).float().mean().item():.2f} |"
+                        f"{eos_share(answer, tok.eos_token_id)} |"
                     )
                     lines.append(row)
                     print(f"[{name} b{batch}] {row}", flush=True)
@@ -208,7 +219,7 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=32)
     ap.add_argument("--steps", type=int, default=256)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--prompts", nargs="+", choices=("short", "mbpp", "sft"), default=["short", "mbpp"])
+    ap.add_argument("--prompts", nargs="+", choices=tuple(PROMPT_SETS), default=["short", "mbpp"])
     ap.add_argument("--caches", nargs="+", default=["none", "prefix", "dual"])
     ap.add_argument("--refresh", nargs="+", choices=("step", "block"), default=["step", "block"])
     ap.add_argument("--thresholds", type=lambda s: None if s == "off" else float(s), nargs="+", default=[None, 0.9])

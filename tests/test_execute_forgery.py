@@ -284,7 +284,7 @@ def test_a_parent_that_ignores_sigint_gives_the_same_verdict():
     """An evaluation started in the background (`cmd &` in a script) ignores SIGINT and its
     children inherit that; the runner restores Python's handler, so the interrupt still ends the
     program (before the fix: 'AssertionError (in the tests)')."""
-    program = dict((f[0], f[1]) for f in FORGERIES)["interrupt_main from a thread"] + WRONG
+    program = {f[0]: f[1] for f in FORGERIES}["interrupt_main from a thread"] + WRONG
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         result = execute(program, TESTS, timeout=10, _screen=False)

@@ -393,8 +393,8 @@ def pareto_plot(result: dict[str, Any], path: Path) -> Path:
             ax.plot(
                 r["heldout_nelbo"], r["gen_ppl"], markers[ks.index(r["k"]) % len(markers)], color=f"C{i}", markersize=7
             )
-    for k in ks:  # one legend entry per k: its marker (close points would hide text labels)
-        ax.plot([], [], markers[ks.index(k) % len(markers)], color="0.3", linestyle="none", label=f"k={k:g}")
+    for n, k in enumerate(ks):  # one legend entry per k: its marker (close points would hide text labels)
+        ax.plot([], [], markers[n % len(markers)], color="0.3", linestyle="none", label=f"k={k:g}")
     untrained = [r for r in result["reference"] if r["steps"] is not None and r.get("heldout_nelbo") is not None]
     for j, r in enumerate(untrained):  # x markers in the colour of their step budget
         i = sorted({q["steps"] for q in rows}).index(r["steps"]) if r["steps"] in {q["steps"] for q in rows} else 0
