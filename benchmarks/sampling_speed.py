@@ -20,7 +20,6 @@ threshold rows say little here; `--model` takes a trained export). Smaller grids
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import sys
 import time
@@ -68,17 +67,11 @@ def encode(tok, texts, device):
     return ids.to(device), mask.to(device)
 
 
-def shared_mbpp() -> Path:
-    """The shared mbpp.jsonl (``$XDLM_SHARED_DATA`` or ../shared/data beside the checkout)."""
-    return Path(os.environ.get("XDLM_SHARED_DATA", ROOT.parent / "shared" / "data")) / "mbpp.jsonl"
-
-
 def mbpp_prompts(n: int) -> list[str]:
     """The 3-shot MBPP prompts of the first n test problems (evaluation's `original` format)."""
     from xdlm_tune.evaluation.tasks import load_mbpp
 
-    data = shared_mbpp()
-    return [p.prompt for p in load_mbpp(data if data.is_file() else None, limit=n)]
+    return [p.prompt for p in load_mbpp(limit=n)]  # the shipped copy
 
 
 def sft_prompts(n: int) -> list[str]:
@@ -87,7 +80,7 @@ def sft_prompts(n: int) -> list[str]:
     from xdlm_tune.data.sources import mbpp_records
     from xdlm_tune.evaluation.tasks import MBPP_SPLITS
 
-    return [r["prompt"] for r in mbpp_records(shared_mbpp(), task_ids=MBPP_SPLITS["test"])[:n]]
+    return [r["prompt"] for r in mbpp_records(None, task_ids=MBPP_SPLITS["test"])[:n]]
 
 
 PROMPT_SETS = {"short": lambda n: SHORT_PROMPTS, "mbpp": mbpp_prompts, "sft": sft_prompts}

@@ -1,4 +1,4 @@
-"""Shared test fixtures: the benchmark data beside the checkout, markers, CPU determinism."""
+"""Shared test fixtures: the shipped benchmark data, markers, CPU determinism."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-# Data lives in ../shared/data beside the checkout (never copied into the project).
-SHARED_DATA = Path(os.environ.get("XDLM_SHARED_DATA", REPO.parent / "shared" / "data"))
 # Without CUDA, Triton kernels can only run in its interpreter, which must be chosen before triton
 # is first imported (tests/test_fused_loss_triton.py).
 if not torch.cuda.is_available():
@@ -18,10 +16,14 @@ if not torch.cuda.is_available():
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"benchmark data not found at {SHARED_DATA}; set XDLM_SHARED_DATA")
-    return SHARED_DATA
+def benchmark_data() -> Path:
+    """The folder of benchmark files shipped as package data (mbpp.jsonl, sanitized-mbpp.json,
+    HumanEval.jsonl.gz): the same files in every clone, checked by sha256."""
+    from xdlm_tune.evaluation.shipped import DATA_DIR, SHIPPED, shipped_path
+
+    for name in SHIPPED:
+        shipped_path(name)
+    return DATA_DIR
 
 
 def pytest_collection_modifyitems(config, items):

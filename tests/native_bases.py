@@ -1,4 +1,4 @@
-"""LLaDA- and Dream-format test bases: the reference checkpoints in ../shared/fixtures, copied
+"""LLaDA- and Dream-format test bases: the reference checkpoints in tests/data/fixtures, copied
 with tokenizer files laid out as each base ships them, and an independent byte-level BPE.
 
     path = llada_base(tmp_path)   # llada-a + tokenizer.json (PreTrainedTokenizerFast), no .py files
@@ -22,11 +22,11 @@ import shutil
 import unicodedata
 from pathlib import Path
 
-import pytest
 import regex
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("XDLM_SHARED_FIXTURES", REPO.parent / "shared" / "fixtures"))
+# Written by the ORIGINAL LLaDA / Dream modeling code (provenance: tests/data/fixtures/README.md).
+FIXTURES = REPO / "tests" / "data" / "fixtures"
 MASK_ID = 1000  # both fixtures' config.mask_token_id
 N_BPE = 998
 EOS, BOS = "<|endoftext|>", "<|beginoftext|>"
@@ -39,12 +39,12 @@ PRETOKENIZE = regex.compile(
 def fixture(name: str) -> Path:
     path = FIXTURES / name
     if not (path / "config.json").is_file():
-        pytest.skip(f"reference checkpoint {name} not found under {FIXTURES}; set XDLM_SHARED_FIXTURES")
+        raise FileNotFoundError(f"reference checkpoint {name} missing under {FIXTURES} (it ships with the tests)")
     return path
 
 
 def copy_fixture(name: str, dest: Path) -> Path:
-    """A writable copy (shared/ is read-only and never written to)."""
+    """A writable copy (the reference stays untouched)."""
     out = dest / name
     shutil.copytree(fixture(name), out, ignore=shutil.ignore_patterns("reference.pt"))
     for p in [out, *out.iterdir()]:

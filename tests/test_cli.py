@@ -73,7 +73,7 @@ def _gated_error() -> OSError:
         return err
 
 
-def test_gated_model_says_accept_and_log_in(capsys, monkeypatch, shared_data, tmp_path):
+def test_gated_model_says_accept_and_log_in(capsys, monkeypatch, benchmark_data, tmp_path):
     import xdlm_tune.evaluation.run as eval_run
 
     def gated(*args, **kwargs):  # what loading a gated Hub model raises (no Hub here)
@@ -84,7 +84,7 @@ def test_gated_model_says_accept_and_log_in(capsys, monkeypatch, shared_data, tm
         capsys,
         "eval",
         "--data",
-        str(shared_data / "mbpp.jsonl"),
+        str(benchmark_data / "mbpp.jsonl"),
         "--limit",
         "1",
         "--model",
@@ -203,14 +203,14 @@ def test_top_level_help_lists_commands_and_examples(capsys):
 # --------------------------------------------------------------------------- eval's closing message
 
 
-def test_eval_closing_message_names_the_real_sample_files(capsys, shared_data, tmp_path):
+def test_eval_closing_message_names_the_real_sample_files(capsys, benchmark_data, tmp_path):
     model = save_tiny_model(tmp_path / "tiny")
     out = tmp_path / "ev"
     rc, stdout, _ = run_cli(
         capsys,
         "eval",
         "--data",
-        str(shared_data / "mbpp.jsonl"),
+        str(benchmark_data / "mbpp.jsonl"),
         "--limit",
         "1",
         "--model",

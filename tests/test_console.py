@@ -82,7 +82,7 @@ assert main(["run", recipe, *common, "training.resume=latest"]) == 0
 
 
 @pytest.mark.slow
-def test_a_demo_like_run_prints_no_noise(tmp_path, shared_data):
+def test_a_demo_like_run_prints_no_noise(tmp_path, benchmark_data):
     """train, train --resume (nothing left to do) and run, as `make demo` does, on a tiny model."""
     # Room for the 3-shot MBPP prompt: the AR baseline would rightly warn about a 256-position model.
     tiny = save_tiny_model(tmp_path / "tiny", max_position_embeddings=4096)
@@ -96,7 +96,7 @@ def test_a_demo_like_run_prints_no_noise(tmp_path, shared_data):
             str(REPO / "recipes" / "smollm2-135m-xdlm-lora.yaml"),
             str(tiny),
             str(tmp_path / "run"),
-            str(shared_data / "mbpp.jsonl").rsplit("/", 1)[0],
+            str(benchmark_data / "mbpp.jsonl").rsplit("/", 1)[0],
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -111,14 +111,14 @@ def test_stdlib_holdout_is_fixed_and_disjoint():
     assert not {r["path"] for r in a.eval} & set(b.train["path"])
 
 
-def test_mbpp_train_split(shared_data):
-    recs = mbpp_records(shared_data / "mbpp.jsonl")
+def test_mbpp_train_split(benchmark_data):
+    recs = mbpp_records(benchmark_data / "mbpp.jsonl")
     assert len(recs) == 374 and [r["task_id"] for r in recs] == list(range(601, 975))
     r = recs[0]
     assert "Your code should pass these tests" in r["prompt"] and "assert" in r["prompt"]
     assert "\r" not in r["answer"] and r["text"] == r["prompt"] + r["answer"]
     with pytest.raises(DataError, match="MBPP file not found"):
-        mbpp_records(shared_data / "nope.jsonl")
+        mbpp_records(benchmark_data / "nope.jsonl")
 
 
 # --------------------------------------------------------------------------- pipelines
@@ -139,11 +139,11 @@ def test_pretrain_blocks_from_stdlib(tok):
     ]
 
 
-def test_sft_on_mbpp_masks_prompt_and_padding(tok, shared_data):
+def test_sft_on_mbpp_masks_prompt_and_padding(tok, benchmark_data):
     cfg = recipe(
         "data.source=mbpp-train",
         "data.mode=sft",
-        f"data.data_files={shared_data / 'mbpp.jsonl'}",
+        f"data.data_files={benchmark_data / 'mbpp.jsonl'}",
         "data.seq_len=512",
         "data.max_prompt_len=384",
         "data.eval_holdout=4",
@@ -398,7 +398,7 @@ def cached_smollm2_tokenizer():
         pytest.skip("no SmolLM2 tokenizer on disk (embedded model not converted, nothing in the HF cache)")
 
 
-def test_shipped_recipes_data_with_the_real_tokenizer(shared_data):
+def test_shipped_recipes_data_with_the_real_tokenizer(benchmark_data):
     real = cached_smollm2_tokenizer()
     cfg = load_recipe(
         Path(__file__).parents[1] / "recipes" / "smollm2-135m-xdlm-lora.yaml",
@@ -409,7 +409,7 @@ def test_shipped_recipes_data_with_the_real_tokenizer(shared_data):
     # every MBPP train problem fits the SFT recipe (no "no room for the answer" error)
     cfg = load_recipe(
         Path(__file__).parents[1] / "recipes" / "smollm2-135m-xdlm-lora-mbpp-sft.yaml",
-        [f"data.data_files={shared_data / 'mbpp.jsonl'}"],
+        [f"data.data_files={benchmark_data / 'mbpp.jsonl'}"],
     ).data
     bundle = build_data(cfg, real, batch_size=2)
     assert len(bundle.train.dataset) + len(bundle.eval) == 374

@@ -14,7 +14,7 @@ from xdlm_tune.launch import free_port
 
 
 @pytest.mark.slow
-def test_eval_splits_problems_across_two_processes(shared_data, tmp_path):
+def test_eval_splits_problems_across_two_processes(benchmark_data, tmp_path):
     model_dir = save_tiny_model(tmp_path / "tiny")
     out = tmp_path / "out"
     cmd = [
@@ -35,7 +35,7 @@ def test_eval_splits_problems_across_two_processes(shared_data, tmp_path):
         "--model",
         str(model_dir),
         "--data",
-        str(shared_data / "mbpp.jsonl"),
+        str(benchmark_data / "mbpp.jsonl"),
         "--limit",
         "4",
         "--steps",

@@ -13,8 +13,8 @@ from xdlm_tune.sampling import SamplerSettings
 
 
 @pytest.fixture(scope="module")
-def problems(shared_data):
-    return load_mbpp(shared_data / "mbpp.jsonl", limit=4)
+def problems(benchmark_data):
+    return load_mbpp(benchmark_data / "mbpp.jsonl", limit=4)
 
 
 @pytest.fixture(scope="module")

@@ -130,7 +130,7 @@ def test_cli_error_is_one_line(tiny_dir, capsys):
 
 
 @pytest.mark.slow
-def test_cli_runs_offline_tasks_and_writes_results(tiny_dir, tmp_path, shared_data, monkeypatch):
+def test_cli_runs_offline_tasks_and_writes_results(tiny_dir, tmp_path, benchmark_data, monkeypatch):
     """`xdlm-tune lm-eval` on the shipped tasks (generation and likelihood), results where lm-eval writes them."""
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     out = tmp_path / "results"
@@ -144,7 +144,7 @@ def test_cli_runs_offline_tasks_and_writes_results(tiny_dir, tmp_path, shared_da
             "2",
             "--confirm_run_unsafe_code",
             "--metadata",
-            json.dumps({"mbpp_path": str(shared_data / "mbpp.jsonl")}),
+            json.dumps({"mbpp_path": str(benchmark_data / "mbpp.jsonl")}),
             "--output_path",
             str(out),
             "--log_samples",

@@ -96,8 +96,8 @@ def _records(path: Path):
 
 
 @pytest.mark.parametrize("make,expected", [(lambda doc: doc["code"], 1.0), (broken, 0.0)], ids=["reference", "broken"])
-def test_lm_eval_and_our_harness_agree_problem_by_problem(shared_data, make, expected):
-    mbpp_file = shared_data / "mbpp.jsonl"
+def test_lm_eval_and_our_harness_agree_problem_by_problem(benchmark_data, make, expected):
+    mbpp_file = benchmark_data / "mbpp.jsonl"
     theirs, mean, prompts = _lm_eval_scores(make, mbpp_file)
     ours, problems = _harness_scores(make, mbpp_file)
     assert sorted(theirs) == sorted(ours) == sorted(TASK_IDS)
@@ -107,7 +107,7 @@ def test_lm_eval_and_our_harness_agree_problem_by_problem(shared_data, make, exp
     assert {int(p.task_id.split("/")[1]): p.prompt for p in problems} == prompts
 
 
-def test_stock_lm_eval_mbpp_form_and_its_setup_code_gap(shared_data):
+def test_stock_lm_eval_mbpp_form_and_its_setup_code_gap(benchmark_data):
     """Our YAML keeps stock lm-eval's mbpp form; stock's tests lack test_setup_code, which task 367 needs."""
     stock_path = Path(lm_eval.__file__).parent / "tasks" / "mbpp" / "mbpp.yaml"
 
@@ -121,15 +121,16 @@ def test_stock_lm_eval_mbpp_form_and_its_setup_code_gap(shared_data):
         assert ours[key] == stock[key], key
 
     utils = _utils()
-    doc = next(r for r in _records(shared_data / "mbpp.jsonl") if r["task_id"] == 367)
+    doc = next(r for r in _records(benchmark_data / "mbpp.jsonl") if r["task_id"] == 367)
     stock_target = "\n".join(doc["test_list"][:3])
     assert utils.pass_at_1([stock_target], [doc["code"]]) == 0.0
     assert utils.pass_at_1([utils.mbpp_reference(doc)], [doc["code"]]) == 1.0
-    ds = utils.mbpp_dataset(mbpp_path=str(shared_data / "mbpp.jsonl"), version=1.0, pretrained="ignored")
+    ds = utils.mbpp_dataset(mbpp_path=str(benchmark_data / "mbpp.jsonl"), version=1.0, pretrained="ignored")
     assert [len(ds[s]) for s in ("prompt", "test", "validation", "train")] == [3, 500, 90, 374]
     assert ds["prompt"]["task_id"] == [2, 3, 4]
-    with pytest.raises(ValueError, match="mbpp_path=/path/to/mbpp.jsonl"):
+    with pytest.raises(ValueError, match="mbpp_path=/nonexistent/mbpp.jsonl: no such file"):
         utils.mbpp_dataset(mbpp_path="/nonexistent/mbpp.jsonl")
+    assert utils.mbpp_dataset()["test"]["task_id"] == ds["test"]["task_id"]  # no path: the shipped copy
 
 
 class FixedLikelihood(LM):

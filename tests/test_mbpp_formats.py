@@ -22,8 +22,8 @@ UPSTREAM = json.loads((Path(__file__).parent / "data" / "mbpp_upstream.json").re
 
 
 @pytest.fixture(scope="module")
-def mbpp(shared_data):
-    return shared_data / "mbpp.jsonl"
+def mbpp(benchmark_data):
+    return benchmark_data / "mbpp.jsonl"
 
 
 @pytest.mark.parametrize("fmt", ["opencompass", "lm-eval"])
@@ -75,9 +75,9 @@ def test_formats_score_as_upstream(mbpp):
     )
 
 
-def test_unknown_format_and_humaneval_format_are_refused(mbpp, shared_data):
+def test_unknown_format_and_humaneval_format_are_refused(mbpp, benchmark_data):
     with pytest.raises(ValueError, match="prompt_format='oc'"):
         load_mbpp(mbpp, prompt_format="oc")
     with pytest.raises(ValueError, match="MBPP only"):
-        load_benchmark("humaneval", shared_data / "HumanEval.jsonl.gz", prompt_format="opencompass")
+        load_benchmark("humaneval", benchmark_data / "HumanEval.jsonl.gz", prompt_format="opencompass")
     assert MBPP_FORMATS == ("original", "opencompass", "lm-eval")

@@ -160,7 +160,7 @@ def test_a_full_fine_tune_of_the_llada_recipe_exports_and_reloads(tmp_path):
         )
 
 
-def test_the_eval_cli_evaluates_a_native_base_as_a_diffusion_model(tmp_path, shared_data, capsys):
+def test_the_eval_cli_evaluates_a_native_base_as_a_diffusion_model(tmp_path, benchmark_data, capsys):
     """`xdlm-tune eval --model <LLaDA folder>` (the paper's base row) needs neither --kind nor
     --trust-remote-code: the base is a diffusion model loaded natively, mask id and shift its own."""
     from xdlm_tune.evaluation.run import eval_main
@@ -174,7 +174,7 @@ def test_the_eval_cli_evaluates_a_native_base_as_a_diffusion_model(tmp_path, sha
                 "--benchmark",
                 "mbpp",
                 "--data",
-                str(shared_data / "mbpp.jsonl"),
+                str(benchmark_data / "mbpp.jsonl"),
                 "--limit",
                 "2",
                 "--model",

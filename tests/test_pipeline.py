@@ -11,7 +11,7 @@ from xdlm_tune.pipeline import run_pipeline
 
 
 @pytest.mark.slow
-def test_run_pipeline_end_to_end(shared_data, tmp_path):
+def test_run_pipeline_end_to_end(benchmark_data, tmp_path):
     model_dir = save_tiny_model(tmp_path / "tiny")
     run_dir = tmp_path / "run"
     res = run_pipeline(
@@ -34,7 +34,7 @@ def test_run_pipeline_end_to_end(shared_data, tmp_path):
             "eval.gen_length=4",
             "eval.block_length=4",
             "eval.batch_size=2",
-            f"eval.data_dir={shared_data}",
+            f"eval.data_dir={benchmark_data}",
             "diffusion.schedule=cosine",
         ],
     )

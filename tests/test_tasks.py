@@ -29,13 +29,13 @@ MBPP_HEAD = "You are an expert Python programmer, and here is your task: "
 
 
 @pytest.fixture(scope="module")
-def mbpp_file(shared_data):
-    return shared_data / "mbpp.jsonl"
+def mbpp_file(benchmark_data):
+    return benchmark_data / "mbpp.jsonl"
 
 
 @pytest.fixture(scope="module")
-def humaneval_file(shared_data):
-    return shared_data / "HumanEval.jsonl.gz"
+def humaneval_file(benchmark_data):
+    return benchmark_data / "HumanEval.jsonl.gz"
 
 
 def _run_references(problems: list[Problem]) -> dict[str, str]:
@@ -130,7 +130,8 @@ def test_mbpp_from_the_hub_reads_every_split(monkeypatch, mbpp_file):
         return {"prompt": rows[:10], "test": rows[10:510], "validation": rows[510:600], "train": rows[600:]}
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    problems = load_mbpp(limit=2)
+    assert load_mbpp(limit=2) == load_mbpp(mbpp_file, limit=2) and calls == []  # default: the shipped copy
+    problems = load_mbpp("hub", limit=2)
     assert calls == [("google-research-datasets/mbpp", "full")]
     assert [p.task_id for p in problems] == ["mbpp/11", "mbpp/12"]
     assert problems == load_mbpp(mbpp_file, limit=2)

