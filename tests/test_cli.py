@@ -40,9 +40,21 @@ def assert_one_paragraph(err: str, prog: str, *needles: str) -> None:
 
 
 def test_no_hub_access_names_the_local_copies_and_debug_shows_the_traceback(tmp_path):
-    """The issue's case, for real: `xdlm-tune eval` without --data on a machine without the Hub."""
+    """The issue's case, for real: `xdlm-tune eval --data hub` (the Hub's current revision) on a machine
+    without the Hub. (Without --data the shipped copy is used: tests/test_clean_clone.py.)"""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "xdlm_tune.cli", "eval", "--limit", "1", "--out", str(tmp_path / "ev")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "xdlm_tune.cli",
+        "eval",
+        "--data",
+        "hub",
+        "--limit",
+        "1",
+        "--out",
+        str(tmp_path / "ev"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert proc.returncode == 2
     assert_one_paragraph(
@@ -52,6 +64,7 @@ def test_no_hub_access_names_the_local_copies_and_debug_shows_the_traceback(tmp_
         "Hugging Face Hub",
         "--data PATH",
         "HF_HUB_OFFLINE",
+        "ship with xdlm-tune",
     )
     debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConnectionError" in debug.stderr
@@ -181,7 +194,7 @@ def test_a_bug_keeps_its_traceback():
             "demo",
             ["recipes/smollm2-135m-xdlm-lora.yaml", "runs/demo/demo.log", "--core", "examples:\n  xdlm-tune demo"],
         ),
-        ("eval", ["Score a model on MBPP or HumanEval", "--data", "--steps", "examples:\n  xdlm-tune eval --data"]),
+        ("eval", ["Score a model on MBPP or HumanEval", "--data", "--steps", "examples:\n  xdlm-tune eval --limit"]),
         ("export", ["Merge a run's adapters", "--push-to-hub", "examples:\n  xdlm-tune export runs/"]),
     ],
 )

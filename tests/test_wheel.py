@@ -56,6 +56,10 @@ def test_wheel_install_runs_the_demo_from_any_folder(tmp_path):
         "xdlm_tune/deepspeed_configs/zero3.json",
         "xdlm_tune/deepspeed_configs/accelerate_multi_gpu.yaml",
         "xdlm_tune/model/modeling_xdlm_standin.py",  # copied into the dry run's remote-code stand-in
+        "xdlm_tune/evaluation/benchmark_data/mbpp.jsonl",  # the benchmarks, with their licenses
+        "xdlm_tune/evaluation/benchmark_data/sanitized-mbpp.json",
+        "xdlm_tune/evaluation/benchmark_data/HumanEval.jsonl.gz",
+        "xdlm_tune/evaluation/benchmark_data/NOTICE.md",
     ):
         assert data in names
 
@@ -96,6 +100,18 @@ def test_wheel_install_runs_the_demo_from_any_folder(tmp_path):
         env,
     ).stdout
     assert stage.strip() == "3"
+    # the installed package's own benchmark copies, sha256-checked, from a folder with nothing beside it
+    mbpp = run(
+        [
+            str(python),
+            "-c",
+            "from xdlm_tune.evaluation.tasks import load_humaneval, load_mbpp; "
+            "print(len(load_mbpp()), len(load_humaneval()), load_mbpp(limit=1)[0].source)",
+        ],
+        elsewhere,
+        env,
+    ).stdout
+    assert mbpp.strip() == "500 164 shipped mbpp.jsonl (sha256 ccf64cea)"
     dry = run([xdlm_tune, "demo", "--dry-run"], elsewhere, env)
     assert "dry run OK: smollm2-135m" in dry.stdout and "step 1 loss" in dry.stdout
     assert sorted(p.name for p in elsewhere.iterdir()) == []  # the dry run works in a temp dir

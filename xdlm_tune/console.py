@@ -192,9 +192,12 @@ def quiet_known_noise() -> None:
 def drop_library_notes() -> None:
     """The logging filters of `quiet_known_noise` alone: cheap (imports nothing), so the command line
     installs them before any module that imports peft (and so bitsandbytes) is loaded."""
-    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    if not any(isinstance(f, _DropMessage) for f in logger.filters):
-        logger.addFilter(_DropMessage("kernels-community"))
+    # bitsandbytes' note about an optional CPU kernel, and (kernels >= 0.19) the kernels package's own
+    # "Skipping publisher trust check for 'kernels-community/...' ... offline mode" when it looks that kernel up
+    for name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessage) for f in logger.filters):
+            logger.addFilter(_DropMessage("kernels-community"))
 
 
 # Packages through which DeepSpeed finds a non-CUDA accelerator (XPU, NPU, HPU, MLU, ...).

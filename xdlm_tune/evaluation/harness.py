@@ -238,8 +238,8 @@ def run_evaluation(
             records = check_generations(chunk, texts, workers=workers, **exec_kw)
             used = None if s is None else _settings_record(cfg.sampling.replace(steps=s))
             rows = [
-                {"label": label, "steps": s, "nfe": n, "sampler": used, "generation": t, **r}
-                for t, n, r in zip(texts, nfe, records)
+                {"label": label, "steps": s, "nfe": n, "sampler": used, "generation": t, **r, "data": p.source}
+                for t, n, r, p in zip(texts, nfe, records, chunk)
             ]
             _append(path, rows)
             bar.update(len(chunk))
@@ -263,6 +263,9 @@ def summarize_run(out_dir: str | Path, title: str = "") -> dict:
         raise ValueError(f"no samples under {out}: run the evaluation first")
     summaries = summarize(rows)
     table = markdown_table(summaries)
+    sources = sorted({r["data"] for r in rows if r.get("data")})
+    if sources:  # which copy of the benchmark was scored (shipped / Hub revision / a local file)
+        table += f"\nBenchmark data: {'; '.join(sources)}\n"
     (out / "summary.md").write_text((f"# {title}\n\n" if title else "") + table)
     (out / "summary.json").write_text(json.dumps([s.__dict__ for s in summaries], indent=2))
     benchmark = str(rows[0].get("task_id", "")).split("/")[0].lower() or None  # "mbpp/11", "HumanEval/0"

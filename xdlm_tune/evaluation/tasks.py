@@ -78,6 +78,7 @@ class Problem:
     prompt_format: str = "original"  # MBPP: one of MBPP_FORMATS (extraction and scoring follow it)
     timeout: float | None = None  # seconds per program fixed by the format; None: the executor's default
     special_tokens: bool = False  # encode the prompt with the tokenizer's BOS etc. (OpenCompass does)
+    source: str = ""  # where the record came from (`benchmark_source`): recorded with every sample
 
     def program(self, generation: str) -> str:
         """The program to run for ``generation`` (the text generated after ``prompt``)."""
@@ -169,6 +170,7 @@ def load_mbpp(
                 prompt_format=prompt_format,
                 timeout=_FORMAT_TIMEOUT.get(prompt_format),
                 special_tokens=prompt_format == "opencompass",
+                source=source,
             )
         )
     return problems
@@ -200,6 +202,7 @@ def load_humaneval(
                 reference=r["prompt"] + r["canonical_solution"],
                 entry_point=r["entry_point"],
                 stop=HUMANEVAL_STOP,
+                source=source,
             )
         )
     return problems
