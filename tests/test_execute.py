@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from xdlm_tune.evaluation import STATUSES, ExecResult, execute, execute_many
+from xdlm_tune.sandbox import STATUSES, ExecResult, execute, execute_many
 
-EVALUATION = Path(__file__).resolve().parents[1] / "xdlm_tune" / "evaluation"
+SANDBOX = Path(__file__).resolve().parents[1] / "xdlm_tune" / "sandbox"
 # The security boundary: the parent, the screen, and what the child runs.
 BOUNDARY = [
-    EVALUATION / name
+    SANDBOX / name
     for name in ("execute.py", "screen.py", "sandbox_runner.py", "sandbox_guards.py", "sandbox_limits.py")
 ]
 
@@ -53,7 +53,7 @@ def test_execute_imports_only_the_standard_library(path):
     )
     assert len(path.read_text().splitlines()) <= 420, "keep each file of the boundary readable in one sitting"
     # And the public import path pulls in no torch (the test process has it already: ask a fresh one).
-    code = "import sys; from xdlm_tune.evaluation import execute; assert 'torch' not in sys.modules"
+    code = "import sys; from xdlm_tune.sandbox import execute; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

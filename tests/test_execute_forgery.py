@@ -11,8 +11,8 @@ import signal
 
 import pytest
 
-from xdlm_tune.evaluation import execute
-from xdlm_tune.evaluation.screen import screen
+from xdlm_tune.sandbox import execute
+from xdlm_tune.sandbox.screen import screen
 
 TESTS = "assert add(1, 2) == 3\n"
 # Finds the report pipe without /proc: the only FIFO among the low descriptors.

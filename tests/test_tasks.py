@@ -13,7 +13,6 @@ import pytest
 from xdlm_tune.evaluation import (
     Problem,
     check_generations,
-    execute_many,
     extract_humaneval,
     extract_mbpp,
     load_benchmark,
@@ -24,6 +23,7 @@ from xdlm_tune.evaluation import (
     summarize,
     syntax_valid,
 )
+from xdlm_tune.sandbox import execute_many
 
 MBPP_HEAD = "You are an expert Python programmer, and here is your task: "
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from .execute import STATUSES
+from ..sandbox import STATUSES
 
 
 @dataclass(frozen=True)

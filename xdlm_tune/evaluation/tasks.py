@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .execute import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, ExecResult, execute_many
+from ..sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, ExecResult, execute_many
 from .extract import (
     HUMANEVAL_STOP,
     MBPP_STOP,
