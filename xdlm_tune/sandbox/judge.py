@@ -18,8 +18,10 @@ never does is take part in a decision: ``==``, ``<``, ``in``, ``hash`` on one en
 program's with an ``__eq__`` of its own can never make an assertion true, and nothing the
 program could read in its own memory (it holds no expected value) helps it pass.
 
-Names that shadow a builtin (``def sorted``) are not taken from the program: the tests' builtins
-are this process's own.
+Names that shadow a builtin (``def sorted``) are not taken from the program, unless nothing
+else of the program's is used by the tests (then it is the function under test): the tests'
+builtins are this process's own. Builtins the tests pass (``int``, ``len``) arrive as the jail's
+own builtin of that name, not as callbacks.
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ class Judge:
         def ref(obj):
             if type(obj) is Remote:
                 return ["r", object.__getattribute__(obj, "_id")]
+            name = getattr(obj, "__name__", None)
+            if type(name) is str and vars(builtins).get(name) is obj:  # `int`, `len`: the jail's own
+                return ["B", name]
             if callable(obj):
                 self.objects = True
                 self.callbacks.append(obj)
@@ -169,7 +174,7 @@ class Judge:
         """(status, detail) of the whole run; the "gone" status lets the parent name the cause."""
         try:
             tests = compile(source, "<tests>", "exec")
-            namespace = self.namespace()
+            namespace = self.namespace(tests)
             exec(tests, namespace)
         except BaseException as exc:  # SystemExit in the tests too: they did not finish
             failure = exc
@@ -188,7 +193,7 @@ class Judge:
             message += " (the tests exited before they finished)"
         return status, f"{message} (in the tests)"
 
-    def namespace(self) -> dict:
+    def namespace(self, tests_code) -> dict:
         """The tests' globals: the program's names as plain values, real modules or handles."""
         message = self.receive()
         if message[0] == "failed" and len(message) == 4 and all(type(m) is str for m in message[1:]):
@@ -201,12 +206,18 @@ class Judge:
         if message[0] != "ready" or len(message) != 2 or type(message[1]) is not list:
             self.protocol(message)
         namespace = {"__builtins__": builtins, "__name__": "__tests__"}
-        shadowing = vars(builtins)
-        for entry in message[1]:
-            if type(entry) is not list or len(entry) != 3 or type(entry[0]) is not str:
-                self.protocol(["ready"])
-            name, module, value = entry
-            if name in shadowing or not name.isidentifier():
+        entries = message[1]
+        if any(type(e) is not list or len(e) != 3 or type(e[0]) is not str or not e[0].isidentifier() for e in entries):
+            self.protocol(["ready"])
+        # A program name that shadows a builtin (`def sorted`) is not what the tests' `sorted`
+        # means, unless it is the only thing of the program's the tests use (MBPP 126 asks for
+        # a function called `sum`).
+        used = set(_names(tests_code))
+        shadowing = {e[0] for e in entries if e[0] in vars(builtins)}
+        if not any(e[0] in used for e in entries if e[0] not in shadowing):
+            shadowing = set()
+        for name, module, value in entries:
+            if name in shadowing:
                 continue
             real = _stdlib_module(module) if type(module) is str else None
             if real is not None:
@@ -270,6 +281,15 @@ class Remote:
         object.__getattribute__(self, "_judge").decide(self)
 
     __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __hash__ = __contains__ = _decide
+
+
+def _names(code) -> list[str]:
+    """Every global or attribute name a code object and the code nested in it use."""
+    names = list(code.co_names)
+    for const in code.co_consts:
+        if type(const) is type(code):
+            names += _names(const)
+    return names
 
 
 def _stdlib_module(name: str):

@@ -29,11 +29,19 @@ class Malformed(Exception):
     """Raised while decoding: the message is not what this protocol sends."""
 
 
-def encode(value, ref=None, nested: bool = False, depth: int = 0):
+# Sent as the plain type they extend (the jail's side only: a Counter as a dict, a namedtuple as a
+# tuple, np.float64 as a float). The jail could send any plain value anyway, so this gives it
+# nothing; what the judge gets is still of the exact built-in type.
+_LOOSE = ((bool, bool), (int, int.__int__), (float, float.__float__), (complex, complex), (str, str.__str__),
+          (bytes, bytes), (list, list), (tuple, tuple), (dict, dict), (set, set), (frozenset, frozenset))  # fmt: skip
+
+
+def encode(value, ref=None, nested: bool = False, depth: int = 0, loose: bool = False):
     """``value`` as JSON-ready tagged lists; a non-plain value becomes ``ref(value)`` (or NotPlain).
 
     ``nested``: a non-plain item inside a container is a reference too (the trusted side sends a
     list of handles); otherwise the whole value is (the jail's answers: all plain, or opaque).
+    ``loose``: a subclass of a plain type is sent as that type (see ``_LOOSE``).
     """
     kind = type(value)
     try:
@@ -55,11 +63,21 @@ def encode(value, ref=None, nested: bool = False, depth: int = 0):
             raise NotPlain("nested too deeply (or cyclic)")
         if kind in _SEQUENCES:
             inner = ref if nested else None
-            return [_SEQUENCES[kind], [encode(v, inner, nested, depth + 1) for v in value]]
+            return [_SEQUENCES[kind], [encode(v, inner, nested, depth + 1, loose) for v in value]]
         if kind is dict:
             inner = ref if nested else None
             items = value.items()
-            return ["d", [[encode(k, inner, nested, depth + 1), encode(v, inner, nested, depth + 1)] for k, v in items]]
+            pairs = [
+                [encode(k, inner, nested, depth + 1, loose), encode(v, inner, nested, depth + 1, loose)]
+                for k, v in items
+            ]
+            return ["d", pairs]
+        if loose:
+            for base, convert in _LOOSE:
+                if isinstance(value, base):
+                    plain = convert(value)
+                    if type(plain) is base:
+                        return encode(plain, None, nested, depth + 1, loose)
         raise NotPlain(kind.__name__)
     except NotPlain:
         if ref is None:
