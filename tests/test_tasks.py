@@ -23,7 +23,7 @@ from xdlm_tune.evaluation import (
     summarize,
     syntax_valid,
 )
-from xdlm_tune.sandbox import execute_many
+from xdlm_tune.sandbox import execute_many, jail
 
 MBPP_HEAD = "You are an expert Python programmer, and here is your task: "
 
@@ -233,6 +233,9 @@ def test_check_generations(mbpp_file):
     ]
     records = check_generations(problems, generations, timeout=20)
     assert [(r["status"], r["syntax_valid"]) for r in records] == [("passed", True), ("passed", True), ("error", False)]
+    # Each row records the sandbox's isolation level it ran in (none for one that never ran).
+    assert [r["jail"] for r in records] == [jail.mode(), jail.mode(), ""]
+    assert summarize(records)[0].jail == jail.mode()
     wrong = check_generations(problems[2:], ["def remove_Occ(s, ch):\n    return s\n[DONE]"])
     assert wrong[0]["status"] == "wrong_answer" and wrong[0]["syntax_valid"]
     with pytest.raises(ValueError):
