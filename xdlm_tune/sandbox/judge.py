@@ -80,17 +80,19 @@ class Judge:
 
         return self.wire.encode(value, ref, nested=True)
 
-    def request(self, kind: str, target: Remote, *rest):
+    def request(self, asked: str, target: Remote, *rest):
         """Send one request about ``target`` and wait for its answer, serving callbacks meanwhile."""
         self.seq += 1
         seq = self.seq
-        self.send([kind, seq, ["r", object.__getattribute__(target, "_id")], *rest])
+        self.send([asked, seq, ["r", object.__getattribute__(target, "_id")], *rest])
         while True:
             message = self.receive()
             kind, args = message[0], message[1:]
             if kind == "ok" and len(args) == 2 and args[0] == seq:
                 return self.decode(args[1])
             if kind == "raise" and len(args) == 4 and args[0] == seq and type(args[3]) is bool:
+                if asked != "next" and args[1] in ("StopIteration", "StopAsyncIteration"):
+                    args[1] = "RuntimeError"  # only iteration may end a loop of the tests (map, zip)
                 raise self.exception(*args[1:])
             if kind == "cb" and len(args) == 3 and type(args[0]) is int and 0 <= args[0] < len(self.callbacks):
                 self.callback(*args)
