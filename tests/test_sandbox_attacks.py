@@ -252,3 +252,28 @@ def test_stopiteration_from_a_call_cannot_end_the_tests_loop():
     program = "def add(a, b):\n    raise StopIteration\n"
     result = run(program, tests="assert all(map(add, [1, 2], [2, 3]))\n")
     assert result.status == "error" and "RuntimeError" in result.detail, result
+
+
+def _usable(mode: str) -> bool:
+    try:
+        jail.command(mode, ["true"], "/")
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("mode", jail.MODES)
+def test_each_mode_that_this_machine_gives_keeps_the_statuses(mode):
+    if not _usable(mode):
+        pytest.skip(f"no {mode} jail here")
+    assert run("def add(a, b):\n    return a + b\n", _jail=mode).status == "passed"
+    assert run("def add(a, b):\n    return a - b\n", _jail=mode).status == "wrong_answer"
+    assert run("def add(a, b):\n    return c\n", _jail=mode).status == "error"
+    assert run("import time\ntime.sleep(30)\n", _jail=mode, timeout=1).status == "timeout"
+    mock = run("from unittest import mock\ndef add(a, b):\n    return mock.ANY\n", _jail=mode)
+    assert mock.status == "wrong_answer" and mock.jail == mode, mock
+    if os.geteuid() == 0 and mode != "in-process":  # root's program runs as nobody
+        uid = run(
+            "import os\ndef add(a, b):\n    return os.getuid()\n", tests="assert add(1, 2) == 65534\n", _jail=mode
+        )
+        assert uid.status == "passed", uid

@@ -188,6 +188,26 @@ def test_every_humaneval_canonical_solution_passes(humaneval_file):
     assert {r["task_id"]: r["detail"] for r in records if r["status"] != "passed"} == {}
 
 
+def _always_equal(problem: Problem) -> str:
+    """The reference with each of its functions the tests call returning ``mock.ANY`` (equal to
+    anything): a broken version that the old in-process executor passed, and that must fail."""
+    import ast
+
+    called = {n.id for n in ast.walk(ast.parse(problem.test_code)) if isinstance(n, ast.Name)}
+    defined = [n.name for n in ast.parse(problem.reference).body if isinstance(n, ast.FunctionDef)]
+    stubs = "".join(f"def {name}(*a, **k):\n    return mock.ANY\n" for name in defined if name in called)
+    return problem.reference + "\nfrom unittest import mock\n" + stubs
+
+
+@pytest.mark.slow
+def test_every_broken_reference_fails(mbpp_file, humaneval_file):
+    problems = load_mbpp(mbpp_file, ids=range(1, 975), challenge=True) + load_humaneval(humaneval_file)
+    assert len(problems) == 974 + 164
+    results = execute_many([(_always_equal(p), p.test_code) for p in problems])
+    passed = [p.task_id for p, r in zip(problems, results) if r.passed]
+    assert passed == []
+
+
 # ------------------------------------------------------------------------------ extraction
 
 
