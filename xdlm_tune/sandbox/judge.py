@@ -33,7 +33,9 @@ import signal
 import sys
 
 # Standard-library modules the judge would not import for a program's name (side effects).
-_NOT_IMPORTED = frozenset({"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "webbrowser"})
+_NOT_IMPORTED = frozenset(
+    {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "webbrowser", "test", "lib2to3", "ensurepip"}
+)
 _ALSO_IMPORTED = frozenset({"numpy"})  # installed with the toolkit; tests may use the program's `np`
 _TEXT = 1000
 
@@ -68,7 +70,7 @@ class Judge:
     def encode(self, value):
         def ref(obj):
             if type(obj) is Remote:
-                return ["r", object.__getattribute__(obj, "_id")]
+                return ["r", object.__getattribute__(obj, "_xdlm_id")]
             name = getattr(obj, "__name__", None)
             if type(name) is str and vars(builtins).get(name) is obj:  # `int`, `len`: the jail's own
                 return ["B", name]
@@ -84,7 +86,7 @@ class Judge:
         """Send one request about ``target`` and wait for its answer, serving callbacks meanwhile."""
         self.seq += 1
         seq = self.seq
-        self.send([asked, seq, ["r", object.__getattribute__(target, "_id")], *rest])
+        self.send([asked, seq, ["r", object.__getattribute__(target, "_xdlm_id")], *rest])
         while True:
             message = self.receive()
             kind, args = message[0], message[1:]
@@ -129,7 +131,7 @@ class Judge:
         return type(name if name.isidentifier() else "ProgramError", (Exception,), {})(text)
 
     def decide(self, remote: Remote):
-        self.opaque = self.opaque or object.__getattribute__(remote, "_type")
+        self.opaque = self.opaque or object.__getattribute__(remote, "_xdlm_type")
         raise Opaque(self.opaque)
 
     def end(self, status: str, detail: str) -> None:
@@ -219,7 +221,7 @@ class Judge:
         if not any(e[0] in used for e in entries if e[0] not in shadowing):
             shadowing = set()
         for name, module, value in entries:
-            if name in shadowing:
+            if name in shadowing or name not in used:  # the tests can only use names they name
                 continue
             real = _stdlib_module(module) if type(module) is str else None
             if real is not None:
@@ -233,56 +235,56 @@ class Judge:
 class Remote:
     """A handle to an object that stays in the jail (see the module doc for what it allows)."""
 
-    __slots__ = ("_judge", "_id", "_type")
+    __slots__ = ("_xdlm_judge", "_xdlm_id", "_xdlm_type")  # names no test reads off its objects
 
     def __init__(self, judge: Judge, id_: int, type_: str) -> None:
-        object.__setattr__(self, "_judge", judge)
-        object.__setattr__(self, "_id", id_)
-        object.__setattr__(self, "_type", type_)
+        object.__setattr__(self, "_xdlm_judge", judge)
+        object.__setattr__(self, "_xdlm_id", id_)
+        object.__setattr__(self, "_xdlm_type", type_)
 
-    def _ask(self, kind: str, *rest):
-        judge = object.__getattribute__(self, "_judge")
+    def _xdlm_ask(self, kind: str, *rest):
+        judge = object.__getattribute__(self, "_xdlm_judge")
         judge.objects = True
         return judge.request(kind, self, *rest)
 
     def __call__(self, *args, **kwargs):
-        judge = object.__getattribute__(self, "_judge")
+        judge = object.__getattribute__(self, "_xdlm_judge")
         encoded = [judge.encode(a) for a in args], [[k, judge.encode(v)] for k, v in kwargs.items()]
         return judge.request("call", self, *encoded)
 
     def __getattr__(self, name: str):
         if name.startswith("__"):  # protocol probes (__length_hint__, __fspath__, ...) stay here
             raise AttributeError(name)
-        return self._ask("getattr", name)
+        return self._xdlm_ask("getattr", name)
 
     def __setattr__(self, name: str, value) -> None:
-        self._ask("setattr", name, object.__getattribute__(self, "_judge").encode(value))
+        self._xdlm_ask("setattr", name, object.__getattribute__(self, "_xdlm_judge").encode(value))
 
     def __getitem__(self, key):
-        return self._ask("getitem", object.__getattribute__(self, "_judge").encode(key))
+        return self._xdlm_ask("getitem", object.__getattribute__(self, "_xdlm_judge").encode(key))
 
     def __iter__(self):
-        return self._ask("iter")
+        return self._xdlm_ask("iter")
 
     def __next__(self):
-        return self._ask("next")
+        return self._xdlm_ask("next")
 
     def __len__(self) -> int:
-        return self._ask("len")
+        return self._xdlm_ask("len")
 
     def __str__(self) -> str:
-        return self._ask("str")
+        return self._xdlm_ask("str")
 
     def __repr__(self) -> str:
-        return self._ask("repr")
+        return self._xdlm_ask("repr")
 
     def __bool__(self) -> bool:
-        return self._ask("bool")
+        return self._xdlm_ask("bool")
 
-    def _decide(self, *_):
-        object.__getattribute__(self, "_judge").decide(self)
+    def _xdlm_decide(self, *_):
+        object.__getattribute__(self, "_xdlm_judge").decide(self)
 
-    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __hash__ = __contains__ = _decide
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __hash__ = __contains__ = _xdlm_decide
 
 
 def _names(code) -> list[str]:
