@@ -1,8 +1,10 @@
 """Hostile programs that try to forge "passed": each is wrong, none may pass.
 
 Every program defines a wrong ``add`` (tests: ``assert add(1, 2) == 3``) and tries one way to
-reach the verdict. Each runs twice: without the static screen (``_screen=False``), so that the
-child's audit hook and guards are what stops it, and with the screen, as the harness runs it.
+reach the verdict as it lived in the previous, in-process executor (frames, gc, hooks, report
+pipes, tampered modules). Each runs twice: without the static screen (``_screen=False``) and
+with it, as the harness runs it. The verdict is now the judge's (xdlm_tune/sandbox/judge.py),
+so they find nothing to forge; tests/test_sandbox_attacks.py holds the attacks on the new design.
 """
 
 from __future__ import annotations
