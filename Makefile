@@ -39,7 +39,11 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+# Generated code runs in bubblewrap's jail where `bwrap` is on PATH; without it, one line says how.
+BWRAP_HINT = @command -v bwrap >/dev/null 2>&1 || echo "note: no bwrap on PATH: generated code runs without an OS jail; install bubblewrap (e.g. apt-get install bubblewrap)"
+
 demo: $(STAMP)
+	$(BWRAP_HINT)
 	$(PY) -m xdlm_tune.cli demo
 
 # The linter and the formatter check (pyproject.toml [tool.ruff]) run first: a few seconds, before
@@ -59,6 +63,7 @@ golden: $(STAMP)
 
 # The README's test command: everything but GPU tests (which skip cleanly without CUDA anyway).
 test: lint
+	$(BWRAP_HINT)
 	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
 
 # Inner loop: skips the slow end-to-end tests (real SmolLM2, several processes).

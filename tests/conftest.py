@@ -26,6 +26,14 @@ def benchmark_data() -> Path:
     return DATA_DIR
 
 
+def pytest_report_header(config):
+    """The sandbox's jail mode in the log's header: CI's log says which one its tests ran in."""
+    from xdlm_tune.sandbox import jail
+
+    mode = jail.mode()
+    return f"sandbox jail: {mode}" + ("" if mode == "bwrap" else f" ({jail.HOW_TO_GET_BWRAP})")
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

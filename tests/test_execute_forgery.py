@@ -1,8 +1,10 @@
 """Hostile programs that try to forge "passed": each is wrong, none may pass.
 
 Every program defines a wrong ``add`` (tests: ``assert add(1, 2) == 3``) and tries one way to
-reach the verdict. Each runs twice: without the static screen (``_screen=False``), so that the
-child's audit hook and guards are what stops it, and with the screen, as the harness runs it.
+reach the verdict as it lived in the previous, in-process executor (frames, gc, hooks, report
+pipes, tampered modules). Each runs twice: without the static screen (``_screen=False``) and
+with it, as the harness runs it. The verdict is now the judge's (xdlm_tune/sandbox/judge.py),
+so they find nothing to forge; tests/test_sandbox_attacks.py holds the attacks on the new design.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import signal
 
 import pytest
 
-from xdlm_tune.evaluation import execute
-from xdlm_tune.evaluation.screen import screen
+from xdlm_tune.sandbox import execute
+from xdlm_tune.sandbox.screen import screen
 
 TESTS = "assert add(1, 2) == 3\n"
 # Finds the report pipe without /proc: the only FIFO among the low descriptors.
@@ -274,10 +276,11 @@ FORGERIES = [
 
 @pytest.mark.parametrize("program, detail", [f[1:] for f in FORGERIES], ids=[f[0] for f in FORGERIES])
 def test_forgery_is_not_a_pass_at_run_time(program, detail):
+    """The old in-process forgeries: the verdict is no longer in the program's process, so each
+    finds nothing to forge (``detail`` is what the old audit hook said; the run is just not a pass)."""
     program = (OK_FD if "_ok(" in program else "") + program + ("" if "def add" in program else WRONG)
     result = execute(program, TESTS, timeout=10, _screen=False)
-    assert result.status in ("error", "wrong_answer"), result
-    assert detail in result.detail, result
+    assert result.status != "passed", result  # a thread stealing the judge's requests: a timeout
 
 
 def test_a_parent_that_ignores_sigint_gives_the_same_verdict():
@@ -297,15 +300,15 @@ def test_a_parent_that_ignores_sigint_gives_the_same_verdict():
 def test_forgery_is_not_a_pass_as_the_harness_runs_it(program):
     program = (OK_FD if "_ok(" in program else "") + program + ("" if "def add" in program else WRONG)
     result = execute(program, TESTS, timeout=10)
-    assert result.status in ("error", "wrong_answer"), result
+    assert result.status != "passed", result
 
 
 def test_the_tests_code_is_safe_when_a_program_function_is_called_from_the_tests():
     """HumanEval style: the tests define `check` in the program's namespace and call it."""
     tests = "def check(candidate):\n    assert candidate(1, 2) == 3\ncheck(add)\n"
     program = "def add(a, b):\n    return [c for c in check.__code__.co_consts if isinstance(c, int)][-1]\n"
-    result = execute(program, tests, timeout=10, _screen=False)
-    assert result.status == "error" and "reading the tests' code (.__code__)" in result.detail, result
+    result = execute(program, tests, timeout=10, _screen=False)  # the tests are not in its process
+    assert result.status == "error" and "NameError: name 'check' is not defined" in result.detail, result
     assert execute(program, tests, timeout=10).detail.startswith("blocked: code introspection")
 
 
@@ -328,11 +331,12 @@ def test_static_screen_names_the_construct():
     ],
 )
 def test_always_equal_objects(always_equal):
-    """Gaming the tests' own comparison: the screen catches the plain forms; the run does not."""
+    """Gaming the tests' own comparison: the screen catches the plain forms; at run time the object
+    stays in the jail and the judge never asks it to decide."""
     program = always_equal + "def add(a, b):\n    return A()\n"
     assert execute(program, TESTS, timeout=10).detail.startswith("blocked: an always-equal object")
-    # Residual risk, documented in the README: at run time this is a pass (the tests' `==` is True).
-    assert execute(program, TESTS, timeout=10, _screen=False).status == "passed"
+    result = execute(program, TESTS, timeout=10, _screen=False)
+    assert result.status == "wrong_answer" and result.detail == "returned a A (in the tests)", result
 
 
 def test_legitimate_uses_of_the_allowed_stdlib_frame_readers_pass():
@@ -356,10 +360,10 @@ def test_legitimate_uses_of_the_allowed_stdlib_frame_readers_pass():
         ("import os\nos.rename('/tmp', 'moved')\n", "blocked: renaming across the working directory"),
     ],
 )
-def test_the_hook_holds_without_the_python_guards(program, detail):
-    """The audit hook's own rules, which hold even if a guard were bypassed (guards off here)."""
-    result = execute(program + WRONG, TESTS, timeout=10, _screen=False, _guards=False)
-    assert result.status == "error" and detail in result.detail, result
+def test_the_hook_and_guards_refuse_links_chdir_and_renames(program, detail):
+    """Defence in depth inside the jail (the guards answer first with PermissionError)."""
+    result = execute(program + WRONG, TESTS, timeout=10, _screen=False)
+    assert result.status == "error" and ("PermissionError" in result.detail or detail in result.detail), result
 
 
 @pytest.mark.parametrize(
@@ -377,23 +381,24 @@ def test_the_hook_holds_without_the_python_guards(program, detail):
         ),
     ],
 )
-def test_rigging_the_tests_names_is_caught(program, tests, detail):
-    """Wrong programs that would pass by changing what the tests' own names mean."""
+def test_rigging_the_tests_names_does_not_help(program, tests, detail):
+    """Wrong programs that would pass by changing what the tests' own names mean: the tests'
+    modules are the judge's own (``detail`` is what the old tamper check said)."""
     result = execute(program + ("" if "def add" in program else WRONG), tests, timeout=10, _screen=False)
-    assert result.status == "error" and detail in result.detail, result
+    assert result.status == "wrong_answer", result
 
 
 @pytest.mark.parametrize(
     "program, tests",
     [
         ("def sorted(x):\n    return [3]\n", "assert sorted([add(1, 2)]) == [3]\n"),
-        ("def add(a, b):\n    globals()['len'] = lambda x: 1\n    return 0\n", "assert len([add(1, 2)]) == 1\n"),
+        ("import builtins\nbuiltins.sorted = lambda x: [3]\n", "assert sorted([add(1, 2)]) == [3]\n"),
     ],
 )
-def test_shadowing_a_builtin_the_tests_use_is_a_residual_risk(program, tests):
-    """Documented in the README: a global may legitimately carry a builtin's name (MBPP 126 defines
-    `sum`), so a wrong program that shadows one the tests use passes."""
-    assert execute(program + ("" if "def add" in program else WRONG), tests, timeout=10).status == "passed"
+def test_shadowing_a_builtin_the_tests_use_does_not_help(program, tests):
+    """The tests' builtins are the judge's: a program's `def sorted` is not what they call."""
+    result = execute(program + ("" if "def add" in program else WRONG), tests, timeout=10, _screen=False)
+    assert result.status == "wrong_answer", result
 
 
 @pytest.mark.parametrize(

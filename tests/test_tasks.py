@@ -14,7 +14,6 @@ import pytest
 from xdlm_tune.evaluation import (
     Problem,
     check_generations,
-    execute_many,
     extract_humaneval,
     extract_mbpp,
     load_benchmark,
@@ -25,6 +24,7 @@ from xdlm_tune.evaluation import (
     summarize,
     syntax_valid,
 )
+from xdlm_tune.sandbox import execute_many, jail
 
 MBPP_HEAD = "You are an expert Python programmer, and here is your task: "
 
@@ -217,6 +217,26 @@ def test_every_humaneval_canonical_solution_passes(humaneval_file):
     assert {r["task_id"]: r["detail"] for r in records if r["status"] != "passed"} == {}
 
 
+def _always_equal(problem: Problem) -> str:
+    """The reference with each of its functions the tests call returning ``mock.ANY`` (equal to
+    anything): a broken version that the old in-process executor passed, and that must fail."""
+    import ast
+
+    called = {n.id for n in ast.walk(ast.parse(problem.test_code)) if isinstance(n, ast.Name)}
+    defined = [n.name for n in ast.parse(problem.reference).body if isinstance(n, ast.FunctionDef)]
+    stubs = "".join(f"def {name}(*a, **k):\n    return mock.ANY\n" for name in defined if name in called)
+    return problem.reference + "\nfrom unittest import mock\n" + stubs
+
+
+@pytest.mark.slow
+def test_every_broken_reference_fails(mbpp_file, humaneval_file):
+    problems = load_mbpp(mbpp_file, ids=range(1, 975), challenge=True) + load_humaneval(humaneval_file)
+    assert len(problems) == 974 + 164
+    results = execute_many([(_always_equal(p), p.test_code) for p in problems])
+    passed = [p.task_id for p, r in zip(problems, results) if r.passed]
+    assert passed == []
+
+
 # ------------------------------------------------------------------------------ extraction
 
 
@@ -262,6 +282,9 @@ def test_check_generations(mbpp_file):
     ]
     records = check_generations(problems, generations, timeout=20)
     assert [(r["status"], r["syntax_valid"]) for r in records] == [("passed", True), ("passed", True), ("error", False)]
+    # Each row records the sandbox's isolation level it ran in (none for one that never ran).
+    assert [r["jail"] for r in records] == [jail.mode(), jail.mode(), ""]
+    assert summarize(records)[0].jail == jail.mode()
     wrong = check_generations(problems[2:], ["def remove_Occ(s, ch):\n    return s\n[DONE]"])
     assert wrong[0]["status"] == "wrong_answer" and wrong[0]["syntax_valid"]
     with pytest.raises(ValueError):

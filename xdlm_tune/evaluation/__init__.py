@@ -1,9 +1,8 @@
-"""Evaluation pieces that need no model: the sandboxed executor, benchmark tasks, metrics.
+"""Evaluation pieces that need no model: benchmark tasks, metrics.
 
-Nothing here imports torch; ``execute`` is the security boundary (see execute.py).
+Nothing here imports torch. Generated code runs in xdlm_tune.sandbox (the security boundary).
 """
 
-from .execute import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, STATUSES, ExecResult, execute, execute_many
 from .extract import HUMANEVAL_STOP, MBPP_STOP, extract_humaneval, extract_mbpp, syntax_valid
 from .metrics import Summary, markdown_table, plot_summary, summarize
 from .tasks import (
@@ -17,17 +16,11 @@ from .tasks import (
 
 __all__ = [
     "BENCHMARKS",
-    "DEFAULT_MEMORY_MB",
-    "DEFAULT_TIMEOUT",
     "HUMANEVAL_STOP",
     "MBPP_STOP",
-    "STATUSES",
-    "ExecResult",
     "Problem",
     "Summary",
     "check_generations",
-    "execute",
-    "execute_many",
     "extract_humaneval",
     "extract_mbpp",
     "load_benchmark",

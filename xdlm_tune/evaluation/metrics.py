@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from .execute import STATUSES
+from ..sandbox import STATUSES
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class Summary:
     syntax_valid_rate: float
     outcomes: dict[str, int] = field(default_factory=dict)  # count per status in STATUSES
     nfe: float | None = None  # mean forward passes per sample (None: not recorded, e.g. AR)
+    jail: str = ""  # the sandbox's isolation level(s) the rows ran in: "bwrap", "namespaces", "in-process"
 
 
 def summarize(records: Iterable[Mapping]) -> list[Summary]:
@@ -46,7 +47,8 @@ def summarize(records: Iterable[Mapping]) -> list[Summary]:
         valid = sum(bool(r["syntax_valid"]) for r in rows) / len(rows)
         nfes = [r["nfe"] for r in rows if r.get("nfe") is not None]
         nfe = sum(nfes) / len(nfes) if nfes else None
-        summaries.append(Summary(label, steps, len(rows), pass_at_1, valid, outcomes, nfe))
+        jail = ",".join(sorted({str(r["jail"]) for r in rows if r.get("jail")}))
+        summaries.append(Summary(label, steps, len(rows), pass_at_1, valid, outcomes, nfe, jail))
     # Baseline (steps None) first within each label, then by step budget.
     return sorted(summaries, key=lambda s: (s.label, s.steps is not None, s.steps or 0))
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .execute import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, ExecResult, execute_many
+from ..sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, ExecResult, execute_many
 from .extract import (
     HUMANEVAL_STOP,
     MBPP_STOP,
@@ -221,7 +221,7 @@ def check_generations(
 
     ``timeout`` (seconds per program) overrides the problems' own (their format's; else
     DEFAULT_TIMEOUT). Returns one record per generation: task_id, program, syntax_valid, status,
-    detail, duration. Programs that do not compile are not run (status ``error``).
+    detail, duration, jail (the sandbox's isolation level: bwrap, namespaces or in-process). Programs that do not compile are not run (status ``error``).
     """
     if len(problems) != len(generations):
         raise ValueError(f"{len(problems)} problems but {len(generations)} generations")
@@ -250,6 +250,7 @@ def check_generations(
                 "status": result.status,
                 "detail": result.detail,
                 "duration": result.duration,
+                "jail": result.jail,
             }
         )
     return records

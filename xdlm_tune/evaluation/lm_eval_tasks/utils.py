@@ -5,7 +5,7 @@ local files, never the Hub:
 
 * ``mbpp_local``: MBPP from ``mbpp_path`` (``--metadata mbpp_path=FILE``), else the copy shipped
   with xdlm-tune (``evaluation/benchmark_data/mbpp.jsonl``, sha256-checked).
-  Scoring runs every program in xdlm-tune's sandboxed executor (``evaluation/execute.py``), never
+  Scoring runs every program in xdlm-tune's sandboxed executor (``xdlm_tune/sandbox/``), never
   in the lm-eval process (stock lm-eval's mbpp uses HF ``evaluate``'s ``code_eval``, which runs
   the code in-process and downloads its script from the Hub).
 * ``pydocs_ppl`` / ``pydocs_mc``: ``pydocs.jsonl`` beside this file (see the YAMLs).
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import datasets
 
-from xdlm_tune.evaluation.execute import execute
 from xdlm_tune.evaluation.lm_eval_model import LocalDataError
 from xdlm_tune.evaluation.shipped import shipped_path
 from xdlm_tune.evaluation.tasks import MBPP_SHOT_IDS, MBPP_SPLITS
+from xdlm_tune.sandbox import execute
 
 HERE = Path(__file__).resolve().parent
 MBPP_FIELDS = ("task_id", "text", "code", "test_list", "test_setup_code", "challenge_test_list")

@@ -1,33 +1,23 @@
-"""Run untrusted generated code against its tests in a separate, limited process (parent side).
+"""Run untrusted generated code against its tests (the parent side): jail, judge, verdict.
 
-This file, screen.py, sandbox_runner.py, sandbox_limits.py and sandbox_guards.py are the
-evaluator's security boundary; all five import only the standard library (never torch).
-``execute`` screens the program (screen.py), starts sandbox_runner.py in a fresh
-``python -I -B -S`` and decides the status from the child's authenticated report, its exit and
-the clock.
+The sandbox package's files import only the standard library (never torch). ``execute``
+screens the program (screen.py), then starts two processes and decides the status from what
+the trusted one reports, the exits and the clock:
 
-Layers, outermost first:
+- the *jailed* process (sandbox_runner.py, inside the OS jail of jail.py: bubblewrap, else
+  namespaces, else none) runs the program and holds nothing of the tests;
+- the *judge* (judge.py, outside the jail) runs the tests, with each of the program's names
+  a proxy that calls into the jailed process and gets plain data back (wire.py); it decides
+  every assertion and reports the verdict on a pipe only it holds, with a per-run token.
 
-1. Process: the child starts in its own session; the parent enforces a wall-clock timeout, then
-   SIGKILLs the session's process group and sweeps /proc for anything left (same session or
-   process group, or a per-run marker in its environment), repeating until nothing is left.
-   RLIMIT_NPROC does not bind for root, so this sweep is what guarantees that nothing outlives
-   the run.
-2. Limits set in the child before the program runs (sandbox_limits.py): address space and data (``memory_mb``), CPU
-   seconds, file size, no core files, process count (binds only for non-root users).
-3. A fresh temporary working directory (also HOME and TMPDIR), removed afterwards.
-4. Network: a new, empty network namespace when the kernel allows it (root, or unprivileged user
-   namespaces); sockets and DNS are also disabled in Python.
-5. Python-level guards (sandbox_guards.py): processes, signals, privileges, sockets, writes
-   outside the working directory raise PermissionError. Their originals can be taken from
-   their closures, so the audit hook (6) refuses the same for everything CPython audits.
-6. The verdict (sandbox_runner.py): a static screen here, then an audit hook in the child that
-   denies frame, gc, hook, ctypes and /proc introspection and guards the only holder of the
-   report tokens. A blocked program is an ``error`` with detail ``blocked: <what>``.
-
-A run counts as passed only if the child's report carries the run's random pass token; the
-runner can send that only from its pass line, reached after the program and every test ran
-to the end. Exiting early in any way (``sys.exit(0)``, ``os._exit(0)``, a signal) is an error.
+Layers, outermost first: the jail (a uid that is not the evaluator's when it runs as root, PID,
+network, mount and IPC namespaces); a wall-clock timeout, then SIGKILL of both process groups
+and a sweep of /proc for anything left (a per-run marker in the environment); rlimits (address
+space and data ``memory_mb``, CPU seconds, file size, no core files, process count) in both
+children; a fresh working directory (also HOME and TMPDIR), removed afterwards; in the jailed
+process, the Python-level guards (sandbox_guards.py) and an audit hook (sandbox_hook.py) as
+defence in depth. ``ExecResult.jail`` records the jail that ran; ``path`` whether the tests
+used only plain values ("plain") or the program's own objects or callbacks ("objects").
 """
 
 from __future__ import annotations
@@ -43,6 +33,7 @@ import tempfile
 import time
 from typing import Callable, NamedTuple, Sequence
 
+from . import jail as jails
 from .screen import screen
 
 # MBPP task 123 takes ~5 s alone; 20 s leaves room for a loaded two-core machine.
@@ -54,7 +45,8 @@ STATUSES = ("passed", "wrong_answer", "error", "timeout")
 
 _MARKER_ENV = "XDLM_SANDBOX_RUN"
 _STDERR_TAIL = 2000
-_RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_runner.py")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_RUNNER, _JUDGE = os.path.join(_HERE, "sandbox_runner.py"), os.path.join(_HERE, "judge.py")
 # Imported by nobody: they reach libc, write files from C code, or expose interpreter internals.
 _BLOCKED_MODULES = (
     "ctypes",
@@ -84,6 +76,8 @@ class ExecResult(NamedTuple):
     duration: float = 0.0
     returncode: int | None = None
     stderr: str = ""
+    jail: str = ""  # "bwrap" | "namespaces" | "in-process" (empty: the program never ran)
+    path: str = ""  # "plain" | "objects": what crossed between the tests and the program
 
     @property
     def passed(self) -> bool:
@@ -101,14 +95,16 @@ def execute(
     *,
     _guards: bool = True,
     _screen: bool = True,
+    _jail: str | None = None,
 ) -> ExecResult:
-    """Run ``program`` then ``test_code`` in one namespace, in a sandboxed child process.
+    """Run ``program`` in the jail, then ``test_code`` in the judge against it.
 
-    AssertionError -> ``wrong_answer``; any other exception, an early exit, a signal, running
-    out of memory or a blocked introspection (detail ``blocked: ...``) -> ``error``; no result
-    within ``timeout`` wall-clock seconds -> ``timeout``. Test-only switches: ``_guards=False``
-    turns off the Python-level guards and the audit hook's process rules (to check the
-    kernel-level layers alone); ``_screen=False`` skips the static screen (to check the hook).
+    AssertionError -> ``wrong_answer``, as is a program object the tests compare (detail
+    "returned a <type>"); any other exception, an early exit, a signal, running out of memory or
+    a blocked action (detail ``blocked: ...``) -> ``error``; no result within ``timeout``
+    wall-clock seconds -> ``timeout``. Test-only switches: ``_guards=False`` turns off the
+    Python-level guards and the audit hook (the OS jail alone); ``_screen=False`` skips the static screen; ``_jail`` forces a jail mode
+    (default: the best this machine gives, ``jail.mode()``).
     """
     if timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout}")
@@ -118,22 +114,16 @@ def execute(
         found = screen(program)
         if found is not None:
             return ExecResult("error", f"blocked: {found} (static screen; the program did not run)")
-    # Two tokens: one only ever written on a genuine pass, one for every other report.
-    tokens, marker = (os.urandom(16).hex(), os.urandom(16).hex()), os.urandom(16).hex()
+    jail = _jail or jails.mode()
+    token, marker = os.urandom(16).hex(), os.urandom(16).hex()
     workdir = tempfile.mkdtemp(prefix="xdlm-exec-")
-    job = {
-        "program": program,
-        "tests": test_code,
-        "pass_token": tokens[0],
-        "report_token": tokens[1],
-        "workdir": workdir,
+    jails.prepare_workdir(workdir)
+    limits = {
         "memory_mb": int(memory_mb),
         "cpu_seconds": int(timeout) + 1,
         "max_file_mb": MAX_FILE_MB,
         "max_procs": MAX_PROCS,
-        "blocked_modules": list(_BLOCKED_MODULES),
-        "guards": _guards,
-        # Third-party packages stay importable although the child skips `site` (-S) to start faster.
+        # Third-party packages stay importable although the children skip `site` (-S).
         "site_packages": [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")],
     }
     env = {
@@ -147,42 +137,81 @@ def execute(
         "MKL_NUM_THREADS": "1",
         _MARKER_ENV: marker,
     }
-    report_r, report_w = os.pipe()
-    job["report_fd"] = report_w
+    request_r, request_w = os.pipe()  # judge -> program
+    reply_r, reply_w = os.pipe()  # program -> judge
+    report_r, report_w = os.pipe()  # judge -> here; the program never holds either end
+    runner_job = {
+        **limits,
+        "program": program,
+        "workdir": workdir,
+        "jail": jail,
+        "drop_to": list(jails.nobody() or ()) if jail == "bwrap" else None,  # the other modes drop on start
+        "guards": _guards,
+        "blocked_modules": list(_BLOCKED_MODULES),
+        "request_fd": request_r,
+        "reply_fd": reply_w,
+    }
+    judge_job = {
+        **limits,
+        "tests": test_code,
+        "token": token,
+        "request_fd": request_w,
+        "reply_fd": reply_r,
+        "report_fd": report_w,
+    }
+    procs: list[subprocess.Popen] = []
     start = time.monotonic()
     try:
-        # The job goes in through a file rather than a pipe: writing it can never block.
-        with tempfile.TemporaryFile() as job_file, tempfile.TemporaryFile() as err:
-            job_file.write(marshal.dumps(job))  # plain str/int/bool/list data
-            job_file.seek(0)
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-B", "-S", _RUNNER],
-                stdin=job_file,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                cwd=workdir,
-                env=env,
-                pass_fds=(report_w,),
-                start_new_session=True,
-            )
-            os.close(report_w)
-            report_w = -1
-            finished = _wait_exit(proc, timeout)
+        with (
+            tempfile.TemporaryFile() as runner_in,
+            tempfile.TemporaryFile() as judge_in,
+            tempfile.TemporaryFile() as err,
+        ):
+            runner_in.write(marshal.dumps(runner_job))  # plain str/int/bool/list data
+            judge_in.write(marshal.dumps(judge_job))
+            runner_in.seek(0)
+            judge_in.seek(0)
+            argv, fds, user = jails.command(jail, [sys.executable, "-I", "-B", "-S", _RUNNER], workdir)
+            try:
+                common = dict(stdout=subprocess.DEVNULL, stderr=err, cwd=workdir, env=env, start_new_session=True)
+                procs.append(
+                    subprocess.Popen(argv, stdin=runner_in, pass_fds=(request_r, reply_w, *fds), **common, **user)
+                )
+                # The judge neither works in nor keeps temporary files in the program's directory.
+                common.update(cwd="/", env={k: v for k, v in env.items() if k not in ("HOME", "TMPDIR")})
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-I", "-B", "-S", _JUDGE],
+                        stdin=judge_in,
+                        pass_fds=(request_w, reply_r, report_w),
+                        **common,
+                    )
+                )
+            finally:
+                for fd in (*fds, request_r, reply_w, request_w, reply_r, report_w):
+                    os.close(fd)
+                report_w = -1
+            runner, judge = procs
+            finished = _wait_exit(judge, timeout)
             duration = time.monotonic() - start
-            # With a pidfd the child is not reaped yet (only waited for), so its pid, which is
-            # also its process group and session id, cannot be reused while we kill what it left.
-            _kill_all(proc.pid, marker)
-            returncode = proc.wait()
-            report = _read_report(report_r, tokens)
+            for proc in procs:  # with a pidfd the child is not reaped yet: its pid cannot be reused
+                _kill_all(proc.pid, marker)
+            returncode = runner.wait()
+            judge.wait()
+            report = _read_report(report_r, token)
             err.seek(max(0, err.seek(0, os.SEEK_END) - _STDERR_TAIL))
             stderr = err.read().decode("utf-8", "replace")
     finally:
+        for proc in procs:
+            if proc.poll() is None:
+                _kill_all(proc.pid, marker)
+                proc.wait()
         os.close(report_r)
         if report_w >= 0:
             os.close(report_w)
         shutil.rmtree(workdir, ignore_errors=True)
-    status, detail = _classify(report, finished, returncode, timeout)
-    return ExecResult(status, detail, round(duration, 4), returncode, stderr)
+    status, detail, path = _classify(report, finished, returncode, timeout)
+    return ExecResult(status, detail, round(duration, 4), returncode, stderr, jail, path)
 
 
 def execute_many(
@@ -291,15 +320,11 @@ def _belongs(pid: int, leader: int, since: int, needle: bytes) -> bool:
         return False
 
 
-def _read_report(fd: int, tokens: tuple[str, str]) -> tuple[str, str, str] | None:
-    """The child's report ``(kind, phase, message)``, or None if it never came.
-
-    A line ``<pass token> passed ...`` is a pass; otherwise the first ``<report token> <kind>
-    <phase> <message>`` line. Anything else on the pipe (the program can write to it) is ignored.
-    """
+def _read_report(fd: int, token: str) -> tuple[str, str, str] | None:
+    """The judge's ``(status, path, detail)``, or None if it never came (or lacks the token)."""
     os.set_blocking(fd, False)  # a survivor could hold the pipe open: never wait on it
     data = b""
-    while len(data) < 1 << 20:
+    while len(data) < 1 << 16:
         try:
             chunk = os.read(fd, 65536)
         except BlockingIOError:
@@ -307,28 +332,23 @@ def _read_report(fd: int, tokens: tuple[str, str]) -> tuple[str, str, str] | Non
         if not chunk:
             break
         data += chunk
-    report = None
-    for line in data.decode("utf-8", "replace").splitlines():
-        parts = line.split(" ", 3)
-        if len(parts) >= 3 and parts[0] == tokens[0] and parts[1] == "passed":
-            return "passed", parts[2], ""
-        if report is None and len(parts) >= 3 and parts[0] == tokens[1] and parts[1] != "passed":
-            report = parts[1], parts[2], parts[3] if len(parts) > 3 else ""
-    return report
+    parts = data.decode("utf-8", "replace").rstrip("\n").split("\x1f")
+    if len(parts) == 4 and parts[0] == token and parts[1] in (*STATUSES, "gone"):
+        return parts[1], parts[2], parts[3]
+    return None
 
 
-def _classify(report: tuple[str, str, str] | None, finished: bool, returncode: int, timeout: float) -> tuple[str, str]:
-    """Map the child's report and exit to (status, detail); only a reported pass is a pass."""
-    if report is not None and report[0] == "passed":
-        return "passed", ""
-    if report is not None and report[0] == "blocked":  # the runner stopped it: never a pass
-        return "error", f"{report[2]} (in the {report[1]})"
-    if not finished or returncode == -signal.SIGXCPU:
-        return "timeout", f"no result within {timeout:g} s"
-    if report is not None:
-        kind, phase, message = report
-        return ("wrong_answer" if kind == "assertion" else "error"), f"{message} (in the {phase})"
-    if returncode < 0:
-        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
-        return "error", f"killed by signal {name} before the tests finished"
-    return "error", f"exited with code {returncode} before the tests finished"
+def _classify(report, finished: bool, returncode: int, timeout: float) -> tuple[str, str, str]:
+    """(status, detail, path) from the judge's report and the jailed process's exit."""
+    if not finished or returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
+        return "timeout", f"no result within {timeout:g} s", report[1] if report else ""
+    if report is None:
+        return "error", "the judge gave no verdict", ""
+    status, path, detail = report
+    if status != "gone":
+        return status, detail, path
+    # The program's process died mid-run: name the signal (bwrap reports it as 128 + signal).
+    signum = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else 0
+    if signum and signum in signal.valid_signals():
+        return "error", f"killed by signal {signal.Signals(signum).name} before the tests finished", path
+    return "error", f"exited with code {returncode} before the tests finished", path

@@ -5,11 +5,13 @@ raise PermissionError; files may be written, created, renamed or removed only in
 working directory; ctypes and the modules that write files from C (sqlite3, dbm, readline,
 POSIX shared memory) cannot be imported. These replace Python functions, so they stop careless
 and accidental damage; code written to get around them can reach some originals (e.g. through
-a wrapper's ``__closure__``). What must hold even then is enforced by the kernel (execute.py)
-or by the runner's audit hook: see sandbox_runner.
+a wrapper's ``__closure__``). What must hold even then is enforced by the kernel (jail.py)
+or by the audit hook (sandbox_hook.py). None of this protects the verdict, which is not in this
+process at all (judge.py): these are defence in depth for the machine.
 
-Three guards protect the verdict itself, keep no reference to the function they replace, and
-end the run as blocked (through the runner's BLOCK_EVENT) instead of raising: installing a
+Three guards keep no reference to the function they replace and end the run as blocked
+(through the hook's BLOCK_EVENT) instead of raising (they were the verdict's guards when the
+verdict lived here; kept as defence in depth): installing a
 Python signal handler (a handler receives the interrupted frame without any audited call),
 ``gc.set_debug`` (DEBUG_SAVEALL hands out garbage frames), and re-creating a built-in module
 (which would bring the replaced originals back; every built-in module is imported first, so
@@ -22,7 +24,6 @@ import os
 import shutil
 import signal
 import sys
-from typing import Callable
 
 BLOCK_EVENT = "xdlm.sandbox.blocked"  # same as sandbox_runner.BLOCK_EVENT
 
@@ -284,67 +285,3 @@ def _patch_os(posix, replacements: dict) -> None:
         for module in (os, posix):  # os re-exports posix: patch both names
             if hasattr(module, name):
                 setattr(module, name, replacement)
-
-
-def tamper_check(namespace: dict, tests) -> Callable[[], str]:
-    """Snapshot before the program runs; the returned check says how the program rigged the tests.
-
-    Caught (as ``blocked: ...``): changing the builtins module; giving its namespace its own
-    ``__builtins__``; putting its own functions, classes or objects into a module the tests name
-    (``math.isclose``). Called after the program and again after the tests; a change undone
-    before the check goes unseen. Not caught: a global that shadows a builtin the tests use
-    (``def sorted``), since a task's own function may have a builtin's name (MBPP 126: ``sum``).
-    """
-    import builtins
-    import types
-
-    real = builtins.__dict__
-    before = tuple(real.items())
-    # Bound now: the check must not use builtins the program may have replaced.
-    _len, _type, _isinstance, _getattr, _list, _any, _type_type = len, type, isinstance, getattr, list, any, type
-    function, method, module_type, _BaseException = (
-        types.FunctionType,
-        types.MethodType,
-        types.ModuleType,
-        BaseException,
-    )
-    modules = sys.modules
-    used = frozenset(_names(tests))  # modules the tests name, e.g. in `import math`
-
-    def made_by_program(value) -> bool:
-        if _type(value) is method:
-            value = value.__func__
-        if _type(value) is function:
-            return value.__code__.co_filename == "<program>"
-        cls = value if _isinstance(value, _type_type) else _type(value)
-        return _getattr(cls, "__module__", None) == "__sandbox__"
-
-    def check() -> str:
-        try:
-            if _len(real) != _len(before) or _any(real.get(k, real) is not v for k, v in before):
-                return "blocked: the program changed the builtins module"
-            own_builtins = namespace.get("__builtins__", real)
-            if own_builtins is not real and own_builtins is not builtins:
-                return "blocked: the program gave itself its own __builtins__"
-            for name, module in _list(modules.items()):
-                if _type(module) is not module_type or module.__dict__ is namespace:
-                    continue
-                if name not in used and name.rpartition(".")[2] not in used:
-                    continue
-                for attr, value in _list(module.__dict__.items()):
-                    if made_by_program(value):
-                        return f"blocked: the program patched {name}.{attr}"
-        except _BaseException:  # a hostile object in a module
-            return "blocked: the program left objects in other modules that cannot be inspected"
-        return ""
-
-    return check
-
-
-def _names(code) -> list[str]:
-    """Every global or attribute name a code object and the code nested in it use."""
-    names = list(code.co_names)
-    for const in code.co_consts:
-        if type(const) is type(code):
-            names += _names(const)
-    return names
