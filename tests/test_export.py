@@ -107,7 +107,7 @@ import importlib.util, json, sys
 sys.path.extend(sys.argv[1].split(":"))  # site-packages only: no .pth hooks, so no editable xdlm_tune
 assert importlib.util.find_spec("xdlm_tune") is None, "xdlm_tune is importable in the clean process"
 import torch
-from transformers import AutoModel, AutoModelForCausalLM
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 results = {}
 for case in json.loads(sys.argv[2]):
@@ -135,6 +135,23 @@ for case in json.loads(sys.argv[2]):
         res["gen." + name] = model.diffusion_generate(
             data["prompts"], attention_mask=data["prompt_mask"], max_new_tokens=case["gen"], steps=case["steps"],
             block_length=case["block"], temperature=0.0, **kw)
+    tok = AutoTokenizer.from_pretrained(case["dir"])
+    res["tokenizer.padding_side"] = tok.padding_side
+    gen_kw = dict(max_new_tokens=case["gen"], steps=case["steps"], block_length=case["block"], temperature=0.0,
+                  alg="xdlm")
+    for side in ("left", "right"):  # a padded batch, as the tokenizer pads it, against each prompt alone
+        tok.padding_side = side
+        enc = tok(case["texts"], return_tensors="pt", padding=True)
+        out = model.diffusion_generate(enc.input_ids, attention_mask=enc.attention_mask, **gen_kw)
+        res[f"pad.{side}.prompt_kept"] = torch.tensor(torch.equal(out[:, : enc.input_ids.shape[1]], enc.input_ids))
+        res[f"pad.{side}.batch"] = out[:, enc.input_ids.shape[1]:]
+        alone = [tok([t], return_tensors="pt").input_ids for t in case["texts"]]
+        res[f"pad.{side}.alone"] = torch.cat([model.diffusion_generate(a, **gen_kw)[:, a.shape[1]:] for a in alone])
+    try:
+        model.generate(enc.input_ids, max_new_tokens=2)
+        res["generate"] = "ran"
+    except NotImplementedError as err:
+        res["generate"] = str(err)
     res["xdlm_tune_loaded"] = torch.tensor(any(m.split(".")[0] == "xdlm_tune" for m in sys.modules))
     results[case["name"]] = res
 torch.save({k: {n: v for n, v in r.items() if isinstance(v, torch.Tensor)} for k, r in results.items()}, sys.argv[3])
@@ -234,6 +251,7 @@ def exported(tmp_path_factory):
                 steps=STEPS,
                 block=BLOCK,
                 cached=cached,
+                texts=["w5 w17 w30 w8 w44 w9 w61", "w12 w7 w90", "w33 w3 w71 w26 w15"],
             )
         )
     t0 = time.perf_counter()
@@ -269,6 +287,18 @@ def test_diffusion_generate_gives_the_tokens_of_xdlm_tune_sampler(exported, fami
         assert not (res["gen." + alg][:, 5:] == ref["mask_id"]).any()
     if family != "gemma2":  # the cache was used: its tokens differ from the uncached sampler's here
         assert not torch.equal(ref["gens"]["xdlm_dual"], ref["gens"]["xdlm_revise"])
+
+
+@pytest.mark.parametrize("family", CASES)
+def test_padded_batch_through_the_plain_transformers_export_equals_each_prompt_alone(exported, family):
+    """AutoTokenizer pads the export's way (left); a batch padded on either side gives each row the
+    tokens of its prompt alone, the prompts come back as given, and `generate()` is refused."""
+    res, strings = exported["child"][family], exported["classes"][family]
+    assert strings["tokenizer.padding_side"] == "left"
+    for side in ("left", "right"):
+        assert bool(res[f"pad.{side}.prompt_kept"]), side
+        assert torch.equal(res[f"pad.{side}.batch"], res[f"pad.{side}.alone"]), side
+    assert "diffusion_generate" in strings["generate"]
 
 
 @pytest.mark.parametrize("family", CASES)

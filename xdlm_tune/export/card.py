@@ -137,7 +137,9 @@ def model_card(
         "`diffusion_generate(input_ids, attention_mask=None, max_new_tokens, steps, block_length, temperature, "
         "top_p, alg, k=None, revise_prompt=None, final_step=None, cache=None, refresh=None, refresh_every=None, "
         "threshold=None, eos_token_id=None, generator=None)` returns "
-        "the full sequences (prompt + answer), as Dream's models do; prompts are left-padded. Defaults come "
+        "the full sequences (prompt as given + answer, so the answer is `out[:, input_ids.shape[1]:]`), as Dream's models "
+        "do; the tokenizer pads on the left, and a batch padded on the right is left-aligned inside (each row gives "
+        "what its prompt alone gives). `model.generate()` is refused: this model does not write left to right. Defaults come "
         "from `config.json` (`xdlm.generation`). `steps` is exactly the number of forward passes "
         '(`final_step="ancestral"` adds one per block; `threshold` may end blocks early). '
         '`cache="prefix"` or `"dual"` reuses keys/values inside a block (faster, approximate; '

@@ -110,7 +110,7 @@ def export_model(
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
     try:
         merged.save_pretrained(tmp, max_shard_size=max_shard_size)
-        tokenizer = _with_mask_token(tokenizer, mask_id)
+        tokenizer = _for_export(tokenizer, mask_id)
         tokenizer.save_pretrained(tmp)
         settings["mask_token"] = tokenizer.mask_token if tokenizer.mask_token_id == mask_id else None
         write_modeling_file(tmp, base_class_name(merged))
@@ -250,12 +250,18 @@ def _data_text(recipe: dict | None) -> str:
     return text
 
 
-def _with_mask_token(tokenizer: PreTrainedTokenizerBase, mask_id: int) -> PreTrainedTokenizerBase:
-    """The tokenizer with `mask_id` as its mask token (a copy when that changes anything)."""
-    if tokenizer.mask_token_id == mask_id or mask_id >= len(tokenizer):
+def _for_export(tokenizer: PreTrainedTokenizerBase, mask_id: int) -> PreTrainedTokenizerBase:
+    """The tokenizer as the export saves it (a copy when that changes anything): `mask_id` as its
+    mask token, and left padding, the layout `diffusion_generate` works in (the answer follows
+    the prompt's last position), so `AutoTokenizer.from_pretrained(export)` pads as the card says."""
+    new_mask = tokenizer.mask_token_id != mask_id and mask_id < len(tokenizer)
+    if not new_mask and tokenizer.padding_side == "left":
         return tokenizer
     tokenizer = copy.deepcopy(tokenizer)
-    tokenizer.mask_token = tokenizer.convert_ids_to_tokens(mask_id)
+    if new_mask:
+        tokenizer.mask_token = tokenizer.convert_ids_to_tokens(mask_id)
+    tokenizer.padding_side = "left"
+    tokenizer.init_kwargs["padding_side"] = "left"  # save_pretrained writes the init kwargs' keys
     return tokenizer
 
 
