@@ -102,6 +102,24 @@ def test_resumed_run_matches_the_uninterrupted_one_exactly(uninterrupted, tiny, 
     assert [m["train/loss"] for m in read_metrics(out) if "train/loss" in m] == [a.losses[s] for s in (1, 2, 3, 4)]
 
 
+def test_bar_loss_is_the_metrics_files_loss_on_the_same_step(tiny, tmp_path, monkeypatch, capsys):
+    """With log_every=2 the file's train/loss is the mean of two steps; the bar showed the last
+    step's own loss (6.11 against 7.5153 at step 2). Now each logged step's bar value is the file's,
+    and so is the final bar line printed at close (a log file: stderr is not a terminal)."""
+    from xdlm_tune.train.metrics import Progress
+
+    shown: list[float] = []
+    update = Progress.update
+    monkeypatch.setattr(Progress, "update", lambda self, **kw: (shown.append(kw["loss"]), update(self, **kw))[1])
+    out = tmp_path / "run"
+    result = run(tiny, out, "training.max_steps=4", "training.log_every=2", "training.eval_every=0")
+    logged = {m["step"]: m["train/loss"] for m in read_metrics(out) if "train/loss" in m}
+    assert sorted(logged) == [2, 4] and logged[2] != result.losses[2]  # a two-step mean, not step 2's loss
+    assert {2: shown[1], 4: shown[3]} == logged
+    final = [line for line in capsys.readouterr().err.splitlines() if "loss=" in line][-1]
+    assert f"loss={logged[4]:.4f}" in final, final
+
+
 def test_checkpoint_contents_and_keep_last(uninterrupted, tiny, tmp_path):
     a = uninterrupted
     assert [s for s, _ in list_checkpoints(a.output_dir)] == [2, 4]

@@ -261,8 +261,13 @@ def _train(recipe: Recipe, ds_config: dict | None) -> TrainResult:
             tokens_seen += stats["tokens"]
             result.step, result.losses[step] = step, stats["loss"]
             window.append(stats["loss"])
+            # The bar shows what metrics.jsonl records as train/loss: the mean over the steps since the
+            # last metrics line (training.log_every), so on a logged step the two are one number.
             rate = progress.update(
-                loss=stats["loss"], tokens=stats["tokens"], lr=stats["lr"], seconds=time.perf_counter() - t_step
+                loss=sum(window) / len(window),
+                tokens=stats["tokens"],
+                lr=stats["lr"],
+                seconds=time.perf_counter() - t_step,
             )
             result.tokens_per_s = rate
             last = step == cfg.max_steps
