@@ -95,6 +95,17 @@ def _hub_unreachable(chain: list[BaseException]) -> str | None:
     )
 
 
+def unreachable_dataset(exc: BaseException) -> str | None:
+    """The data set `exc` failed to download for want of the Hub ('' when unnamed), else None."""
+    chain = list(_chain(exc))
+    text = " ".join(str(e) for e in chain)
+    msg = _hub_unreachable(chain)
+    if msg is None or not ("Couldn't reach" in text or "/datasets/" in text):
+        return None
+    what = re.search(r"Couldn't reach '([^']+)'", text) or _HUB_URL.search(text.replace("/datasets/", "/"))
+    return what.group(1) if what else ""
+
+
 def _hub_access(chain: list[BaseException]) -> str | None:
     for e in chain:
         names = _names(e)
