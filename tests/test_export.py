@@ -671,3 +671,10 @@ def test_export_card_renders_a_real_eval_summary_as_summary_md(tmp_path, capsys)
     assert "\n# <your-hub-id>\n" in card and "repo = '<your-hub-id>'" in card and "# ex1" not in card
     config = json.loads((out / "config.json").read_text())
     assert "_model_name_or_path" not in config
+
+
+def test_eval_label_of_a_run_names_its_checkpoint_step(tmp_path):
+    from xdlm_tune.evaluation.run import checkpoint_model
+
+    training_run(tmp_path)
+    assert checkpoint_model(tmp_path / "run", torch.device("cpu")).label == "run step 3"

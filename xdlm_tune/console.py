@@ -243,6 +243,14 @@ def peft_wrapping() -> Iterator[None]:
         yield
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (`prog: error: ...; see prog --help`),
+    not the whole usage block before it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """Descriptions wrapped to the terminal; lines of examples (indented by two spaces) kept as written."""
 

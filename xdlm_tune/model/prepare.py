@@ -100,7 +100,8 @@ def prepare_model(
             enable_checkpointing(model)
 
     counts = log_parameter_counts(model) if report else parameter_counts(model)
-    logger.info("prepared %s (%s base, family %s): mask id %d, shift %s", name_or_path, kind, family, mask_id, shift)
+    # DEBUG: train's start line and eval's rows say it; at INFO it preceded the train summary as noise.
+    logger.debug("prepared %s (%s base, family %s): mask id %d, shift %s", name_or_path, kind, family, mask_id, shift)
     return PreparedModel(
         model=model,
         tokenizer=tokenizer,
