@@ -126,7 +126,7 @@ def test_genppl_cli_unconditional_files_and_fields(tiny_dir, tmp_path, capsys):
     # Every long stage shows a bar (in a log file: its final state, with the elapsed time).
     for stage in ("genppl sample model+xdlm-sampler (8 steps): 100%", "genppl judge greedy reference: 100%"):
         assert stage in printed.err, printed.err
-    assert printed.err.count("genppl score (model judge): 100%") == 4  # AR greedy, AR sampled, 2 budgets
+    assert printed.err.count("genppl score by model: 100%") == 4  # AR greedy, AR sampled, 2 budgets
 
 
 def test_genppl_cli_heldout_prefixes_and_errors(tiny_dir, tmp_path):

@@ -193,7 +193,7 @@ def judge_nll(
     device = next(judge.model.parameters()).device
     pad = judge.tokenizer.pad_token_id if judge.tokenizer.pad_token_id is not None else judge.tokenizer.eos_token_id
     out = []
-    bar = _bar(len(contexts), f"genppl score ({judge.label} judge)")
+    bar = _bar(len(contexts), f"genppl score by {judge.label}")
     for i in range(0, len(contexts), batch_size):
         ctx, tgt = contexts[i : i + batch_size], targets[i : i + batch_size]
         seqs = [c + t for c, t in zip(ctx, tgt)]
