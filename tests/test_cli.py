@@ -240,3 +240,16 @@ def test_eval_closing_message_names_the_real_sample_files(capsys, benchmark_data
         f"[eval] samples: {out / 'samples.jsonl'}; table: {out / 'summary.md'}; plot: {out / 'pass_at_1.png'}" in stdout
     )
     assert "*" not in stdout.splitlines()[-1]
+
+
+def test_a_bad_flag_value_is_one_line_without_the_usage_block(capsys):
+    rc, out, err = run_cli(capsys, "eval", "--steps", "0")
+    assert rc == 2 and "usage:" not in err
+    assert (
+        err.strip() == "xdlm-tune eval: error: --steps must be positive integers, got [0] (see `xdlm-tune eval --help`)"
+    )
+
+
+def test_eval_help_lists_genppl_among_the_benchmarks(capsys):
+    rc, out, _ = run_cli(capsys, "eval", "--help")
+    assert rc == 0 and "{mbpp,humaneval,genppl}" in out

@@ -130,6 +130,8 @@ def test_overrides_without_a_file_start_from_defaults():
         ("data.columns.txt=a", "did you mean 'data.columns.text'"),
         ("diffusion.k.x=1", "diffusion.k is a value"),
         ("diffusion.k", "section.key=value"),
+        ("max_steps=3", "did you mean 'training.max_steps'?"),  # a field without its section
+        ("k=0.3", "did you mean 'diffusion.k'?"),
     ],
 )
 def test_bad_override_keys(item, expected):

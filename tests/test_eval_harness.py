@@ -45,6 +45,7 @@ def test_correct_answers_pass_and_wrong_ones_fail(problems, tiny, tmp_path, monk
     assert len(rows) == 8 and {r["steps"] for r in rows} == {8, 16}
     assert [r["status"] for r in rows[:4]] == ["passed", "error", "passed", "error"]
     assert [r["syntax_valid"] for r in rows[:4]] == [True, False, True, False]
+    assert [r["prompt"] for r in rows[:4]] == [p.prompt for p in problems]  # what the model was given
     res = summarize_run(tmp_path)
     assert all(s.pass_at_1 == 0.5 for s in res["summary"])
     assert (tmp_path / "summary.md").read_text().count("| 50.0% | 50.0% | 2 | 0 | 2 | 0 |") == 2

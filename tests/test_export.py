@@ -107,7 +107,7 @@ import importlib.util, json, sys
 sys.path.extend(sys.argv[1].split(":"))  # site-packages only: no .pth hooks, so no editable xdlm_tune
 assert importlib.util.find_spec("xdlm_tune") is None, "xdlm_tune is importable in the clean process"
 import torch
-from transformers import AutoModel, AutoModelForCausalLM
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 results = {}
 for case in json.loads(sys.argv[2]):
@@ -135,6 +135,23 @@ for case in json.loads(sys.argv[2]):
         res["gen." + name] = model.diffusion_generate(
             data["prompts"], attention_mask=data["prompt_mask"], max_new_tokens=case["gen"], steps=case["steps"],
             block_length=case["block"], temperature=0.0, **kw)
+    tok = AutoTokenizer.from_pretrained(case["dir"])
+    res["tokenizer.padding_side"] = tok.padding_side
+    gen_kw = dict(max_new_tokens=case["gen"], steps=case["steps"], block_length=case["block"], temperature=0.0,
+                  alg="xdlm")
+    for side in ("left", "right"):  # a padded batch, as the tokenizer pads it, against each prompt alone
+        tok.padding_side = side
+        enc = tok(case["texts"], return_tensors="pt", padding=True)
+        out = model.diffusion_generate(enc.input_ids, attention_mask=enc.attention_mask, **gen_kw)
+        res[f"pad.{side}.prompt_kept"] = torch.tensor(torch.equal(out[:, : enc.input_ids.shape[1]], enc.input_ids))
+        res[f"pad.{side}.batch"] = out[:, enc.input_ids.shape[1]:]
+        alone = [tok([t], return_tensors="pt").input_ids for t in case["texts"]]
+        res[f"pad.{side}.alone"] = torch.cat([model.diffusion_generate(a, **gen_kw)[:, a.shape[1]:] for a in alone])
+    try:
+        model.generate(enc.input_ids, max_new_tokens=2)
+        res["generate"] = "ran"
+    except NotImplementedError as err:
+        res["generate"] = str(err)
     res["xdlm_tune_loaded"] = torch.tensor(any(m.split(".")[0] == "xdlm_tune" for m in sys.modules))
     results[case["name"]] = res
 torch.save({k: {n: v for n, v in r.items() if isinstance(v, torch.Tensor)} for k, r in results.items()}, sys.argv[3])
@@ -234,6 +251,7 @@ def exported(tmp_path_factory):
                 steps=STEPS,
                 block=BLOCK,
                 cached=cached,
+                texts=["w5 w17 w30 w8 w44 w9 w61", "w12 w7 w90", "w33 w3 w71 w26 w15"],
             )
         )
     t0 = time.perf_counter()
@@ -269,6 +287,18 @@ def test_diffusion_generate_gives_the_tokens_of_xdlm_tune_sampler(exported, fami
         assert not (res["gen." + alg][:, 5:] == ref["mask_id"]).any()
     if family != "gemma2":  # the cache was used: its tokens differ from the uncached sampler's here
         assert not torch.equal(ref["gens"]["xdlm_dual"], ref["gens"]["xdlm_revise"])
+
+
+@pytest.mark.parametrize("family", CASES)
+def test_padded_batch_through_the_plain_transformers_export_equals_each_prompt_alone(exported, family):
+    """AutoTokenizer pads the export's way (left); a batch padded on either side gives each row the
+    tokens of its prompt alone, the prompts come back as given, and `generate()` is refused."""
+    res, strings = exported["child"][family], exported["classes"][family]
+    assert strings["tokenizer.padding_side"] == "left"
+    for side in ("left", "right"):
+        assert bool(res[f"pad.{side}.prompt_kept"]), side
+        assert torch.equal(res[f"pad.{side}.batch"], res[f"pad.{side}.alone"]), side
+    assert "diffusion_generate" in strings["generate"]
 
 
 @pytest.mark.parametrize("family", CASES)
@@ -496,12 +526,12 @@ def test_qlora_export_merges_into_the_unquantised_base(tmp_path):
 # --------------------------------------------------------------------------- runs and checkpoints
 
 
-@pytest.mark.parametrize("saved_as", ["adapter", "model", "state_dict"])
-def test_export_main_from_a_training_run(tmp_path, saved_as, monkeypatch, capsys):
-    """The checkpoint layouts of xdlm_tune/train/run_checkpoint.py: adapter/ (LoRA), model/ (full fine-tune),
-    and a bare state dict."""
+def training_run(tmp_path: Path, saved_as: str = "adapter"):
+    """A saved training run (one checkpoint, step 3) of a tiny llama: (recipe, prepared, trained model)."""
     base = tmp_path / "base"
-    tiny_model("llama").save_pretrained(base)
+    tiny = tiny_model("llama")
+    tiny.config._model_name_or_path = "Smollm2 135M 8k Lc100K Mix1 Ep2"  # what the GGUF conversion leaves
+    tiny.save_pretrained(base)
     tiny_tokenizer().save_pretrained(base)
     recipe = load_recipe(
         None,
@@ -537,6 +567,14 @@ def test_export_main_from_a_training_run(tmp_path, saved_as, monkeypatch, capsys
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, d / "model.safetensors")
 
     save_checkpoint(tmp_path / "run", 3, keep_last=2, state=TrainState(step=3), recipe=recipe, write=write)
+    return recipe, prepared, model
+
+
+@pytest.mark.parametrize("saved_as", ["adapter", "model", "state_dict"])
+def test_export_main_from_a_training_run(tmp_path, saved_as, monkeypatch, capsys):
+    """The checkpoint layouts of xdlm_tune/train/run_checkpoint.py: adapter/ (LoRA), model/ (full fine-tune),
+    and a bare state dict."""
+    recipe, prepared, model = training_run(tmp_path, saved_as)
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
     rc = export_main([str(tmp_path / "run"), "--push-to-hub", "someone/tiny-xdlm"])
@@ -566,7 +604,7 @@ def test_export_main_errors(tmp_path, capsys):
     assert "holds no checkpoint" in capsys.readouterr().err
 
 
-def test_card_snippets_load_the_hub_repo_when_pushed_else_the_folder(tmp_path):
+def test_card_snippets_load_the_hub_repo_when_pushed_else_a_placeholder(tmp_path):
     from xdlm_tune.export.card import model_card
 
     settings = {
@@ -592,10 +630,51 @@ def test_card_snippets_load_the_hub_repo_when_pushed_else_the_folder(tmp_path):
         architecture="LlamaForCausalLM",
         dtype="float32",
     )
-    pushed = model_card(name="you/mine", repo_id="you/mine", folder=str(tmp_path / "export"), **common)
+    pushed = model_card(name="you/mine", repo_id="you/mine", **common)
     assert "repo = 'you/mine'\n" in pushed and "name_or_path: you/mine\n" in pushed
     assert str(tmp_path) not in pushed
-    local = model_card(name="export", folder=str(tmp_path / "export"), **common)
-    assert f"repo = '{tmp_path / 'export'}'  # this export's folder; once pushed to the Hub, its repo id" in local
-    assert f"name_or_path: {tmp_path / 'export'}  # this export's folder" in local
-    assert "repo = 'export'" not in local  # the folder's bare name loads nothing from elsewhere
+    local = model_card(name="<your-hub-id>", **common)
+    assert "repo = '<your-hub-id>'  # the Hub repo id once pushed" in local
+    assert "name_or_path: <your-hub-id>  # the Hub repo id once pushed" in local
+    assert str(tmp_path) not in local  # the card goes to the Hub: a local path means nothing there
+
+
+def test_export_card_renders_a_real_eval_summary_as_summary_md(tmp_path, capsys):
+    """The card's evaluation table from summary.json is summary.md's table (the eval summary's one
+    renderer: percentages, a column per status, no Python dict); the title and the snippets name
+    the placeholder repo id, never a local path; config.json carries no GGUF name; the export
+    prints one 'exported' line and no training-style parameter count."""
+    from xdlm_tune.evaluation.harness import summarize_run
+
+    training_run(tmp_path)
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    statuses = ["passed", "wrong_answer", "error", "error", "timeout", "passed"]
+    rows = [
+        dict(label="run1", steps=s, task_id=f"mbpp/{i}", status=st, syntax_valid=st != "error", nfe=s)
+        for s in (4, 8)
+        for i, st in enumerate(statuses[:3] if s == 4 else statuses[3:])
+    ]
+    (ev / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summarize_run(ev)
+    capsys.readouterr()
+    out = tmp_path / "ex1"
+    assert export_main([str(tmp_path / "run"), "--out", str(out), "--eval-summary", str(ev / "summary.json")]) == 0
+    printed = capsys.readouterr()
+    assert (printed.out + printed.err).count("exported") == 1, printed
+    assert "trainable parameters" not in printed.out + printed.err
+    card = (out / "README.md").read_text()
+    table = (ev / "summary.md").read_text().strip()
+    assert "## Evaluation\n\n" + table + "\n" in card
+    assert "| run1 | 4 | 3 | 33.3% | 66.7% | 1 | 1 | 1 | 0 | 4.0 |" in card
+    assert "{'" not in card and str(out) not in card  # no Python dict anywhere; no local path of the export
+    assert "\n# <your-hub-id>\n" in card and "repo = '<your-hub-id>'" in card and "# ex1" not in card
+    config = json.loads((out / "config.json").read_text())
+    assert "_model_name_or_path" not in config
+
+
+def test_eval_label_of_a_run_names_its_checkpoint_step(tmp_path):
+    from xdlm_tune.evaluation.run import checkpoint_model
+
+    training_run(tmp_path)
+    assert checkpoint_model(tmp_path / "run", torch.device("cpu")).label == "run step 3"

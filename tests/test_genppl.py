@@ -121,7 +121,12 @@ def test_genppl_cli_unconditional_files_and_fields(tiny_dir, tmp_path, capsys):
     assert (out / "genppl.png").stat().st_size > 0 and "gen-PPL" in (out / "genppl.md").read_text()
     samples = [json.loads(x) for x in (out / "samples_genppl.jsonl").read_text().splitlines()]
     assert len(samples) == 6 and {s["steps"] for s in samples} == {2, 8}
-    assert "| model+xdlm-sampler | 8 | 3 |" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "| model+xdlm-sampler | 8 | 3 |" in printed.out
+    # Every long stage shows a bar (in a log file: its final state, with the elapsed time).
+    for stage in ("genppl sample model+xdlm-sampler (8 steps): 100%", "genppl judge greedy reference: 100%"):
+        assert stage in printed.err, printed.err
+    assert printed.err.count("genppl score by model: 100%") == 4  # AR greedy, AR sampled, 2 budgets
 
 
 def test_genppl_cli_heldout_prefixes_and_errors(tiny_dir, tmp_path):

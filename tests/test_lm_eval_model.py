@@ -211,3 +211,52 @@ def test_lm_eval_builtin_models_stay_registered():
     from lm_eval.api.registry import get_model
 
     assert get_model("xdlm") is XDLMLM and get_model("hf").__name__ == "HFLM"
+
+
+def test_likelihood_cost_is_printed_before_the_work(tiny_dir, capsys):
+    """mc_num draws per request made a 4-request smoke run take minutes with nothing said: the
+    forward passes are printed first (distinct requests only: repeats are memoised)."""
+    lm = XDLMLM(pretrained=str(tiny_dir), mc_num=8, mc_batch_size=4, device="cpu")
+    reqs = [_req("loglikelihood", ("w10 w11", c), i) for i, c in enumerate([" w20", " w21", " w20"])]
+    lm.loglikelihood(reqs)
+    err = capsys.readouterr().err
+    assert "2 bound estimate(s) x mc_num=8 Monte-Carlo draws = 4 forward passes" in err, err
+    assert "`steps` does not apply" in err and "mc_num=8" in err
+    lm.loglikelihood_rolling([_req("loglikelihood_rolling", ("w10 w11 w12",))])
+    assert "1 bound estimate(s) x mc_num=8" in capsys.readouterr().err
+
+
+def test_help_shows_mc_num_and_a_likelihood_example(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "mc_num (default 128)" in out and "`steps` does not apply" in out
+    assert "pretrained=smollm2-135m,mc_num=16 --tasks pydocs_mc" in out
+
+
+def test_hub_only_task_offline_points_to_the_offline_tasks(monkeypatch, capsys):
+    """What datasets raises for `--tasks hellaswag` without the Hub; the fix is a task, not --data."""
+    import lm_eval.__main__
+
+    def offline():
+        raise ConnectionError("Couldn't reach 'Rowan/hellaswag' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", offline)
+    assert main(["--tasks", "hellaswag", "--limit", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("xdlm-tune lm-eval: the data set 'Rowan/hellaswag' is not in the local cache")
+    assert "--tasks pydocs_mc,pydocs_ppl,mbpp_local" in err and "--data" not in err
+
+
+def test_git_hash_lookup_is_quiet_outside_a_checkout(tmp_path, monkeypatch, capfd):
+    import lm_eval.evaluator
+
+    from xdlm_tune.lm_eval import _quiet_git_hash
+
+    monkeypatch.chdir(tmp_path)  # not a git checkout
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    with _quiet_git_hash():
+        lm_eval.evaluator.get_git_commit_hash()
+    assert "fatal" not in capfd.readouterr().err
+    lm_eval.evaluator.get_git_commit_hash()  # lm-eval's own: the line the wrapper drops
+    assert "not a git repository" in capfd.readouterr().err

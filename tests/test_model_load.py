@@ -29,11 +29,14 @@ def test_cache_dir_respects_environment(monkeypatch, tmp_path):
     assert load.cache_dir() == tmp_path / "mine"
 
 
-def test_resolve_source(tmp_path):
+def test_resolve_source(tmp_path, monkeypatch):
+    checked = []
+    monkeypatch.setattr(load, "check_model_available", checked.append)  # no Hub here (test_model_availability.py)
     gguf = tmp_path / "m.Q4.gguf"
     gguf.write_bytes(b"")
     assert load.resolve_source(gguf) == (str(tmp_path), "m.Q4.gguf")
     assert load.resolve_source("org/model") == ("org/model", None)
+    assert checked == ["org/model"]
     with pytest.raises(FileNotFoundError):
         load.resolve_source(tmp_path / "missing.gguf")
 

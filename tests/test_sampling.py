@@ -57,32 +57,43 @@ def test_step_budget_is_exact_and_prompt_untouched(model, sampler, steps, gen, b
     assert not (out[:, 5:] == MASK).any()  # fully decoded
 
 
+@pytest.mark.parametrize("shift", [False, True])
+@pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("sampler", SAMPLERS)
-def test_left_padded_batch_equals_each_prompt_alone(model, sampler):
+def test_padded_batch_equals_each_prompt_alone(model, sampler, side, shift):
+    """Either padding side: a right-padded batch (most tokenizers' default) is left-aligned inside
+    and its prompt returned as given (with shift, the answer's first token would otherwise be
+    predicted from a padding position)."""
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(3, 100, (n,), generator=g) for n in (7, 3, 5)]
     P = max(len(p) for p in prompts)
     batch = torch.zeros(3, P, dtype=torch.long)
     mask = torch.zeros(3, P, dtype=torch.long)
     for i, p in enumerate(prompts):
-        batch[i, P - len(p) :], mask[i, P - len(p) :] = p, 1
-    kw = dict(steps=4, gen_length=8, block_length=4, sampler=sampler, temperature=0.0, k=0.3, mask_id=MASK)
-    together = generate(model, batch, attention_mask=mask, **kw)[:, P:]
+        where = slice(P - len(p), P) if side == "left" else slice(0, len(p))
+        batch[i, where], mask[i, where] = p, 1
+    kw = dict(steps=4, gen_length=8, block_length=4, sampler=sampler, temperature=0.0, k=0.3, mask_id=MASK, shift=shift)
+    out = generate(model, batch, attention_mask=mask, **kw)
+    assert torch.equal(out[:, :P], batch)
+    together = out[:, P:]
     for i, p in enumerate(prompts):
         alone = generate(model, p[None], **kw)[0, len(p) :]
         assert torch.equal(together[i], alone), (i, together[i], alone)
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("shift", [False, True])
-def test_revise_prompt_left_padded_batch_equals_each_prompt_alone(model, shift):
+def test_revise_prompt_padded_batch_equals_each_prompt_alone(model, shift, side):
     """revise_prompt needs logits at every position, the first real token's included (with shift it
-    uses its own state, as in training); padding stays padding and rows stay independent."""
+    uses its own state, as in training); padding stays padding and rows stay independent; a
+    right-padded prompt comes back revised in its own layout."""
     g = torch.Generator().manual_seed(4)
     prompts = [torch.randint(3, 100, (n,), generator=g) for n in (6, 2, 4)]
     P = max(len(p) for p in prompts)
     batch, mask = torch.zeros(3, P, dtype=torch.long), torch.zeros(3, P, dtype=torch.long)
+    wheres = [slice(P - len(p), P) if side == "left" else slice(0, len(p)) for p in prompts]
     for i, p in enumerate(prompts):
-        batch[i, P - len(p) :], mask[i, P - len(p) :] = p, 1
+        batch[i, wheres[i]], mask[i, wheres[i]] = p, 1
     kw = dict(
         steps=4,
         gen_length=8,
@@ -98,7 +109,8 @@ def test_revise_prompt_left_padded_batch_equals_each_prompt_alone(model, shift):
     assert torch.equal(together[:, :P][mask == 0], batch[mask == 0])
     for i, p in enumerate(prompts):
         alone = generate(model, p[None], **kw)[0]
-        assert torch.equal(together[i, P - len(p) :], alone), (i, together[i], alone)
+        assert torch.equal(together[i, wheres[i]], alone[: len(p)]), (i, together[i], alone)
+        assert torch.equal(together[i, P:], alone[len(p) :]), (i, together[i], alone)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)

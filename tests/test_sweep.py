@@ -93,7 +93,7 @@ def test_sweep_files_fields_and_resume(tmp_path, capsys):
     assert [(r["label"], r["steps"]) for r in gen] == [
         ("model AR greedy", None),
         ("model AR sampled", None),
-        ("k=1", 4),
+        ("k=1 step 4", 4),  # the default label names the run and the checkpoint step it used
     ]
     assert all(r["syntax_valid"] is not None for r in gen)
 

@@ -8,6 +8,7 @@ test_train_distributed.py (slow).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -84,14 +85,19 @@ def uninterrupted(tiny, tmp_path_factory):
 # --------------------------------------------------------------------------- resume
 
 
-def test_resumed_run_matches_the_uninterrupted_one_exactly(uninterrupted, tiny, tmp_path):
+def test_resumed_run_matches_the_uninterrupted_one_exactly(uninterrupted, tiny, tmp_path, capsys):
     a = uninterrupted
     assert a.step == 4 and sorted(a.losses) == [1, 2, 3, 4] and sorted(a.evals) == [0, 2, 4]
     out = tmp_path / "b"
     shutil.copytree(a.output_dir, out)
     shutil.rmtree(out / "checkpoint-00000004")  # as if killed after the step-2 checkpoint
+    capsys.readouterr()
     b = run(tiny, out, *SHORT, "training.resume=true")
     assert b.info["resumed_from"].endswith("checkpoint-00000002")
+    # The done: line keeps the run's NELBO summary from step 0 (in metrics.jsonl, not in this invocation).
+    assert (
+        f"held-out NELBO {a.evals[0]['nelbo']:.4f} -> {b.evals[4]['nelbo']:.4f} nats/token" in capsys.readouterr().out
+    )
     assert b.losses == {3: a.losses[3], 4: a.losses[4]}  # bit for bit
     assert b.evals[4] == a.evals[4]
     wa, wb = trainable(a.checkpoint), trainable(b.checkpoint)
@@ -100,6 +106,31 @@ def test_resumed_run_matches_the_uninterrupted_one_exactly(uninterrupted, tiny, 
     steps = [m["step"] for m in read_metrics(out) if "train/loss" in m]
     assert steps == [1, 2, 3, 4]
     assert [m["train/loss"] for m in read_metrics(out) if "train/loss" in m] == [a.losses[s] for s in (1, 2, 3, 4)]
+
+
+def test_bar_loss_is_the_metrics_files_loss_on_the_same_step(tiny, tmp_path, monkeypatch, capsys, caplog):
+    """With log_every=2 the file's train/loss is the mean of two steps; the bar showed the last
+    step's own loss (6.11 against 7.5153 at step 2). Now each logged step's bar value is the file's,
+    and so is the final bar line printed at close (a log file: stderr is not a terminal)."""
+    from xdlm_tune.train.metrics import Progress
+
+    shown: list[float] = []
+    update = Progress.update
+    monkeypatch.setattr(Progress, "update", lambda self, **kw: (shown.append(kw["loss"]), update(self, **kw))[1])
+    out = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="xdlm_tune"):
+        result = run(tiny, out, "training.max_steps=4", "training.log_every=2", "training.eval_every=0")
+    # What the start line says is not logged before it as well (trainable counts, mask id, family).
+    said = ("trainable parameters", "prepared ", "mask token: id")
+    assert not [r.message for r in caplog.records if r.message.startswith(said)]
+    logged = {m["step"]: m["train/loss"] for m in read_metrics(out) if "train/loss" in m}
+    assert sorted(logged) == [2, 4] and logged[2] != result.losses[2]  # a two-step mean, not step 2's loss
+    assert {2: shown[1], 4: shown[3]} == logged
+    printed = capsys.readouterr()
+    final = [line for line in printed.err.splitlines() if "loss=" in line][-1]
+    assert f"loss={logged[4]:.4f}" in final, final
+    # The start line names the setup in words, not accelerate's enum (NO) and precision "no".
+    assert "1 process(es), no data parallelism, cpu, precision fp32;" in printed.out, printed.out
 
 
 def test_checkpoint_contents_and_keep_last(uninterrupted, tiny, tmp_path):
@@ -337,3 +368,18 @@ def test_every_shipped_recipe_passes_the_dry_run(recipe, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "dry run OK" in out and "step 1 loss" in out and "nan" not in out
+
+
+def test_a_failed_start_leaves_no_recipe_behind(tiny, tmp_path):
+    """A run that fails before its first checkpoint, in a folder it created, removes its
+    recipe.yaml and metrics.jsonl (and the folder): nothing there reads as a run."""
+    out = tmp_path / "run"
+    with pytest.raises(OSError):
+        run(tiny, out, f"model.name_or_path={tmp_path / 'no-such-model'}")
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    with pytest.raises(OSError):
+        run(tiny, kept, f"model.name_or_path={tmp_path / 'no-such-model'}")
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt", "recipe.yaml"]  # not created by it: untouched

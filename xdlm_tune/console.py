@@ -113,7 +113,21 @@ def setup_logging(
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("xdlm_tune").setLevel(level)
+    _one_handler("huggingface_hub", "huggingface_hub.utils.logging")
     quiet_known_noise()
+
+
+def _one_handler(library: str, adds_handler: str) -> None:
+    """Drop the plain StreamHandler a library adds to its own logger at import (huggingface_hub
+    does, and lets records propagate too): with the root handler above each warning, a Hub
+    retry line for instance, printed twice."""
+    import importlib
+
+    importlib.import_module(adds_handler)  # the module that adds the handler at import: import it first
+    logger = logging.getLogger(library)
+    for h in list(logger.handlers):
+        if type(h) is logging.StreamHandler and logger.propagate:
+            logger.removeHandler(h)
 
 
 class _Tee:
@@ -230,6 +244,14 @@ def peft_wrapping() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         yield
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (`prog: error: ...; see prog --help`),
+    not the whole usage block before it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 class HelpFormatter(argparse.HelpFormatter):

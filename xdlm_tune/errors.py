@@ -75,16 +75,35 @@ def _hub_unreachable(chain: list[BaseException]) -> str | None:
     )
     if not (offline or "Couldn't reach" in text or "couldn't connect to 'https://huggingface.co'" in text):
         return None
-    what = re.search(r"Couldn't reach '([^']+)'", text)
-    target = f"{what.group(1)!r} " if what else ""
+    what = re.search(r"Couldn't reach '([^']+)'", text)  # datasets' wording, for a data set
     mode = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
+    connect = " Or connect once so the files are cached (later runs work with HF_HUB_OFFLINE=1)."
+    model_fix = "A model: a local folder, a .gguf file, or the embedded default smollm2-135m."
+    if what is None and "/datasets/" not in text:  # a model's files (transformers' wording): model advice only
+        repo = _HUB_URL.search(text)
+        target = f"the model {repo.group(1)!r} " if repo else "the model's files "
+        return (
+            f"cannot download {target}from the Hugging Face Hub{mode}, and it is not in the local cache. "
+            f"Fix: {model_fix}{connect}"
+        )
+    target = f"{what.group(1)!r} " if what else ""
     return (
         f"cannot download {target}from the Hugging Face Hub{mode}, and it is not in the local cache. "
         "Fix: use local files instead. A benchmark: --data PATH (a .jsonl, .jsonl.gz or .json file)."
         + _local_data_hint()
-        + " A model: a local folder, a .gguf file, or the embedded default "
-        "smollm2-135m. Or connect once so the files are cached (later runs work with HF_HUB_OFFLINE=1)."
+        + f" {model_fix}{connect}"
     )
+
+
+def unreachable_dataset(exc: BaseException) -> str | None:
+    """The data set `exc` failed to download for want of the Hub ('' when unnamed), else None."""
+    chain = list(_chain(exc))
+    text = " ".join(str(e) for e in chain)
+    msg = _hub_unreachable(chain)
+    if msg is None or not ("Couldn't reach" in text or "/datasets/" in text):
+        return None
+    what = re.search(r"Couldn't reach '([^']+)'", text) or _HUB_URL.search(text.replace("/datasets/", "/"))
+    return what.group(1) if what else ""
 
 
 def _hub_access(chain: list[BaseException]) -> str | None:

@@ -11,6 +11,9 @@ and ``--include_path`` = the task folder shipped with xdlm-tune (``mbpp_local``,
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -44,22 +47,75 @@ def main(argv: list[str] | None = None) -> int:
     from .evaluation.lm_eval_model import LocalDataError, ModelArgError  # the import registers --model xdlm
 
     if any(a in ("-h", "--help") for a in argv):  # say whose flags follow, then lm-eval's own help
-        print(
-            "xdlm-tune lm-eval: lm-evaluation-harness's command line with --model xdlm and the offline tasks "
-            f"of {TASKS_DIR} added (xdlm model_args: steps, block_length, sampler, k, mc_num, ...; see the README).\n"
-            "example:\n  xdlm-tune lm-eval --model_args pretrained=smollm2-135m,steps=32 --tasks mbpp_local "
-            "--limit 5 --confirm_run_unsafe_code --output_path runs/lm_eval\n"
-        )
+        print(HELP)
     old = sys.argv
     sys.argv = ["lm-eval", *build_argv(argv)]
     try:
-        cli_evaluate()
+        with _quiet_git_hash():
+            cli_evaluate()
     except (ModelArgError, LocalDataError) as err:
         print(f"xdlm-tune lm-eval: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - a Hub-only task offline gets its own fix; anything else re-raises
+        from .errors import unreachable_dataset
+
+        name = unreachable_dataset(err)
+        if name is None:
+            raise
+        print(f"xdlm-tune lm-eval: {offline_task_message(name)}", file=sys.stderr)
         return 2
     finally:
         sys.argv = old
     return 0
+
+
+OFFLINE_TASKS = ("pydocs_mc", "pydocs_ppl", "mbpp_local")
+HELP = (
+    "xdlm-tune lm-eval: lm-evaluation-harness's command line with --model xdlm and the offline tasks "
+    f"of {TASKS_DIR} added ({', '.join(OFFLINE_TASKS)}; see the README).\n"
+    "xdlm model_args: steps, block_length, gen_length, sampler, k, ... for generation tasks (mbpp_local); "
+    "mc_num (default 128), mc_batch_size (32), ... for likelihood tasks (pydocs_mc, pydocs_ppl, hellaswag, ...): "
+    "each likelihood request costs mc_num Monte-Carlo draws, mc_num / mc_batch_size forward passes, and `steps` "
+    "does not apply; the number of passes is printed before they start.\n"
+    "examples:\n"
+    "  xdlm-tune lm-eval --model_args pretrained=smollm2-135m,steps=32 --tasks mbpp_local "
+    "--limit 5 --confirm_run_unsafe_code --output_path runs/lm_eval\n"
+    "  xdlm-tune lm-eval --model_args pretrained=smollm2-135m,mc_num=16 --tasks pydocs_mc,pydocs_ppl "
+    "--limit 4 --output_path runs/lm_eval   # likelihood: mc_num sets the cost\n"
+)
+
+
+def offline_task_message(dataset: str) -> str:
+    """The fix for a task whose data set lives only on the Hub, when the Hub is out of reach."""
+    what = f"the data set {dataset!r}" if dataset else "this task's data set"
+    mode = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
+    return (
+        f"{what} is not in the local cache and cannot be downloaded from the Hugging Face Hub{mode}. Fix: run one "
+        f"of the offline tasks shipped with xdlm-tune, --tasks {','.join(OFFLINE_TASKS)} (`xdlm-tune lm-eval ls "
+        "tasks` lists all), or connect once so the data set is cached (later runs work with HF_HUB_OFFLINE=1)."
+    )
+
+
+@contextlib.contextmanager
+def _quiet_git_hash():
+    """lm-eval records `git describe` of the working directory; outside a checkout git prints
+    `fatal: not a git repository` to the terminal. The same lookup with git's stderr dropped."""
+    import lm_eval.evaluator as evaluator
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    def git_hash():
+        try:
+            out = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=True)
+            return out.stdout.strip()
+        except (subprocess.CalledProcessError, FileNotFoundError):
+            return get_commit_from_path(os.getcwd())
+
+    original = evaluator.get_git_commit_hash
+    evaluator.get_git_commit_hash = git_hash
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ def load_checkpoint(path: str | Path):
         mask_token=a.mask_token,
         mask_id=a.mask_id,
         shift=a.shift,
+        report=False,  # loaded to be used: no training-style trainable-parameter line
     )
     model = prepared.model
     if (weights / "adapter_config.json").is_file():

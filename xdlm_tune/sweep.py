@@ -43,11 +43,10 @@ SAMPLE_SETTINGS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .console import Parser
     from .sampling import FINAL_STEPS, SAMPLERS
 
-    ap = argparse.ArgumentParser(
-        prog="xdlm-tune sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = Parser(prog="xdlm-tune sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("recipe")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value", help="recipe overrides for every run")
     ap.add_argument("--k", type=float, nargs="+", required=True, help="mixing ratios, e.g. 0 0.05 0.1 0.3 1")

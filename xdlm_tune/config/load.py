@@ -173,6 +173,10 @@ def _unknown_key_msg(key: Any, valid: list[str], where: str) -> str:
     return f"{where}{key}: unknown key; {did}valid keys: {', '.join(valid)}"
 
 
+def _is_section(cls: Any) -> bool:
+    return isinstance(cls, type) and dataclasses.is_dataclass(cls)
+
+
 def _check_key_path(parts: list[str]) -> Any:
     """Reject an override path that names no field; return the field's type."""
     cls: Any = Recipe
@@ -182,6 +186,13 @@ def _check_key_path(parts: list[str]) -> Any:
             raise RecipeError(f"command-line override {'.'.join(parts)}: {where.rstrip('.')} is a value, not a section")
         hints = typing.get_type_hints(cls)
         if p not in hints:
+            owners = [name for name, t in hints.items() if i == 0 and _is_section(t) and p in typing.get_type_hints(t)]
+            if owners:  # a field given without its section: max_steps=3 -> training.max_steps
+                raise RecipeError(
+                    f"command-line override {'.'.join(parts)}: {p} is not a section; did you mean "
+                    + " or ".join(f"'{o}.{'.'.join(parts)}'" for o in owners)
+                    + "? (fields are given as section.field)"
+                )
             raise RecipeError("command-line override " + _unknown_key_msg(p, list(hints), where))
         cls = hints[p]
     return cls

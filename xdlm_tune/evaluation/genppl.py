@@ -31,6 +31,7 @@ from typing import Sequence
 
 import torch
 
+from ..console import progress
 from ..sampling import generate
 from .extract import syntax_valid
 from .harness import EvalModel, GenerationConfig
@@ -118,6 +119,7 @@ def diffusion_samples(em: EvalModel, prefixes: Sequence[list[int]], steps: int, 
     eos = em.tokenizer.eos_token_id
     pad = em.tokenizer.pad_token_id if em.tokenizer.pad_token_id is not None else eos
     out = []
+    bar = _bar(len(prefixes), f"genppl sample {em.label} ({steps} steps)")
     for i in range(0, len(prefixes), cfg.batch_size):
         chunk = prefixes[i : i + cfg.batch_size]
         ids, mask = _left_pad(chunk, pad, device)
@@ -126,7 +128,14 @@ def diffusion_samples(em: EvalModel, prefixes: Sequence[list[int]], steps: int, 
         )
         for p, row in zip(chunk, seq[:, ids.shape[1] :].tolist()):
             out.append(Sample(list(p), *_cut(row, eos)))
+        bar.update(len(chunk))
+    bar.close()
     return out
+
+
+def _bar(total: int, desc: str):
+    """The bar (with ETA) of one long stage: sampling, the judge's own samples, scoring."""
+    return progress(total=total, desc=desc, unit="sample", dynamic_ncols=True, mininterval=1.0)
 
 
 @torch.no_grad()
@@ -140,6 +149,7 @@ def judge_samples(
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     torch.manual_seed(seed)
     out = []
+    bar = _bar(len(prefixes), f"genppl judge {'sampled' if sampled else 'greedy'} reference")
     for i in range(0, len(prefixes), batch_size):
         chunk = prefixes[i : i + batch_size]
         ids, mask = _left_pad(chunk, pad, device)
@@ -155,6 +165,8 @@ def judge_samples(
         )
         for p, row in zip(chunk, seq[:, ids.shape[1] :].tolist()):
             out.append(Sample(list(p), *_cut(row, eos)))
+        bar.update(len(chunk))
+    bar.close()
     return out
 
 
@@ -181,6 +193,7 @@ def judge_nll(
     device = next(judge.model.parameters()).device
     pad = judge.tokenizer.pad_token_id if judge.tokenizer.pad_token_id is not None else judge.tokenizer.eos_token_id
     out = []
+    bar = _bar(len(contexts), f"genppl score by {judge.label}")
     for i in range(0, len(contexts), batch_size):
         ctx, tgt = contexts[i : i + batch_size], targets[i : i + batch_size]
         seqs = [c + t for c, t in zip(ctx, tgt)]
@@ -198,6 +211,8 @@ def judge_nll(
         sc = scored[:, 1:].to(device)
         nll = -(tok_lp * sc).sum(-1)
         out += [(float(v), int(n)) for v, n in zip(nll.tolist(), sc.sum(-1).tolist())]
+        bar.update(len(seqs))
+    bar.close()
     return out
 
 

@@ -36,7 +36,9 @@ CODE_SOURCES = ("python-stdlib", "mbpp-train")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    from ..console import Parser
+
+    ap = Parser(
         prog="xdlm-tune eval --benchmark genppl",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

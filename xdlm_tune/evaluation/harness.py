@@ -238,8 +238,17 @@ def run_evaluation(
             records = check_generations(chunk, texts, workers=workers, **exec_kw)
             used = None if s is None else _settings_record(cfg.sampling.replace(steps=s))
             rows = [
-                {"label": label, "steps": s, "nfe": n, "sampler": used, "generation": t, **r, "data": p.source}
-                for t, n, r, p in zip(texts, nfe, records, chunk)
+                {
+                    "label": label,
+                    "steps": s,
+                    "nfe": n,
+                    "sampler": used,
+                    "prompt": p.prompt,
+                    "generation": t,
+                    **r,
+                    "data": p.source,
+                }
+                for p, t, n, r in zip(chunk, texts, nfe, records)
             ]
             _append(path, rows)
             bar.update(len(chunk))

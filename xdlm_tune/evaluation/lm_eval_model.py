@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 
 import lm_eval.models  # noqa: F401  lm-eval fills its model registry only while it is empty: keep hf & co.
@@ -297,10 +298,26 @@ class XDLMLM(LM):
         )
         return -float(draws.mean())
 
+    def likelihood_cost(self, n_bounds: int) -> str:
+        """What `n_bounds` bound estimates cost, in forward passes (each estimate is mc_num draws in
+        batches of mc_batch_size rows): the line printed before the work starts."""
+        per = math.ceil(self.bound.mc_num / self.bound.batch_size)
+        return (
+            f"xdlm likelihood: {n_bounds} bound estimate(s) x mc_num={self.bound.mc_num} Monte-Carlo draws = "
+            f"{n_bounds * per:,} forward passes of up to mc_batch_size={self.bound.batch_size} rows "
+            f"({n_bounds * self.bound.mc_num:,} sequences); `steps` does not apply to likelihood tasks. "
+            "For a smoke run, lower the draws: --model_args ...,mc_num=8"
+        )
+
+    def _say_cost(self, n_bounds: int) -> None:
+        if self._rank == 0:
+            print(self.likelihood_cost(n_bounds), file=sys.stderr, flush=True)
+
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """(lower bound on log p(continuation | context), False) per request: is_greedy is not computed."""
         memo: dict[tuple, float] = {}
         out = []
+        self._say_cost(len({tuple(req.args) for req in requests}))
         for req in tqdm(requests, desc="xdlm loglikelihood", disable=disable_tqdm or self._rank != 0):
             context, continuation = req.args
             ctx, tgt = self._encode_pair(context, continuation)
@@ -315,6 +332,8 @@ class XDLMLM(LM):
         """Per document: minus the bound summed over disjoint windows of max_length tokens, each given
         the token before it (lm-eval's rolling windows with context_len=1)."""
         out = []
+        # lm-eval's rolling windows: max_length - 1 new tokens each
+        self._say_cost(sum(max(1, math.ceil(len(self._tokens(r.args[0])) / (self.max_length - 1))) for r in requests))
         for req in tqdm(requests, desc="xdlm loglikelihood_rolling", disable=disable_tqdm or self._rank != 0):
             (text,) = req.args
             windows = map(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -51,6 +51,20 @@ def summarize(records: Iterable[Mapping]) -> list[Summary]:
         summaries.append(Summary(label, steps, len(rows), pass_at_1, valid, outcomes, nfe, jail))
     # Baseline (steps None) first within each label, then by step budget.
     return sorted(summaries, key=lambda s: (s.label, s.steps is not None, s.steps or 0))
+
+
+_ROW_KEYS = {"label", "steps", "n", "pass_at_1", "syntax_valid_rate"}
+
+
+def is_summary_row(row: object) -> bool:
+    """Whether `row` is one row of summary.json (a `Summary` as a dict)."""
+    return isinstance(row, Mapping) and _ROW_KEYS <= set(row)
+
+
+def summaries_from_rows(rows: Iterable[Mapping]) -> list[Summary]:
+    """The rows of summary.json back as Summaries (keys a newer Summary lacks are ignored)."""
+    names = {f.name for f in fields(Summary)}
+    return [Summary(**{k: v for k, v in row.items() if k in names}) for row in rows]
 
 
 def markdown_table(summaries: Sequence[Summary]) -> str:

@@ -24,17 +24,16 @@ from .tasks import BENCHMARKS, MBPP_FORMATS, load_benchmark
 
 
 def build_parser(benchmark: str | None = None) -> argparse.ArgumentParser:
-    from ..console import HelpFormatter
+    from ..console import HelpFormatter, Parser
 
-    ap = argparse.ArgumentParser(
-        prog="xdlm-tune eval", description=_DESCRIPTION, epilog=_EXAMPLES, formatter_class=HelpFormatter
-    )
+    ap = Parser(prog="xdlm-tune eval", description=_DESCRIPTION, epilog=_EXAMPLES, formatter_class=HelpFormatter)
     if benchmark is None:
         ap.add_argument(
             "--benchmark",
-            choices=BENCHMARKS,
+            choices=(*BENCHMARKS, "genppl"),  # genppl is dispatched before this parser (its own options)
             default="mbpp",
-            help="also genppl: generation quality (see `xdlm-tune eval --benchmark genppl --help`)",
+            help="mbpp / humaneval: pass@1; genppl: generation quality, with its own options "
+            "(`xdlm-tune eval --benchmark genppl --help`)",
         )
     ap.add_argument(
         "--data",
@@ -136,14 +135,16 @@ def _xdlm_block(path: str) -> dict | None:
 
 def checkpoint_model(path: str | Path, device: torch.device, label: str | None = None) -> EvalModel:
     """A training run's newest checkpoint (or a given checkpoint folder) as the model to evaluate."""
-    from ..runs import load_checkpoint
+    from ..runs import find_checkpoint, load_checkpoint
 
     model, tok, mask_id, shift, recipe = load_checkpoint(path)
     d = recipe.diffusion
+    ckpt = find_checkpoint(path).resolve()  # the default label names the run and the step it used
+    step = ckpt.name.removeprefix("checkpoint-").lstrip("0") or "0"
     return EvalModel(
         model.to(device).eval(),
         tok,
-        label or Path(path).resolve().name,
+        label or f"{ckpt.parent.name} step {step}",
         mask_id=mask_id,
         shift=shift,
         extra={"k": d.k, "schedule": d.schedule, "eps": d.eps},

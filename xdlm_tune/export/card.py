@@ -22,12 +22,17 @@ def hub_id(name: str | None) -> str | None:
     return name if _HUB_ID.match(name) and not Path(name).expanduser().exists() else None
 
 
-def load_target(repo_id: str | None, folder: str) -> tuple[str, str]:
-    """What the card's snippets load: the Hub repo id when the export is pushed, else the folder
-    (with a comment saying to use the repo id once it is on the Hub)."""
+PLACEHOLDER = "<your-hub-id>"
+
+
+def load_target(repo_id: str | None) -> tuple[str, str]:
+    """What the card's snippets load: the Hub repo id when the export is pushed, else a placeholder
+    (the card travels to the Hub: a local path would mean nothing there) and a comment saying so."""
     if repo_id:
         return repo_id, ""
-    return folder, "  # this export's folder; once pushed to the Hub, its repo id (e.g. you/my-xdlm-model)"
+    return PLACEHOLDER, (
+        "  # the Hub repo id once pushed (e.g. you/my-xdlm-model); to load it locally, the export's folder"
+    )
 
 
 def objective_name(k: float) -> str:
@@ -35,12 +40,18 @@ def objective_name(k: float) -> str:
 
 
 def eval_table(summary: Any) -> str:
-    """Markdown for `eval_summary`: a markdown string (kept as is), a list of row dicts, a dict of
-    {row label: {column: value}}, or a flat dict of {metric: value}."""
+    """Markdown for `eval_summary`: a markdown string (kept as is, e.g. summary.md), the rows of an
+    evaluation's summary.json (rendered by the eval summary's own renderer,
+    `evaluation.metrics.markdown_table`, so the card reads as summary.md does), another list of
+    row dicts, a dict of {row label: {column: value}}, or a flat dict of {metric: value}."""
+    from xdlm_tune.evaluation.metrics import is_summary_row, markdown_table, summaries_from_rows
+
     if summary is None:
         return ""
     if isinstance(summary, str):
         return summary.strip()
+    if isinstance(summary, (list, tuple)) and summary and all(is_summary_row(r) for r in summary):
+        return markdown_table(summaries_from_rows(summary)).strip()
     if isinstance(summary, dict) and all(isinstance(v, dict) for v in summary.values()):
         rows = [{"": label, **values} for label, values in summary.items()]
     elif isinstance(summary, dict):
@@ -60,6 +71,8 @@ def eval_table(summary: Any) -> str:
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, dict):  # e.g. counts per status: "passed 1, error 2", not a Python dict
+        return ", ".join(f"{k} {_cell(v)}" for k, v in value.items())
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
@@ -80,10 +93,9 @@ def model_card(
     eval_summary: Any = None,
     plot_file: str | None = None,
     repo_id: str | None = None,
-    folder: str | None = None,
 ) -> str:
-    """The README.md text. `settings` is the config's `xdlm` block. The loading snippets name
-    `repo_id` (the Hub repo it is pushed to), else the export's `folder` with a note."""
+    """The README.md text, titled `name`. `settings` is the config's `xdlm` block. The loading
+    snippets name `repo_id` (the Hub repo it is pushed to), else a placeholder with a note."""
     k, gen = settings["k"], settings["generation"]
     meta: dict[str, Any] = {"library_name": "transformers"}
     if hub_id(base_model):
@@ -99,7 +111,7 @@ def model_card(
     shift = (
         "yes: the output at position i - 1 predicts token i" if settings["shift"] else "no: position i predicts token i"
     )
-    repo, repo_note = load_target(repo_id, folder or name)
+    repo, repo_note = load_target(repo_id)
     base_link = (
         f"[{hub_id(base_model)}](https://huggingface.co/{hub_id(base_model)})"
         if hub_id(base_model)
@@ -137,7 +149,9 @@ def model_card(
         "`diffusion_generate(input_ids, attention_mask=None, max_new_tokens, steps, block_length, temperature, "
         "top_p, alg, k=None, revise_prompt=None, final_step=None, cache=None, refresh=None, refresh_every=None, "
         "threshold=None, eos_token_id=None, generator=None)` returns "
-        "the full sequences (prompt + answer), as Dream's models do; prompts are left-padded. Defaults come "
+        "the full sequences (prompt as given + answer, so the answer is `out[:, input_ids.shape[1]:]`), as Dream's models "
+        "do; the tokenizer pads on the left, and a batch padded on the right is left-aligned inside (each row gives "
+        "what its prompt alone gives). `model.generate()` is refused: this model does not write left to right. Defaults come "
         "from `config.json` (`xdlm.generation`). `steps` is exactly the number of forward passes "
         '(`final_step="ancestral"` adds one per block; `threshold` may end blocks early). '
         '`cache="prefix"` or `"dual"` reuses keys/values inside a block (faster, approximate; '

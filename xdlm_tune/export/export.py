@@ -29,7 +29,7 @@ from transformers import PreTrainedTokenizerBase
 
 import xdlm_tune
 from xdlm_tune.diffusion import SCHEDULES
-from xdlm_tune.export.card import model_card
+from xdlm_tune.export.card import PLACEHOLDER, model_card
 from xdlm_tune.export.merge import merged_model
 from xdlm_tune.export.modeling import MODEL_CLASS, MODELING_FILE, base_class_name, write_modeling_file
 from xdlm_tune.model import PreparedModel, check_mask_id, prepare_model, unwrap
@@ -90,8 +90,9 @@ def export_model(
         max_new_tokens, steps, block_length, temperature, top_p). dtype: of the saved weights
         (default: the model's). inplace: merge the caller's model itself (saves a copy's memory;
         the model is consumed). qlora_base: where to reload a 4-bit base unquantised from
-        (default: its config's _name_or_path). name: the card's title. repo_id: the Hub repo it will be
-        pushed to, for the card's loading snippets (None: they name the folder's path).
+        (default: its config's _name_or_path). name: the card's title (default: repo_id, else
+        the placeholder `<your-hub-id>`). repo_id: the Hub repo it will be pushed to, for the
+        card's title and loading snippets (None: the placeholder).
     """
     out_dir = Path(out_dir)
     recipe_dict = _recipe_dict(recipe)
@@ -110,7 +111,7 @@ def export_model(
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
     try:
         merged.save_pretrained(tmp, max_shard_size=max_shard_size)
-        tokenizer = _with_mask_token(tokenizer, mask_id)
+        tokenizer = _for_export(tokenizer, mask_id)
         tokenizer.save_pretrained(tmp)
         settings["mask_token"] = tokenizer.mask_token if tokenizer.mask_token_id == mask_id else None
         write_modeling_file(tmp, base_class_name(merged))
@@ -120,7 +121,7 @@ def export_model(
             plot_file = "eval_plot" + Path(plot_path).suffix
             shutil.copyfile(plot_path, tmp / plot_file)
         card = model_card(
-            name=name or out_dir.name,
+            name=name or repo_id or PLACEHOLDER,
             base_model=base_model or _recipe_get(recipe_dict, "model", "name_or_path") or merged.config._name_or_path,
             training_data=training_data or _data_text(recipe_dict),
             settings=settings,
@@ -129,7 +130,6 @@ def export_model(
             eval_summary=eval_summary,
             plot_file=plot_file,
             repo_id=repo_id,
-            folder=str(out_dir.resolve()),
         )
         (tmp / "README.md").write_text(card, encoding="utf-8")
         for path in [tmp, *tmp.iterdir()]:  # mkdtemp makes a private (0700) folder
@@ -250,12 +250,18 @@ def _data_text(recipe: dict | None) -> str:
     return text
 
 
-def _with_mask_token(tokenizer: PreTrainedTokenizerBase, mask_id: int) -> PreTrainedTokenizerBase:
-    """The tokenizer with `mask_id` as its mask token (a copy when that changes anything)."""
-    if tokenizer.mask_token_id == mask_id or mask_id >= len(tokenizer):
+def _for_export(tokenizer: PreTrainedTokenizerBase, mask_id: int) -> PreTrainedTokenizerBase:
+    """The tokenizer as the export saves it (a copy when that changes anything): `mask_id` as its
+    mask token, and left padding, the layout `diffusion_generate` works in (the answer follows
+    the prompt's last position), so `AutoTokenizer.from_pretrained(export)` pads as the card says."""
+    new_mask = tokenizer.mask_token_id != mask_id and mask_id < len(tokenizer)
+    if not new_mask and tokenizer.padding_side == "left":
         return tokenizer
     tokenizer = copy.deepcopy(tokenizer)
-    tokenizer.mask_token = tokenizer.convert_ids_to_tokens(mask_id)
+    if new_mask:
+        tokenizer.mask_token = tokenizer.convert_ids_to_tokens(mask_id)
+    tokenizer.padding_side = "left"
+    tokenizer.init_kwargs["padding_side"] = "left"  # save_pretrained writes the init kwargs' keys
     return tokenizer
 
 
@@ -269,6 +275,7 @@ def _patch_config(path: Path, settings: dict) -> None:
         mask_token_id=settings["mask_id"],
         xdlm_shift=settings["shift"],
     )
+    config.pop("_model_name_or_path", None)  # GGUF's general.name (the embedded base): not this model's name
     config[XDLM_KEY] = settings
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 

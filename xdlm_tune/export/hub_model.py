@@ -21,6 +21,16 @@ class XDLMForCausalLM(_XDLMBase):
     """A bidirectional XDLM denoiser. `model(input_ids).logits` are its logits (with the config's
     `xdlm.shift`, position i - 1 predicts token i); `diffusion_generate` samples answers."""
 
+    def generate(self, *args, **kwargs):
+        """Refused: this is not a left-to-right model, so transformers' `generate` would write
+        garbage; `diffusion_generate` samples it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} is a discrete-diffusion model with bidirectional attention: "
+            "transformers' left-to-right `generate()` would write garbage. Call "
+            "`model.diffusion_generate(input_ids, attention_mask=..., max_new_tokens=..., steps=...)` "
+            "instead (see the model card)."
+        )
+
     @torch.no_grad()
     def diffusion_generate(
         self,
@@ -43,9 +53,11 @@ class XDLMForCausalLM(_XDLMBase):
         eos_token_id=None,
         generator=None,
     ):
-        """Denoise `max_new_tokens` tokens after left-padded prompts; returns ids [B, P + max_new_tokens].
+        """Denoise `max_new_tokens` tokens after each prompt; returns ids [B, P + max_new_tokens]:
+        the prompts as given, then the answers (`out[:, P:]`).
 
-        input_ids [B, P], attention_mask [B, P] (1 = real token, left padding). `steps` is the
+        input_ids [B, P], attention_mask [B, P] (1 = real token; padding on either side: a
+        right-padded batch is left-aligned inside, so each row equals its prompt alone). `steps` is the
         number of forward passes, split evenly over blocks of `block_length` tokens. `alg`:
         "confidence" (LLaDA-style), "xdlm" (confidence plus revisions under the authors' per-block
         budget int(acc * k / (1 - k))) or "ancestral" (exact XDLM reverse steps; use temperature > 0).

@@ -55,7 +55,6 @@ def export_run(
         repo_id=export_kwargs.pop("repo_id", None) or push_to_hub_repo,
         **export_kwargs,
     )
-    logger.info("exported %s to %s", ckpt, out)
     if push_to_hub_repo:
         push_to_hub(out, push_to_hub_repo, private=private)
     return out
@@ -104,7 +103,7 @@ def export_main(argv: list[str] | None = None) -> int:
     except (ExportError, CheckpointError, RecipeError, OSError, ValueError) as err:
         print(f"xdlm-tune export: {err}", file=sys.stderr)
         return 2
-    print(f"exported to {out}")
+    print(f"exported {find_checkpoint(args.path)} to {out}")
     if args.push_to_hub:
         try:
             url = push_to_hub(out, args.push_to_hub, private=args.private)

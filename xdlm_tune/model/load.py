@@ -27,6 +27,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from xdlm_tune.model.availability import check_model_available
 from xdlm_tune.model.native import (
     NATIVE_FAMILIES,
     NativeConfigError,
@@ -141,6 +142,7 @@ def resolve_source(name_or_path: str | os.PathLike, gguf_file: str | None = None
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file not found: {path}")
         return str(path.parent), path.name
+    check_model_available(name)  # before transformers' Hub retries: fail in a second, naming the model
     return name, gguf_file
 
 

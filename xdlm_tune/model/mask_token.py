@@ -70,7 +70,9 @@ def setup_mask_token(
     if mask_id < len(tokenizer) and tokenizer.mask_token_id != mask_id:
         tokenizer.mask_token = tokenizer.convert_ids_to_tokens(mask_id)
     hf.config.mask_token_id = mask_id
-    logger.info("mask token: id %d (%r)", mask_id, tokenizer.convert_ids_to_tokens(mask_id))
+    logger.debug(
+        "mask token: id %d (%r)", mask_id, tokenizer.convert_ids_to_tokens(mask_id)
+    )  # train's start line says it
     return mask_id
 
 

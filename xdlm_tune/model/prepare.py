@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from xdlm_tune.model.bidirectional import make_bidirectional
 from xdlm_tune.model.common import enable_checkpointing
 from xdlm_tune.model.load import load_base
-from xdlm_tune.model.lora import attach_lora, log_parameter_counts
+from xdlm_tune.model.lora import attach_lora, log_parameter_counts, parameter_counts
 from xdlm_tune.model.mask_token import setup_mask_token
 from xdlm_tune.model.native import NATIVE_FAMILIES, default_shift
 
@@ -47,6 +47,7 @@ def prepare_model(
     shift: bool | None = None,
     lora: dict | None = None,
     gradient_checkpointing: bool = False,
+    report: bool = True,
 ) -> PreparedModel:
     """Load a base and make it an XDLM denoiser.
 
@@ -59,6 +60,8 @@ def prepare_model(
         diffusion bases need `shift` given.
     lora: keyword arguments of `attach_lora` (r, alpha, dropout, target_modules, use_rslora,
         use_dora, train_mask_row); None trains all weights (not possible on a 4-bit base).
+    report: log the trainable-parameter line (what a training run wants to see; False when a model
+        is loaded to be used, e.g. for evaluation or export).
     """
     model, tokenizer = load_base(
         name_or_path,
@@ -96,8 +99,9 @@ def prepare_model(
         if gradient_checkpointing:
             enable_checkpointing(model)
 
-    counts = log_parameter_counts(model)
-    logger.info("prepared %s (%s base, family %s): mask id %d, shift %s", name_or_path, kind, family, mask_id, shift)
+    counts = log_parameter_counts(model) if report else parameter_counts(model)
+    # DEBUG: train's start line and eval's rows say it; at INFO it preceded the train summary as noise.
+    logger.debug("prepared %s (%s base, family %s): mask id %d, shift %s", name_or_path, kind, family, mask_id, shift)
     return PreparedModel(
         model=model,
         tokenizer=tokenizer,

@@ -175,7 +175,8 @@ def generate(
     ``settings`` (a ``SamplerSettings``) and/or its fields as keywords (``steps=32, sampler="xdlm",
     k=0.1, ...``; keywords win) say how. ``steps`` is exactly the number of model forward passes
     (plus one per block with ``final_step="ancestral"``; fewer with ``threshold`` when blocks finish
-    early). ``attention_mask`` [B, P] marks real prompt tokens (left padding). ``eos_id``: after the
+    early). ``attention_mask`` [B, P] marks real prompt tokens (left padding; any other padding,
+    e.g. right, is moved to the left first and the prompt returned as given). ``eos_id``: after the
     first EOS (or the end of the first stop sequence) the rest of the answer is filled with EOS.
     ``logits_fn(ids, attention_mask, keep)`` replaces the model call (default
     ``model_logits_fn(model, shift=shift)``; not with a cache); ``vocab_size`` (default: the model's
@@ -195,6 +196,13 @@ def generate(
     device = prompt_ids.device
     if attention_mask is not None and bool((attention_mask == 1).all()):
         attention_mask = None  # no padding: let attention take its unmasked fast path
+    order = None
+    if attention_mask is not None:
+        if attention_mask.shape != prompt_ids.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, prompt_ids {tuple(prompt_ids.shape)}"
+            )
+        prompt_ids, attention_mask, order = left_align(prompt_ids, attention_mask)
     full_mask = (
         None
         if attention_mask is None
@@ -295,7 +303,23 @@ def generate(
 
     if eos_id is not None:
         x[:, P:] = _fill_after_stop(x[:, P:], eos_id, stop_sequences or [])
+    if order is not None:  # the prompt back in the caller's layout (with any revisions)
+        x[:, :P] = torch.empty_like(x[:, :P]).scatter_(1, order, x[:, :P])
     return (x, stats) if return_stats else x
+
+
+def left_align(
+    prompt_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Prompts [B, P] with padding anywhere (right-padded, as most tokenizers pad by default) as
+    left-padded ones: (ids [B, P], mask [B, P], order [B, P] with aligned[:, j] = ids[:, order[:, j]],
+    None when already left-padded). The answer follows the last prompt position, so a row's real
+    tokens must end there; their order is kept."""
+    mask = attention_mask.long()
+    if bool((mask[:, 1:] >= mask[:, :-1]).all()):
+        return prompt_ids, attention_mask, None
+    order = torch.sort(mask, dim=1, stable=True).indices  # padding first, real tokens in their order
+    return prompt_ids.gather(1, order), attention_mask.gather(1, order), order
 
 
 def _refresh_due(j: int, cfg: SamplerSettings) -> bool:

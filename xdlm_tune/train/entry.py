@@ -82,9 +82,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None, *, prog: str = "python -m xdlm_tune.train") -> int:
-    from ..console import HelpFormatter
+    from ..console import HelpFormatter, Parser
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=prog,
         formatter_class=HelpFormatter,
         description="Train an XDLM denoiser from a recipe: LoRA (or full) fine-tuning with the XDLM loss, "

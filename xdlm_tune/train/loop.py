@@ -20,6 +20,7 @@ of each answer's mean w(t) * h (LLaDA's SFT normalisation).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -35,7 +36,7 @@ from ..data import build_data
 from ..diffusion import make_schedule
 from ..model import anneal_progress, annealed_attention_mask, output_projection, prepare_model
 from .heldout import EVAL_SEED, heldout_elbo
-from .metrics import MetricsWriter, Progress
+from .metrics import METRICS_FILE, MetricsWriter, Progress, read_metrics
 from .objective import (
     DenoiserObjective,
     NoiseSampler,
@@ -77,11 +78,28 @@ class TrainResult:
 def train(recipe: Recipe) -> TrainResult:
     """Run the recipe; every process of a launch calls this."""
     ds_config = deepspeed_config(recipe)  # a bad deepspeed section fails here, before anything loads
+    out = Path(recipe.training.output_dir)
+    fresh = not out.exists()
     with single_process_group_env(ds_config is not None):
         try:
             return _train(recipe, ds_config)
+        except BaseException:
+            if fresh:
+                _drop_failed_start(out)
+            raise
         finally:
             reset_accelerate_state()
+
+
+def _drop_failed_start(out: Path) -> None:
+    """A run that failed before its first checkpoint in a folder it created leaves nothing behind
+    (its recipe.yaml and metrics.jsonl would read as a run there); other files are kept."""
+    if not out.is_dir() or list_checkpoints(out):
+        return
+    for name in (RECIPE_FILE, METRICS_FILE):
+        (out / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty (the user's files, another process): kept
+        out.rmdir()
 
 
 def _train(recipe: Recipe, ds_config: dict | None) -> TrainResult:
@@ -130,6 +148,7 @@ def _train(recipe: Recipe, ds_config: dict | None) -> TrainResult:
             shift=a.shift,
             lora=recipe.lora.to_dict(),
             gradient_checkpointing=cfg.gradient_checkpointing,
+            report=False,  # the start line (_banner) says it: trainable counts, mask id, family
         )
     mask_id, (vocab, hidden_size) = prepared.mask_id, output_projection(prepared.model)[0].shape
     d = recipe.diffusion
@@ -157,6 +176,12 @@ def _train(recipe: Recipe, ds_config: dict | None) -> TrainResult:
     optimizer = build_optimizer(objective, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     fill_hidden_size_autos(accelerator, hidden_size)
+    if ds_config is not None and main:
+        # Said because it is silent and slow: deepspeed.initialize imports DeepSpeed's Muon optimizer,
+        # whose module calls torch.compile at import, pulling in torch._dynamo and torch._inductor.
+        logger.info(
+            "DeepSpeed: building the engine (its first use imports torch's compiler stack: seconds to a minute)"
+        )
     model, optimizer = accelerator.prepare(objective, optimizer)
     objective.register_zero3_head()  # ZeRO-3: the fused loss reads the partitioned head weight
     params = [p for p in model.parameters() if p.requires_grad]
@@ -261,8 +286,13 @@ def _train(recipe: Recipe, ds_config: dict | None) -> TrainResult:
             tokens_seen += stats["tokens"]
             result.step, result.losses[step] = step, stats["loss"]
             window.append(stats["loss"])
+            # The bar shows what metrics.jsonl records as train/loss: the mean over the steps since the
+            # last metrics line (training.log_every), so on a logged step the two are one number.
             rate = progress.update(
-                loss=stats["loss"], tokens=stats["tokens"], lr=stats["lr"], seconds=time.perf_counter() - t_step
+                loss=sum(window) / len(window),
+                tokens=stats["tokens"],
+                lr=stats["lr"],
+                seconds=time.perf_counter() - t_step,
             )
             result.tokens_per_s = rate
             last = step == cfg.max_steps
@@ -287,6 +317,14 @@ def _train(recipe: Recipe, ds_config: dict | None) -> TrainResult:
                 save(step)
         if result.losses:
             first, final = result.evals.get(min(result.evals, default=-1)), result.evals.get(step)
+            # A resumed run's first held-out ELBO (step 0) is in metrics.jsonl, from the earlier invocation.
+            earlier = [
+                m
+                for m in read_metrics(cfg.output_dir)
+                if "eval/nelbo" in m and m["step"] < min(result.evals, default=step + 1)
+            ]
+            if earlier:
+                first = {"nelbo": earlier[0]["eval/nelbo"]}
             elbo = (
                 f"; held-out NELBO {first['nelbo']:.4f} -> {final['nelbo']:.4f} nats/token"
                 if first and final and first is not final
@@ -384,18 +422,23 @@ def _quiet() -> None:
     logging.getLogger("xdlm_tune").setLevel(logging.WARNING)
 
 
+# accelerate's DistributedType values, as the start line names them.
+_DISTRIBUTION = {"NO": "no data parallelism", "MULTI_CPU": "DDP (CPU, gloo)", "MULTI_GPU": "DDP (GPU)"}
+
+
 def _banner(recipe: Recipe, prepared, world: int, accelerator, resume_from: Path | None, step: int) -> str:
     cfg, c = recipe.training, prepared.parameter_counts
     stage = zero_stage(accelerator)
-    what = f"DeepSpeed ZeRO-{stage}" if stage is not None else accelerator.distributed_type.value
+    kind = accelerator.distributed_type.value
+    what = f"DeepSpeed ZeRO-{stage}" if stage is not None else _DISTRIBUTION.get(kind, kind.lower())
+    precision = "fp32" if cfg.mixed_precision in (None, "no") else cfg.mixed_precision
     tokens = cfg.per_device_batch_size * cfg.grad_accum * world * recipe.data.seq_len
     lines = [
         f"xdlm-tune train: {recipe.model.name_or_path} ({prepared.family}, {prepared.kind}) -> "
         f"XDLM k={recipe.diffusion.k}",
         f"  mask id {prepared.mask_id}, shift {prepared.shift}; trainable {c.get('trainable', 0):,} of "
         f"{c.get('total', 0):,} parameters ({'LoRA' if recipe.lora.enabled else 'full fine-tune'})",
-        f"  {world} process(es), {what}, {accelerator.device}, precision {cfg.mixed_precision}; "
-        f"up to {tokens:,} tokens per step",
+        f"  {world} process(es), {what}, {accelerator.device}, precision {precision}; up to {tokens:,} tokens per step",
         f"  output: {cfg.output_dir}" + (f"; resuming from {resume_from} at step {step}" if resume_from else ""),
     ]
     return "\n".join(lines)

@@ -85,7 +85,8 @@ class Progress:
 
     def update(self, *, loss: float, tokens: int, lr: float, seconds: float) -> float:
         """Advance one step of `tokens` (all processes) that took `seconds`; returns the training
-        throughput in tokens/s over this invocation's steps (held-out ELBO and saves excluded)."""
+        throughput in tokens/s over this invocation's steps (held-out ELBO and saves excluded).
+        `loss`: the loop passes metrics.jsonl's train/loss (the mean since the last logged step)."""
         self.tokens += tokens
         self.seconds += seconds
         rate = self.tokens / max(self.seconds, 1e-9)
