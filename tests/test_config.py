@@ -198,7 +198,8 @@ def test_cross_field_rules():
         ],
     )
     assert "data.max_prompt_len: must be in [1, seq_len)" in msg
-    assert "path of mbpp.jsonl" in error_of(None, ["data.source=mbpp-train"])
+    # mbpp-train without data_files reads the mbpp.jsonl shipped with the package (issue 22)
+    assert load_recipe(None, ["data.source=mbpp-train", "data.mode=sft"]).data.data_files is None
 
 
 def test_eval_tasks_are_checked():
