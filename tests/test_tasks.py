@@ -12,6 +12,7 @@ import pytest
 
 from xdlm_tune.evaluation import (
     Problem,
+    Summary,
     check_generations,
     execute_many,
     extract_humaneval,
@@ -265,11 +266,12 @@ def test_summarize_and_table():
     assert s16.syntax_valid_rate == 0.75 and s16.n == 4
     assert s16.outcomes == {"passed": 1, "wrong_answer": 1, "error": 1, "timeout": 1}
     table = markdown_table(summaries)
-    assert (
-        table.splitlines()[0] == "| steps | n | pass@1 | syntax valid | passed | wrong answer | error | timeout | NFE |"
-    )
-    assert "| AR | 4 | 50.0% | 100.0% | 2 | 2 | 0 | 0 |" in table
-    assert "| 16 | 4 | 25.0% | 75.0% | 1 | 1 | 1 | 1 |" in table
+    head = "| steps | n | pass@1 (95% CI) | syntax valid (95% CI) | passed | wrong answer | error | timeout | NFE |"
+    assert table.splitlines()[0] == head
+    # Wilson intervals, by the closed form (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n):
+    assert "| AR | 4 | 50.0% [15.0, 85.0] | 100.0% [51.0, 100.0] | 2 | 2 | 0 | 0 |" in table
+    assert "| 16 | 4 | 25.0% [4.6, 69.9] | 75.0% [30.1, 95.4] | 1 | 1 | 1 | 1 |" in table
+    assert [Summary.from_dict(json.loads(json.dumps(s.__dict__))) for s in summaries] == summaries
 
 
 def test_pass_at_1_averages_over_tasks():

@@ -237,9 +237,21 @@ def run_evaluation(
             )
             records = check_generations(chunk, texts, workers=workers, **exec_kw)
             used = None if s is None else _settings_record(cfg.sampling.replace(steps=s))
+            # What `xdlm-tune compare` checks two runs against: the prompt format and the sampler;
+            # the seed and batch size are recorded for the invariance checks and for reading.
             rows = [
-                {"label": label, "steps": s, "nfe": n, "sampler": used, "generation": t, **r}
-                for t, n, r in zip(texts, nfe, records)
+                {
+                    "label": label,
+                    "steps": s,
+                    "nfe": n,
+                    "sampler": used,
+                    "prompt_format": p.prompt_format,
+                    "seed": cfg.seed,
+                    "batch_size": cfg.batch_size,
+                    "generation": t,
+                    **r,
+                }
+                for p, t, n, r in zip(chunk, texts, nfe, records)
             ]
             _append(path, rows)
             bar.update(len(chunk))
