@@ -325,7 +325,8 @@ def markdown_table(rows: Sequence[GenRow], title: str = "") -> str:
 
 
 def plot(rows: Sequence[GenRow], path: str | Path, title: str = "") -> Path:
-    """gen-PPL (log scale, left) and entropy (right) against steps; AR reference rows as horizontal lines."""
+    """gen-PPL (log scale, left) and entropy (right) against steps, each with its shaded 95% interval;
+    AR reference rows as horizontal lines over their interval."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -334,15 +335,25 @@ def plot(rows: Sequence[GenRow], path: str | Path, title: str = "") -> Path:
     axes = fig.subplots(1, 2)
     swept = [r for r in rows if r.steps is not None]
     labels = list(dict.fromkeys(r.label for r in swept))
+
+    def band(r: GenRow, key: str) -> tuple[float, float]:
+        return getattr(r, f"{key}_ci") or (getattr(r, key),) * 2
+
     for i, label in enumerate(labels):
         pts = sorted((r for r in swept if r.label == label), key=lambda r: r.steps)
         for ax, key in zip(axes, ("gen_ppl", "entropy")):
-            ax.plot([r.steps for r in pts], [getattr(r, key) for r in pts], "o-", color=f"C{i}", label=label)
+            xs, ci = [r.steps for r in pts], [band(r, key) for r in pts]
+            ax.fill_between(xs, [c[0] for c in ci], [c[1] for c in ci], color=f"C{i}", alpha=0.15, linewidth=0)
+            ax.plot(xs, [getattr(r, key) for r in pts], "o-", color=f"C{i}", label=label)
     for j, r in enumerate(r for r in rows if r.steps is None):
         for ax, key in zip(axes, ("gen_ppl", "entropy")):
-            ax.axhline(getattr(r, key), color=f"C{len(labels) + j}", linestyle=":", label=r.label)
+            colour = f"C{len(labels) + j}"
+            lo, hi = band(r, key)
+            ax.axhspan(lo, hi, color=colour, alpha=0.08, linewidth=0)
+            ax.axhline(getattr(r, key), color=colour, linestyle=":", label=r.label)
     steps = sorted({r.steps for r in swept})
-    for ax, name in zip(axes, ("gen-PPL under the AR judge (lower is better)", "unigram entropy per sample (nats)")):
+    names = ("gen-PPL under the AR judge (lower is better)", "unigram entropy per sample (nats)")
+    for ax, name in zip(axes, (f"{n}\n(shaded: 95% bootstrap interval over samples)" for n in names)):
         if steps:
             ax.set_xscale("log", base=2)
             ax.set_xticks(steps, [str(s) for s in steps])

@@ -101,7 +101,17 @@ def diffusion_generations(
     em: EvalModel, problems: Sequence[Problem], steps: int, cfg: GenerationConfig
 ) -> tuple[list[str], list[int]]:
     """One answer per problem from the diffusion sampler with ``steps`` forward passes, and the
-    forward passes (NFE) each answer needed (fewer than ``steps`` under a threshold).
+    forward passes (NFE) each answer needed (fewer than ``steps`` under a threshold)."""
+    answers, nfe = diffusion_answer_ids(em, problems, steps, cfg)
+    texts = em.tokenizer.batch_decode(answers, skip_special_tokens=True)
+    return [truncate(t, p.stop) for t, p in zip(texts, problems)], nfe
+
+
+@torch.no_grad()
+def diffusion_answer_ids(
+    em: EvalModel, problems: Sequence[Problem], steps: int, cfg: GenerationConfig
+) -> tuple[list[list[int]], list[int]]:
+    """The answer token ids (``gen_length`` each, before decoding) and NFE of every problem.
 
     A model whose forward takes no ``position_ids`` (remote code such as LLaDA's original)
     would see a left-padded row's positions shifted, so its prompts run in groups of equal
@@ -110,7 +120,7 @@ def diffusion_generations(
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     settings = cfg.sampling.replace(steps=steps)
     eos = em.tokenizer.eos_token_id
-    out: dict[int, tuple[str, int]] = {}
+    out: dict[int, tuple[list[int], int]] = {}
     for chunk in _prompt_batches(em, problems, cfg.batch_size):
         first = problems[chunk[0]]
         ids, mask = _encode(em.tokenizer, [problems[i].prompt for i in chunk], device, first.special_tokens)
@@ -125,7 +135,7 @@ def diffusion_generations(
             generator=gen,
             return_stats=True,
         )
-        out.update(zip(chunk, zip(_decode(em.tokenizer, seq[:, ids.shape[1] :], first.stop), stats.nfe.tolist())))
+        out.update(zip(chunk, zip(seq[:, ids.shape[1] :].tolist(), stats.nfe.tolist())))
     return [out[i][0] for i in range(len(problems))], [out[i][1] for i in range(len(problems))]
 
 
@@ -273,10 +283,21 @@ def summarize_run(out_dir: str | Path, title: str = "") -> dict:
                 continue
     if not rows:
         raise ValueError(f"no samples under {out}: run the evaluation first")
+    from .invariance import summary_section
+
     summaries = summarize(rows)
     table = markdown_table(summaries)
-    (out / "summary.md").write_text((f"# {title}\n\n" if title else "") + table)
+    checked = summary_section(out)
+    note = "Rates with 95% intervals (Wilson; pass@k over several samples: bootstrap over problems).\n"
+    (out / "summary.md").write_text((f"# {title}\n\n" if title else "") + table + "\n" + note + "\n" + checked)
     (out / "summary.json").write_text(json.dumps([s.__dict__ for s in summaries], indent=2))
     benchmark = str(rows[0].get("task_id", "")).split("/")[0].lower() or None  # "mbpp/11", "HumanEval/0"
     plot = plot_summary(summaries, out / "pass_at_1.png", benchmark=benchmark)
-    return {"table": table, "summary": summaries, "plot": plot, "samples": len(rows), "files": files}
+    return {
+        "table": table,
+        "summary": summaries,
+        "plot": plot,
+        "samples": len(rows),
+        "files": files,
+        "invariance": checked,
+    }
