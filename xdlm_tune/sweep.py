@@ -493,7 +493,7 @@ def pareto_plot(result: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("gen-PPL under the AR judge  ->  generation")
     s = result["settings"]
     bars = "bars: 95% interval; " if any(r.get("gen_ppl_ci") for r in rows) else ""
-    ax.set_title(f"{Path(s['recipe']).name}: {s['max_steps']} steps per k ({bars} lower-left is better)", fontsize=9)
+    ax.set_title(f"{Path(s['recipe']).name}: {s['max_steps']} steps per k ({bars}lower-left is better)", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=120, bbox_inches="tight")
