@@ -108,6 +108,14 @@ def test_pairs_every_shared_step_budget(tmp_path):
     assert only16["a"]["steps"] == 16
 
 
+def test_one_model_at_two_budgets_pairs_with_steps_a_and_b(tmp_path):
+    run = _eval_run(tmp_path / "a", A, steps=(4, 8))
+    with pytest.raises(CompareError, match="steps: A 4, B 8"):
+        compare_runs(run, run, steps_a=[4], steps_b=[8])
+    (r,) = compare_runs(run, run, steps_a=[4], steps_b=[8], allow=["steps"])
+    assert (r["a"]["steps"], r["b"]["steps"], r["metrics"]["pass@1"]["a_only"]) == (4, 8, [])
+
+
 def test_the_sampler_fields_are_sampler_settings_fields():
     assert SAMPLER_FIELDS == tuple(f.name for f in dataclasses.fields(SamplerSettings) if f.name != "steps")
 
@@ -147,3 +155,20 @@ def test_cli_prints_the_table_writes_json_and_refuses_in_one_paragraph(tmp_path,
     assert err.startswith("xdlm-tune compare: refusing to pair") and "Traceback" not in err
     assert cli.main(["compare", str(a), str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_committed_result_folders_give_the_readme_output(monkeypatch):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # relative paths, as the README shows them
+    demo = Path("benchmarks/results/compare_demo")
+    with pytest.raises(CompareError, match='sampler: A "confidence", B "xdlm"'):
+        compare_runs(demo / "confidence", demo / "xdlm")
+    by_sampler = compare_runs(demo / "confidence", demo / "xdlm", steps=[8], allow=["sampler"])
+    by_steps = compare_runs(demo / "xdlm", demo / "xdlm", steps_a=[4], steps_b=[8], allow=["steps"])
+    assert by_steps[0]["metrics"]["syntax valid"]["b_only"] == ["HumanEval/0"]
+    readme = (repo / "README.md").read_text()
+    for res, name in ((by_sampler, "compare_sampler.json"), (by_steps, "compare_steps.json")):
+        assert markdown(res) in readme
+        assert json.loads((demo / name).read_text()) == json.loads(json.dumps(res))

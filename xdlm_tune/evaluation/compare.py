@@ -315,14 +315,17 @@ def compare_runs(
     label_a: str | None = None,
     label_b: str | None = None,
     allow: Iterable[str] = (),
+    steps_a: Sequence[int | None] | None = None,
+    steps_b: Sequence[int | None] | None = None,
 ) -> list[dict]:
-    """Paired comparisons at every step budget both runs have (or the one budget each has)."""
+    """Paired comparisons at every step budget both runs have (or the one budget each has);
+    ``steps_a`` / ``steps_b`` pick each side's budgets apart (e.g. one model at 4 vs 8 steps)."""
     allow = list(allow)
     unknown = [s for s in allow if s not in SETTINGS]
     if unknown:
         raise CompareError(f"--allow-different {' '.join(unknown)}: unknown; the settings are {', '.join(SETTINGS)}.")
-    kind_a, runs_a = pick(path_a, steps, label_a)
-    kind_b, runs_b = pick(path_b, steps, label_b)
+    kind_a, runs_a = pick(path_a, steps_a or steps, label_a)
+    kind_b, runs_b = pick(path_b, steps_b or steps, label_b)
     if kind_a != kind_b:
         raise CompareError(f"{path_a} is a {kind_a} run and {path_b} a {kind_b} run; only runs of one kind pair.")
     shared = [s for s in runs_a if s in runs_b]
@@ -409,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--steps", nargs="+", help="only these step budgets ('AR': the autoregressive rows); default: every shared one"
     )
+    ap.add_argument("--steps-a", help="RUN_A's step budget when the two sides differ (with --allow-different steps)")
+    ap.add_argument("--steps-b", help="RUN_B's step budget (RUN_A and RUN_B may be the same folder)")
     ap.add_argument("--label-a", help="the model's row label in RUN_A (when it holds several)")
     ap.add_argument("--label-b", help="the model's row label in RUN_B")
     ap.add_argument(
@@ -422,16 +427,26 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _budgets(flag: str, values: Sequence[str] | None) -> list[int | None] | None:
+    if not values:
+        return None
+    try:
+        return [None if v.upper() == "AR" else int(v) for v in values]
+    except ValueError:
+        raise CompareError(f"{flag} {' '.join(values)}: step budgets are integers or AR.") from None
+
+
 def compare_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    steps = None
-    if args.steps:
-        try:
-            steps = [None if s.upper() == "AR" else int(s) for s in args.steps]
-        except ValueError:
-            raise CompareError(f"--steps {' '.join(args.steps)}: step budgets are integers or AR.") from None
     results = compare_runs(
-        args.run_a, args.run_b, steps=steps, label_a=args.label_a, label_b=args.label_b, allow=args.allow_different
+        args.run_a,
+        args.run_b,
+        steps=_budgets("--steps", args.steps),
+        steps_a=_budgets("--steps-a", args.steps_a and [args.steps_a]),
+        steps_b=_budgets("--steps-b", args.steps_b and [args.steps_b]),
+        label_a=args.label_a,
+        label_b=args.label_b,
+        allow=args.allow_different,
     )
     if args.json == "-":
         print(json.dumps(results, indent=2))
