@@ -25,6 +25,7 @@ from xdlm_tune.evaluation import (
     summarize,
     syntax_valid,
 )
+from xdlm_tune.evaluation.stats import wilson
 
 MBPP_HEAD = "You are an expert Python programmer, and here is your task: "
 
@@ -356,3 +357,22 @@ def test_committed_results_table_reads_back():
         ("smollm2-135m+xdlm-sampler", 32, 4, 0.25),
     ]
     assert markdown_table(rows) in text
+
+
+def test_several_samples_per_problem_give_unbiased_pass_at_k_with_a_bootstrap_over_problems():
+    from xdlm_tune.evaluation.stats import pass_at_k
+
+    passes = {"a": [1, 0, 0, 0, 0], "b": [0, 0, 0, 0, 0], "c": [1, 1, 0, 1, 0], "d": [1, 1, 1, 1, 1]}
+    rows = [
+        {"task_id": t, "steps": 8, "status": "passed" if ok else "wrong_answer", "syntax_valid": True}
+        for t, flags in passes.items()
+        for ok in flags
+    ]
+    (s,) = summarize(rows)
+    assert (s.n, s.problems) == (20, 4) and s.pass_at_1 == pytest.approx((0.2 + 0 + 0.6 + 1) / 4)
+    want5 = sum(pass_at_k(5, sum(f), 5) for f in passes.values()) / 4
+    assert s.pass_at_k["pass@5"]["value"] == pytest.approx(want5) and "pass@10" not in s.pass_at_k
+    low, high = s.pass_at_1_ci
+    assert 0 <= low < s.pass_at_1 < high <= 1 and s.pass_at_1_ci != wilson(9, 20)  # over problems, not samples
+    table = markdown_table([s])
+    assert "| pass@5 (95% CI) |" in table and "| 20 (4 problems) |" in table
