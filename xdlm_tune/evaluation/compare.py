@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..errors import UserError
-from .stats import fmt_rate, fmt_value, mcnemar_exact, paired_diff_ci, paired_gen_ppl_ratio_ci, wilson
+from .stats import fmt_rate, fmt_value, gen_ppl_ci, mcnemar_exact, paired_diff_ci, paired_gen_ppl_ratio_ci, wilson
 
 # SamplerSettings' fields but steps (tests/test_compare.py keeps the two lists equal; importing
 # the sampler would import torch).
@@ -284,8 +284,6 @@ def compare_pair(a: Run, b: Run, allow: Iterable[str] = ()) -> dict:
         return out
     nll_a, tok_a = [r["nll"] for r in ra], [r["tokens"] for r in ra]
     nll_b, tok_b = [r["nll"] for r in rb], [r["tokens"] for r in rb]
-    from .stats import gen_ppl_ci
-
     ratio, ratio_ci = paired_gen_ppl_ratio_ci(nll_a, tok_a, nll_b, tok_b)
     ppl = [math.exp(min(sum(n) / max(sum(t), 1), 700.0)) for n, t in ((nll_a, tok_a), (nll_b, tok_b))]
     out["metrics"]["gen-PPL"] = {
