@@ -211,7 +211,7 @@ def summary_figure(summaries: Sequence[Summary], title: str = "", benchmark: str
                 ax.errorbar(
                     i * width, value, yerr=[[value - lo], [hi - value]], fmt="none", ecolor="0.2", elinewidth=1.2
                 )
-                ax.text(i * width, hi + 1.5, f"{value:.1f}%", ha="center", va="bottom", fontsize=8)
+                ax.text(i * width + width * 0.05, value + 1.5, f"{value:.1f}%", ha="left", va="bottom", fontsize=8)
             ax.set_xticks([(len(labels) - 1) * width / 2], [f"{steps[0]} denoising steps"])
             ax.set_xlim(-0.6, (len(labels) - 1) * width + 0.6)
         else:
