@@ -48,7 +48,9 @@ def test_correct_answers_pass_and_wrong_ones_fail(problems, tiny, tmp_path, monk
     assert [r["prompt"] for r in rows[:4]] == [p.prompt for p in problems]  # what the model was given
     res = summarize_run(tmp_path)
     assert all(s.pass_at_1 == 0.5 for s in res["summary"])
-    assert (tmp_path / "summary.md").read_text().count("| 50.0% | 50.0% | 2 | 0 | 2 | 0 |") == 2
+    assert (tmp_path / "summary.md").read_text().count(
+        "| 50.0% [15.0, 85.0] | 50.0% [15.0, 85.0] | 2 | 0 | 2 | 0 |"
+    ) == 2
     assert (tmp_path / "pass_at_1.png").stat().st_size > 1000
 
 

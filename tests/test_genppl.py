@@ -16,6 +16,7 @@ from xdlm_tune.config import load_recipe, save_recipe
 from xdlm_tune.evaluation.genppl import Sample, judge_nll, score, unigram_entropy
 from xdlm_tune.evaluation.harness import EvalModel
 from xdlm_tune.evaluation.run import eval_main
+from xdlm_tune.evaluation.stats import wilson
 
 
 def test_unigram_entropy():
@@ -69,6 +70,15 @@ def test_score_rows_eos_and_compile_rate(code_tok):
     assert row.gen_ppl == pytest.approx(math.exp(sum(v for v, _ in nll) / row.scored_tokens), rel=1e-6)
     assert row.entropy == pytest.approx((unigram_entropy(samples[0].ids) + unigram_entropy(samples[1].ids)) / 2)
     assert score(samples, code_tok, judge, label="m", steps=4, code=False, batch_size=2).syntax_valid is None
+    # intervals over the samples, from the per-sample scores `compare` pairs on
+    details = []
+    row = score(samples, code_tok, judge, label="m", steps=4, code=True, batch_size=2, details=details)
+    assert [(d["nll"], d["tokens"], d["compiles"]) for d in details] == [(*nll[0], True), (*nll[1], False)]
+    assert [d["entropy"] for d in details] == [unigram_entropy(s.ids) for s in samples]
+    lo, hi = row.gen_ppl_ci
+    per_sample = sorted(math.exp(v / n) for v, n in nll)
+    assert per_sample[0] - 1e-6 <= lo <= row.gen_ppl <= hi <= per_sample[1] + 1e-6  # between the two resamples
+    assert row.syntax_valid_ci == wilson(1, 2) and row.ended_ci == wilson(1, 2)
     # after an SFT prompt (prose) only the answer is compiled
     sft = [Sample(enc("Write f. Tests: assert f(1) == 1\n"), enc("def f(x):\n    return x\n"), True)]
     assert score(sft, code_tok, judge, label="m", steps=4, code=True, batch_size=1).syntax_valid == 0.0
@@ -127,6 +137,9 @@ def test_genppl_cli_unconditional_files_and_fields(tiny_dir, tmp_path, capsys):
     for stage in ("genppl sample model+xdlm-sampler (8 steps): 100%", "genppl judge greedy reference: 100%"):
         assert stage in printed.err, printed.err
     assert printed.err.count("genppl score by model: 100%") == 4  # AR greedy, AR sampled, 2 budgets
+    assert all({"index", "nll", "tokens", "entropy", "sampler"} <= set(s) for s in samples)
+    assert [s["index"] for s in samples] == [0, 1, 2] * 2 and samples[0]["sampler"]["steps"] == 2
+    assert all(len(r["gen_ppl_ci"]) == 2 and len(r["ended_ci"]) == 2 for r in rows)
 
 
 def test_genppl_cli_heldout_prefixes_and_errors(tiny_dir, tmp_path):

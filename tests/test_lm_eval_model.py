@@ -130,7 +130,7 @@ def test_cli_error_is_one_line(tiny_dir, capsys):
 
 
 @pytest.mark.slow
-def test_cli_runs_offline_tasks_and_writes_results(tiny_dir, tmp_path, benchmark_data, monkeypatch):
+def test_cli_runs_offline_tasks_and_writes_results(tiny_dir, tmp_path, benchmark_data, monkeypatch, capsys):
     """`xdlm-tune lm-eval` on the shipped tasks (generation and likelihood), results where lm-eval writes them."""
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     out = tmp_path / "results"
@@ -156,6 +156,28 @@ def test_cli_runs_offline_tasks_and_writes_results(tiny_dir, tmp_path, benchmark
     assert res["mbpp_local"]["pass_at_1,none"] == 0.0  # an untrained tiny model
     assert 0.0 <= res["pydocs_mc"]["acc,none"] <= 1.0 and res["pydocs_ppl"]["bits_per_byte,none"] > 0
     assert len(list(out.rglob("samples_mbpp_local_*.jsonl"))) == 1
+    printed = capsys.readouterr().out
+    assert f"xdlm-tune lm-eval: {result.name} with 95% intervals" in printed
+    assert "| mbpp_local | pass_at_1 | 2 | 0.0000 [0.0000, 0.6576] | Wilson |" in printed
+
+
+def test_interval_table_wilson_for_rates_stderr_for_the_rest():
+    from xdlm_tune.lm_eval import interval_table
+
+    results = {
+        "results": {
+            "pydocs_mc": {"alias": "pydocs_mc", "acc,none": 0.6, "acc_stderr,none": 0.1633, "acc_norm,none": 0.3},
+            "pydocs_ppl": {"bits_per_byte,none": 2.7159, "bits_per_byte_stderr,none": "N/A"},
+            "other": {"score,none": 5.0, "score_stderr,none": 0.5},
+        },
+        "n-samples": {"pydocs_mc": {"original": 40, "effective": 10}, "pydocs_ppl": {"effective": 10}},
+    }
+    table = interval_table(results)
+    assert "| pydocs_mc | acc | 10 | 0.6000 [0.3127, 0.8318] | Wilson |" in table  # 6 of 10
+    assert "| pydocs_mc | acc_norm | 10 | 0.3000 [0.1078, 0.6032] | Wilson |" in table
+    assert "| pydocs_ppl | bits_per_byte | 10 | 2.7159 | - |" in table
+    assert "| other | score | - | 5.0000 [4.0200, 5.9800] | +-1.96 stderr |" in table
+    assert "stderr |" not in table.split("\n")[0] and "alias" not in table
 
 
 @pytest.mark.slow

@@ -61,5 +61,7 @@ def test_run_pipeline_end_to_end(benchmark_data, tmp_path):
     # Export: self-contained folder whose card carries the evaluation table; sampled in a subprocess.
     export = res["export_dir"]
     assert (export / "modeling_xdlm.py").is_file()
-    assert "| xdlm k=0.1 | 2 | 2 |" in (export / "README.md").read_text()
+    card = (export / "README.md").read_text()
+    assert "| xdlm k=0.1 | 2 | 2 |" in card
+    assert "| pass@1 (95% CI) | syntax valid (95% CI) |" in card  # the card inherits the summary's intervals
     assert (run_dir / "export_sample.txt").read_text().startswith("def fibonacci(n):")

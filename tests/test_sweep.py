@@ -48,6 +48,14 @@ def test_sweep_files_fields_and_resume(tmp_path, capsys):
     labels = [r["label"] for r in result["reference"]]
     assert labels[:2] == ["model AR greedy", "model AR sampled"] and labels[2:] == ["untrained", "untrained"]
     assert "| 1 | 4 |" in (out / "sweep.md").read_text() and (out / "pareto.png").stat().st_size > 0
+    assert all(len(r["gen_ppl_ci"]) == 2 and len(r["syntax_valid_ci"]) == 2 for r in rows)
+    # k = 1 against k = 0 at each budget, paired on the same prompts by compare's code
+    pairs = result["comparisons"]
+    assert [(c["k"], c["steps"], c["n"]) for c in pairs] == [(1, 2, 3), (1, 4, 3)]
+    assert all(
+        c["allowed_differences"] == {"k": "A 0.0, B 1.0"} and c["metrics"]["gen-PPL"]["ratio"] > 0 for c in pairs
+    )
+    assert "| k vs 0 | steps | n | gen-PPL ratio k / 0 |" in (out / "sweep.md").read_text()
     assert "3 samples of 4 tokens (unconditional)" in (out / "sweep.md").read_text()
     first = capsys.readouterr().out
     assert "k=0: training 4 steps" in first and "k=1: training 4 steps" in first

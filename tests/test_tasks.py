@@ -13,6 +13,7 @@ import pytest
 
 from xdlm_tune.evaluation import (
     Problem,
+    Summary,
     check_generations,
     extract_humaneval,
     extract_mbpp,
@@ -24,6 +25,7 @@ from xdlm_tune.evaluation import (
     summarize,
     syntax_valid,
 )
+from xdlm_tune.evaluation.stats import wilson
 from xdlm_tune.sandbox import execute_many, jail
 
 MBPP_HEAD = "You are an expert Python programmer, and here is your task: "
@@ -317,11 +319,12 @@ def test_summarize_and_table():
     assert s16.syntax_valid_rate == 0.75 and s16.n == 4
     assert s16.outcomes == {"passed": 1, "wrong_answer": 1, "error": 1, "timeout": 1}
     table = markdown_table(summaries)
-    assert (
-        table.splitlines()[0] == "| steps | n | pass@1 | syntax valid | passed | wrong answer | error | timeout | NFE |"
-    )
-    assert "| AR | 4 | 50.0% | 100.0% | 2 | 2 | 0 | 0 |" in table
-    assert "| 16 | 4 | 25.0% | 75.0% | 1 | 1 | 1 | 1 |" in table
+    head = "| steps | n | pass@1 (95% CI) | syntax valid (95% CI) | passed | wrong answer | error | timeout | NFE |"
+    assert table.splitlines()[0] == head
+    # Wilson intervals, by the closed form (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n):
+    assert "| AR | 4 | 50.0% [15.0, 85.0] | 100.0% [51.0, 100.0] | 2 | 2 | 0 | 0 |" in table
+    assert "| 16 | 4 | 25.0% [4.6, 69.9] | 75.0% [30.1, 95.4] | 1 | 1 | 1 | 1 |" in table
+    assert [Summary.from_dict(json.loads(json.dumps(s.__dict__))) for s in summaries] == summaries
 
 
 def test_pass_at_1_averages_over_tasks():
@@ -406,3 +409,22 @@ def test_committed_results_table_reads_back():
         ("smollm2-135m+xdlm-sampler", 32, 4, 0.25),
     ]
     assert markdown_table(rows) in text
+
+
+def test_several_samples_per_problem_give_unbiased_pass_at_k_with_a_bootstrap_over_problems():
+    from xdlm_tune.evaluation.stats import pass_at_k
+
+    passes = {"a": [1, 0, 0, 0, 0], "b": [0, 0, 0, 0, 0], "c": [1, 1, 0, 1, 0], "d": [1, 1, 1, 1, 1]}
+    rows = [
+        {"task_id": t, "steps": 8, "status": "passed" if ok else "wrong_answer", "syntax_valid": True}
+        for t, flags in passes.items()
+        for ok in flags
+    ]
+    (s,) = summarize(rows)
+    assert (s.n, s.problems) == (20, 4) and s.pass_at_1 == pytest.approx((0.2 + 0 + 0.6 + 1) / 4)
+    want5 = sum(pass_at_k(5, sum(f), 5) for f in passes.values()) / 4
+    assert s.pass_at_k["pass@5"]["value"] == pytest.approx(want5) and "pass@10" not in s.pass_at_k
+    low, high = s.pass_at_1_ci
+    assert 0 <= low < s.pass_at_1 < high <= 1 and s.pass_at_1_ci != wilson(9, 20)  # over problems, not samples
+    table = markdown_table([s])
+    assert "| pass@5 (95% CI) |" in table and "| 20 (4 problems) |" in table

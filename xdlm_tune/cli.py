@@ -24,6 +24,10 @@ COMMANDS = {
         "xdlm_tune.lm_eval:main",
         "any lm-evaluation-harness task (likelihood bound, generation) with --model xdlm",
     ),
+    "compare": (
+        "xdlm_tune.evaluation.compare:compare_main",
+        "two eval / genppl runs on the same problems: paired difference, McNemar test, flipped ids",
+    ),
     "sweep": ("xdlm_tune.sweep:sweep_main", "one run per k: held-out NELBO vs gen-PPL per step budget (pareto.png)"),
     "demo": ("xdlm_tune.demo:demo_main", "the main job on the embedded default model (what `make demo` runs)"),
     "recipes": ("xdlm_tune.config.shipped:recipes_main", "list the shipped recipes and DeepSpeed / accelerate configs"),
@@ -33,6 +37,7 @@ _EXAMPLES = """examples:
   xdlm-tune demo                                                    # the main job on a CPU
   xdlm-tune train recipes/smollm2-135m-xdlm-lora.yaml training.max_steps=100
   xdlm-tune eval --limit 20 --steps 16 32 --ar-baseline
+  xdlm-tune compare runs/eval-a runs/eval-b                         # is the difference real?
   xdlm-tune export runs/smollm2-135m-xdlm-lora --out exports/smollm2-xdlm
 add --debug to any command for the full traceback of an error."""
 

@@ -7,18 +7,68 @@
 Every lm-eval flag passes through unchanged (``lm-eval run --help``); this adds ``--model xdlm``
 and ``--include_path`` = the task folder shipped with xdlm-tune (``mbpp_local``, ``pydocs_ppl``,
 ``pydocs_mc``) unless they are given. ``xdlm-tune lm-eval ls tasks`` lists the tasks.
+With ``--output_path`` it then prints the run's metrics again with 95% intervals
+(`interval_table`): Wilson for the per-document 0/1 metrics, value +- 1.96 stderr otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 TASKS_DIR = Path(__file__).resolve().parent / "evaluation" / "lm_eval_tasks"
 _SUBCOMMANDS = ("run", "ls", "validate")
+# lm-eval metrics that are a mean of per-document 0/1 scores: a proportion, so a Wilson interval.
+BINARY_METRICS = {"acc", "acc_norm", "exact_match", "pass_at_1", "pass@1", "mc1", "f1_binary"}
+
+
+def interval_table(results: dict) -> str:
+    """lm-eval's results (the results_*.json it writes) as a markdown table with 95% intervals:
+    Wilson on n documents for BINARY_METRICS, value +- 1.96 x lm-eval's stderr for the others
+    (none where lm-eval reports none, e.g. perplexities)."""
+    from .evaluation.stats import fmt_value, wilson
+
+    lines = ["| task | metric | n | value (95% CI) | interval |", "|---|---|---|---|---|"]
+    for task, metrics in results.get("results", {}).items():
+        n = (results.get("n-samples", {}).get(task) or {}).get("effective")
+        for key, value in metrics.items():
+            name, _, filt = key.partition(",")
+            if "_stderr" in name or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            stderr = metrics.get(f"{name}_stderr,{filt}")
+            if name in BINARY_METRICS and n:
+                ci, how = wilson(round(value * n), n), "Wilson"
+            elif isinstance(stderr, (int, float)) and not isinstance(stderr, bool):
+                ci, how = (value - 1.96 * stderr, value + 1.96 * stderr), "+-1.96 stderr"
+            else:
+                ci, how = None, "-"
+            label = name if filt in ("", "none") else f"{name} ({filt})"
+            lines.append(f"| {task} | {label} | {n or '-'} | {fmt_value(value, ci, '.4f')} | {how} |")
+    return "\n".join(lines) + "\n"
+
+
+def _output_path(argv: list[str]) -> Path | None:
+    for i, a in enumerate(argv):
+        if a in ("--output_path", "-o") and i + 1 < len(argv):
+            return Path(argv[i + 1])
+        if a.startswith("--output_path="):
+            return Path(a.split("=", 1)[1])
+    return None
+
+
+def print_intervals(output_path: Path, since: float) -> None:
+    """Print `interval_table` for each results file lm-eval wrote under ``output_path`` since ``since``."""
+    root = output_path.parent if output_path.suffix == ".json" else output_path
+    fresh = sorted(p for p in root.rglob("*.json") if p.stat().st_mtime >= since and "results" in p.name)
+    for path in fresh:
+        body = json.loads(path.read_text())
+        if isinstance(body, dict) and "results" in body:
+            print(f"\nxdlm-tune lm-eval: {path.name} with 95% intervals\n\n{interval_table(body)}", end="")
 
 
 def _given(argv: list[str], *flags: str) -> bool:
@@ -50,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         print(HELP)
     old = sys.argv
     sys.argv = ["lm-eval", *build_argv(argv)]
+    started = time.time() - 1  # results files written from now on are this run's
     try:
         with _quiet_git_hash():
             cli_evaluate()
@@ -66,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         sys.argv = old
+    out = _output_path(argv)
+    if out is not None and (out.parent if out.suffix == ".json" else out).is_dir():
+        print_intervals(out, started)
     return 0
 
 

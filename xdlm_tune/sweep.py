@@ -231,6 +231,7 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
         gen = _cached(cache, run_key)
         if gen is None:
             em = checkpoint_model(folder, device, label=f"k={k:g}")
+            (folder / "samples_genppl.jsonl").write_text("")  # measured again: the old samples go
             prefixes = prefixes or make_prefixes(
                 em.tokenizer, recipe=recipe, n=args.num_samples, prefix_tokens=args.prefix_tokens
             )
@@ -260,9 +261,10 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
                 "entropy": g["entropy"],
                 "n": g["n"],
                 "ended": g["ended"],
+                **{key: g.get(key) for key in ("gen_ppl_ci", "entropy_ci", "ended_ci")},
             }
             if code:
-                row["syntax_valid"] = g["syntax_valid"]
+                row["syntax_valid"], row["syntax_valid_ci"] = g["syntax_valid"], g.get("syntax_valid_ci")
             rows.append(row)
         if i == 0 and cached_ref is None:  # references: the untrained conversion and the judge itself
             em0 = untrained_model(recipe, device, dtype=dtype)
@@ -290,6 +292,7 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
             _write_cache(ref_path, ref_key, cached_ref)
     rows.sort(key=lambda r: (r["k"], r["steps"]))  # whatever order --k trained them in
     return {
+        "comparisons": k_vs_k0(out, args.k, args.steps),
         "settings": {
             **settings,
             "k": args.k,
@@ -309,13 +312,79 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
     }
 
 
+def k_vs_k0(out: Path, ks, steps) -> list[dict]:
+    """Each k against k = 0 at each step budget, paired on the same prompts (`xdlm-tune compare`'s
+    code: gen-PPL ratio, entropy difference, McNemar on compile and EOS flips); [] without k = 0."""
+    from .evaluation.compare import CompareError, compare_runs
+
+    if 0 not in ks:
+        return []
+    found = []
+    for k in sorted(k for k in ks if k != 0):
+        for s in steps:
+            try:
+                (res,) = compare_runs(
+                    run_dir(out, 0) / "samples_genppl.jsonl",
+                    run_dir(out, k) / "samples_genppl.jsonl",
+                    steps=[s],
+                    allow=["k"],  # what the sweep varies; everything else must match
+                )
+            except CompareError as e:
+                res = {"a": {"steps": s}, "b": {"steps": s}, "error": str(e)}
+            found.append({"k": k, "steps": s, **res})
+    return found
+
+
+def _ci_of(r: dict, key: str):
+    """A row's interval of ``key``; for a rate without one (a sweep.json from before intervals),
+    Wilson from n and the rate (one sample per prompt)."""
+    from .evaluation.stats import wilson
+
+    ci = r.get(f"{key}_ci")
+    if ci is None and key in ("syntax_valid", "ended") and r.get(key) is not None and r.get("n"):
+        ci = wilson(round(r[key] * r["n"]), r["n"])
+    return ci
+
+
+def _flips(metrics: dict, name: str) -> str:
+    f = metrics.get(name)
+    return "-" if f is None else f"{len(f['a_only'])} / {len(f['b_only'])} ({f['mcnemar_p']:.2g})"
+
+
+def comparison_markdown(comparisons: list[dict]) -> str:
+    """The k vs k = 0 table: gen-PPL ratio and entropy difference with paired-bootstrap intervals,
+    compile and EOS flips with the exact McNemar p."""
+    from .evaluation.stats import fmt_value
+
+    lines = [
+        "Each k against k = 0 on the same prompts (paired; 95% paired-bootstrap intervals; McNemar: exact "
+        "two-sided test on the prompts that flip, k = 0 only / k only):",
+        "",
+        "| k vs 0 | steps | n | gen-PPL ratio k / 0 | entropy k - 0 | compiles flips (p) | EOS flips (p) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        if "error" in c:
+            lines.append(f"| {c['k']:g} | {c['steps']} | - | not paired: {c['error'].splitlines()[0]} | | | |")
+            continue
+        m = c["metrics"]
+        g, e = m["gen-PPL"], m["entropy"]
+
+        lines.append(
+            f"| {c['k']:g} | {c['steps']} | {c['n']} | {fmt_value(g['ratio'], g['ratio_ci'], '.3f')} "
+            f"| {fmt_value(e['diff'], e['diff_ci'], '+.3f')} | {_flips(m, 'compiles')} | {_flips(m, 'ended (EOS)')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------- outputs
 
 
 def markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     code = s["code"]
-    head = ["k", "steps", "held-out NELBO", "gen-PPL", "entropy"] + (["compiles"] if code else []) + ["ended"]
+    head = ["k", "steps", "held-out NELBO", "gen-PPL (95% CI)", "entropy (95% CI)"]
+    head += (["compiles (95% CI)"] if code else []) + ["ended (95% CI)"]
     where = s.get("prefixes") or (
         "unconditional" if not s["prefix_tokens"] else f"after {s['prefix_tokens']}-token held-out prefixes"
     )
@@ -330,40 +399,37 @@ def markdown(result: dict[str, Any]) -> str:
         "|" + "---|" * len(head),
     ]
 
-    def fmt(x, spec):
-        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+    from .evaluation.stats import fmt_rate, fmt_value
 
-    for r in result["rows"]:
+    def metrics(r):
         cells = [
-            f"{r['k']:g}",
-            str(r["steps"]),
-            fmt(r["heldout_nelbo"], ".3f"),
-            fmt(r["gen_ppl"], ".2f"),
-            fmt(r["entropy"], ".3f"),
+            fmt_value(r["gen_ppl"], r.get("gen_ppl_ci"), ".2f"),
+            fmt_value(r["entropy"], r.get("entropy_ci"), ".3f"),
         ]
         if code:
-            cells.append(fmt(None if r.get("syntax_valid") is None else 100 * r["syntax_valid"], ".1f"))
-        cells.append(f"{100 * r['ended']:.0f}%")
+            cells.append(fmt_rate(r.get("syntax_valid"), _ci_of(r, "syntax_valid")))
+        return cells + [fmt_rate(r["ended"], _ci_of(r, "ended"), digits=0)]
+
+    for r in result["rows"]:
+        cells = [f"{r['k']:g}", str(r["steps"]), fmt_value(r["heldout_nelbo"], None, ".3f"), *metrics(r)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         "Reference rows (untrained conversion at step 0 of the first run; the AR judge's own samples):",
         "",
-        "| model | steps | held-out NELBO | gen-PPL | entropy |" + (" compiles |" if code else "") + " ended |",
-        "|---|---|---|---|---|" + ("---|" if code else "") + "---|",
+        "| model | " + " | ".join(head[1:]) + " |",
+        "|" + "---|" * len(head),
     ]
     for r in result["reference"]:
         cells = [
             r["label"],
             "AR" if r["steps"] is None else str(r["steps"]),
-            fmt(r.get("heldout_nelbo"), ".3f"),
-            fmt(r["gen_ppl"], ".2f"),
-            fmt(r["entropy"], ".3f"),
+            fmt_value(r.get("heldout_nelbo"), None, ".3f"),
+            *metrics(r),
         ]
-        if code:
-            cells.append(fmt(None if r.get("syntax_valid") is None else 100 * r["syntax_valid"], ".1f"))
-        cells.append(f"{100 * r['ended']:.0f}%")
         lines.append("| " + " | ".join(cells) + " |")
+    if result.get("comparisons"):
+        lines += ["", comparison_markdown(result["comparisons"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -389,6 +455,18 @@ def pareto_plot(result: dict[str, Any], path: Path) -> Path:
             label=f"{steps} steps",
         )
         for r in pts:
+            ci = r.get("gen_ppl_ci")
+            if ci is not None:  # the 95% bootstrap interval over samples
+                ax.errorbar(
+                    r["heldout_nelbo"],
+                    r["gen_ppl"],
+                    yerr=[[r["gen_ppl"] - ci[0]], [ci[1] - r["gen_ppl"]]],
+                    fmt="none",
+                    ecolor=f"C{i}",
+                    elinewidth=1.2,
+                    capsize=3,
+                    alpha=0.8,
+                )
             ax.plot(
                 r["heldout_nelbo"], r["gen_ppl"], markers[ks.index(r["k"]) % len(markers)], color=f"C{i}", markersize=7
             )
@@ -413,7 +491,8 @@ def pareto_plot(result: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel("held-out NELBO (nats/token, each run's own k)  ->  understanding")
     ax.set_ylabel("gen-PPL under the AR judge  ->  generation")
     s = result["settings"]
-    ax.set_title(f"{Path(s['recipe']).name}: {s['max_steps']} steps per k (lower-left is better)", fontsize=9)
+    bars = "bars: 95% interval; " if any(r.get("gen_ppl_ci") for r in rows) else ""
+    ax.set_title(f"{Path(s['recipe']).name}: {s['max_steps']} steps per k ({bars}lower-left is better)", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=120, bbox_inches="tight")

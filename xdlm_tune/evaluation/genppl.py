@@ -11,7 +11,10 @@ conversion):
   EOS when unconditional: the same document boundary), up to and including the first EOS when the
   sample has one, as the XDLM / MDLM small-scale code does.
 * entropy: the unigram entropy (nats) of each sample's own token ids up to its first EOS, averaged
-  over samples. Degenerate repetition gets a low perplexity AND a low entropy: read both.
+  over samples.
+* every metric has a 95% interval over the samples (stats.py): a bootstrap for gen-PPL (samples
+  resampled with their token counts) and entropy, Wilson for the compile and EOS rates. The
+  per-sample NLLs are saved with the samples, so `xdlm-tune compare` can pair two runs. Degenerate repetition gets a low perplexity AND a low entropy: read both.
 * syntax_valid (code data): the share of samples whose text compiles with ``compile()``: prefix +
   continuation for code prefixes, the answer alone after an SFT prompt (``compile_prefix=False``);
   nothing generated is ever executed here.
@@ -35,6 +38,7 @@ from ..console import progress
 from ..sampling import generate
 from .extract import syntax_valid
 from .harness import EvalModel, GenerationConfig
+from .stats import Interval, bootstrap_ci, fmt_rate, fmt_value, gen_ppl_ci, wilson
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,10 @@ class GenRow:
     scored_tokens: int
     syntax_valid: float | None = None  # code data only
     ended: float = 0.0  # share of samples that produced an EOS
+    gen_ppl_ci: Interval | None = None  # 95% intervals over the samples
+    entropy_ci: Interval | None = None
+    syntax_valid_ci: Interval | None = None
+    ended_ci: Interval | None = None
 
 
 # --------------------------------------------------------------------------- prefixes
@@ -227,11 +235,13 @@ def score(
     batch_size: int,
     judge_prefixes: Sequence[list[int]] | None = None,
     compile_prefix: bool = True,
+    details: list[dict] | None = None,
 ) -> GenRow:
     """The row of metrics for ``samples`` (generator token ids, decoded with ``gen_tok``).
 
     ``judge_prefixes``: the samples' prefixes already in judge ids (for the judge's own samples);
     otherwise the prefix text is re-tokenised, and an empty prefix becomes the judge's EOS.
+    ``details``: a list that gets one dict per sample (nll, scored tokens, entropy, compiles).
     """
     jt = judge.tokenizer
     judge_start = [start_token(jt)]
@@ -249,15 +259,26 @@ def score(
             valid.append(syntax_valid((prefix_text if compile_prefix else "") + text))
     nll = judge_nll(judge, contexts, targets, batch_size)
     total, n_tok = sum(v for v, _ in nll), sum(n for _, n in nll)
+    entropies = [unigram_entropy(s.ids) for s in samples]
+    ended = sum(s.ended for s in samples)
+    if details is not None:
+        details += [
+            {"nll": v, "tokens": t, "entropy": e, **({"compiles": c} if code else {})}
+            for (v, t), e, c in zip(nll, entropies, valid if code else [None] * len(samples))
+        ]
     return GenRow(
         label=label,
         steps=steps,
         n=len(samples),
         gen_ppl=math.exp(min(total / n_tok, 700.0)) if n_tok else math.nan,
-        entropy=sum(unigram_entropy(s.ids) for s in samples) / max(len(samples), 1),
+        entropy=sum(entropies) / max(len(samples), 1),
         scored_tokens=n_tok,
         syntax_valid=(sum(valid) / len(valid)) if code and valid else None,
-        ended=sum(s.ended for s in samples) / max(len(samples), 1),
+        ended=ended / max(len(samples), 1),
+        gen_ppl_ci=gen_ppl_ci([v for v, _ in nll], [t for _, t in nll]),
+        entropy_ci=bootstrap_ci(entropies),
+        syntax_valid_ci=wilson(sum(valid), len(valid)) if code and valid else None,
+        ended_ci=wilson(ended, len(samples)),
     )
 
 
@@ -285,10 +306,11 @@ def reference_rows(
         stripped = [Sample([], s.ids, s.ended) for s in samples]
         row = score(stripped, jt, judge, label=label, steps=None, code=False, batch_size=batch_size, judge_prefixes=jp)
         if code:
-            row.syntax_valid = sum(
+            compiles = sum(
                 syntax_valid((t if compile_prefix else "") + jt.decode(s.ids, skip_special_tokens=True))
                 for t, s in zip(texts, samples)
-            ) / len(samples)
+            )
+            row.syntax_valid, row.syntax_valid_ci = compiles / len(samples), wilson(compiles, len(samples))
         rows.append(row)
     return rows
 
@@ -297,20 +319,29 @@ def reference_rows(
 
 
 def markdown_table(rows: Sequence[GenRow], title: str = "") -> str:
+    """The genppl table; each metric as 'value [low, high]', its 95% interval over the samples."""
     code = any(r.syntax_valid is not None for r in rows)
-    head = ["model", "steps", "n", "gen-PPL", "entropy"] + (["compiles"] if code else []) + ["ended (EOS)"]
+    head = ["model", "steps", "n", "gen-PPL (95% CI)", "entropy (95% CI)"]
+    head += (["compiles (95% CI)"] if code else []) + ["ended (EOS) (95% CI)"]
     lines = ([f"# {title}", ""] if title else []) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r.label, "AR" if r.steps is None else str(r.steps), str(r.n), f"{r.gen_ppl:.2f}", f"{r.entropy:.3f}"]
+        cells = [
+            r.label,
+            "AR" if r.steps is None else str(r.steps),
+            str(r.n),
+            fmt_value(r.gen_ppl, r.gen_ppl_ci, ".2f"),
+            fmt_value(r.entropy, r.entropy_ci, ".3f"),
+        ]
         if code:
-            cells.append("-" if r.syntax_valid is None else f"{100 * r.syntax_valid:.1f}%")
-        cells.append(f"{100 * r.ended:.0f}%")
+            cells.append(fmt_rate(r.syntax_valid, r.syntax_valid_ci))
+        cells.append(fmt_rate(r.ended, r.ended_ci, digits=0))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def plot(rows: Sequence[GenRow], path: str | Path, title: str = "") -> Path:
-    """gen-PPL (log scale, left) and entropy (right) against steps; AR reference rows as horizontal lines."""
+    """gen-PPL (log scale, left) and entropy (right) against steps, each with its shaded 95% interval;
+    AR reference rows as horizontal lines over their interval."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -319,15 +350,25 @@ def plot(rows: Sequence[GenRow], path: str | Path, title: str = "") -> Path:
     axes = fig.subplots(1, 2)
     swept = [r for r in rows if r.steps is not None]
     labels = list(dict.fromkeys(r.label for r in swept))
+
+    def band(r: GenRow, key: str) -> tuple[float, float]:
+        return getattr(r, f"{key}_ci") or (getattr(r, key),) * 2
+
     for i, label in enumerate(labels):
         pts = sorted((r for r in swept if r.label == label), key=lambda r: r.steps)
         for ax, key in zip(axes, ("gen_ppl", "entropy")):
-            ax.plot([r.steps for r in pts], [getattr(r, key) for r in pts], "o-", color=f"C{i}", label=label)
+            xs, ci = [r.steps for r in pts], [band(r, key) for r in pts]
+            ax.fill_between(xs, [c[0] for c in ci], [c[1] for c in ci], color=f"C{i}", alpha=0.15, linewidth=0)
+            ax.plot(xs, [getattr(r, key) for r in pts], "o-", color=f"C{i}", label=label)
     for j, r in enumerate(r for r in rows if r.steps is None):
         for ax, key in zip(axes, ("gen_ppl", "entropy")):
-            ax.axhline(getattr(r, key), color=f"C{len(labels) + j}", linestyle=":", label=r.label)
+            colour = f"C{len(labels) + j}"
+            lo, hi = band(r, key)
+            ax.axhspan(lo, hi, color=colour, alpha=0.08, linewidth=0)
+            ax.axhline(getattr(r, key), color=colour, linestyle=":", label=r.label)
     steps = sorted({r.steps for r in swept})
-    for ax, name in zip(axes, ("gen-PPL under the AR judge (lower is better)", "unigram entropy per sample (nats)")):
+    names = ("gen-PPL under the AR judge (lower is better)", "unigram entropy per sample (nats)")
+    for ax, name in zip(axes, (f"{n}\n(shaded: 95% bootstrap interval over samples)" for n in names)):
         if steps:
             ax.set_xscale("log", base=2)
             ax.set_xticks(steps, [str(s) for s in steps])
@@ -354,19 +395,29 @@ def write_outputs(rows: Sequence[GenRow], out_dir: str | Path, title: str = "") 
     return {"json": out / "genppl.json", "md": out / "genppl.md", "png": plot(rows, out / "genppl.png", title)}
 
 
-def save_samples(path: Path, label: str, steps: int | None, samples: Sequence[Sample], tok) -> None:
-    """Append decoded samples (for reading; never executed)."""
+def save_samples(
+    path: Path,
+    label: str,
+    steps: int | None,
+    samples: Sequence[Sample],
+    tok,
+    details: Sequence[dict] | None = None,
+    sampler: dict | None = None,
+) -> None:
+    """Append decoded samples (for reading; never executed), each with its index among the prompts,
+    its scores (``details`` from `score`: the judge's NLL and scored tokens, entropy, compiles) and
+    the sampler settings, so that two runs can be paired prompt by prompt (`xdlm-tune compare`)."""
     with path.open("a") as f:
-        for s in samples:
-            f.write(
-                json.dumps(
-                    {
-                        "label": label,
-                        "steps": steps,
-                        "prefix": tok.decode(s.prefix, skip_special_tokens=True),
-                        "text": tok.decode(s.ids, skip_special_tokens=True),
-                        "ended": s.ended,
-                    }
-                )
-                + "\n"
-            )
+        for i, s in enumerate(samples):
+            row = {
+                "label": label,
+                "steps": steps,
+                "index": i,
+                "prefix": tok.decode(s.prefix, skip_special_tokens=True),
+                "text": tok.decode(s.ids, skip_special_tokens=True),
+                "ended": s.ended,
+                **(details[i] if details is not None else {}),
+            }
+            if sampler is not None:
+                row["sampler"] = sampler
+            f.write(json.dumps(row) + "\n")

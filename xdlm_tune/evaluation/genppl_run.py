@@ -151,10 +151,11 @@ def generation_metrics(
             seed=cfg.seed,
             compile_prefix=compile_prefix,
         )
+    from .harness import _settings_record
+
     for s in steps:
         samples = diffusion_samples(em, prefixes, s, cfg)
-        if samples_file is not None:
-            save_samples(samples_file, em.label, s, samples, em.tokenizer)
+        details: list[dict] = []
         rows.append(
             score(
                 samples,
@@ -165,8 +166,12 @@ def generation_metrics(
                 code=code,
                 batch_size=cfg.batch_size,
                 compile_prefix=compile_prefix,
+                details=details,
             )
         )
+        if samples_file is not None:
+            used = {**_settings_record(cfg.sampling.replace(steps=s)), "seed": cfg.seed}
+            save_samples(samples_file, em.label, s, samples, em.tokenizer, details, used)
     return rows
 
 

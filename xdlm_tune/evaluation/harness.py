@@ -101,7 +101,17 @@ def diffusion_generations(
     em: EvalModel, problems: Sequence[Problem], steps: int, cfg: GenerationConfig
 ) -> tuple[list[str], list[int]]:
     """One answer per problem from the diffusion sampler with ``steps`` forward passes, and the
-    forward passes (NFE) each answer needed (fewer than ``steps`` under a threshold).
+    forward passes (NFE) each answer needed (fewer than ``steps`` under a threshold)."""
+    answers, nfe = diffusion_answer_ids(em, problems, steps, cfg)
+    texts = em.tokenizer.batch_decode(answers, skip_special_tokens=True)
+    return [truncate(t, p.stop) for t, p in zip(texts, problems)], nfe
+
+
+@torch.no_grad()
+def diffusion_answer_ids(
+    em: EvalModel, problems: Sequence[Problem], steps: int, cfg: GenerationConfig
+) -> tuple[list[list[int]], list[int]]:
+    """The answer token ids (``gen_length`` each, before decoding) and NFE of every problem.
 
     A model whose forward takes no ``position_ids`` (remote code such as LLaDA's original)
     would see a left-padded row's positions shifted, so its prompts run in groups of equal
@@ -110,7 +120,7 @@ def diffusion_generations(
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     settings = cfg.sampling.replace(steps=steps)
     eos = em.tokenizer.eos_token_id
-    out: dict[int, tuple[str, int]] = {}
+    out: dict[int, tuple[list[int], int]] = {}
     for chunk in _prompt_batches(em, problems, cfg.batch_size):
         first = problems[chunk[0]]
         ids, mask = _encode(em.tokenizer, [problems[i].prompt for i in chunk], device, first.special_tokens)
@@ -125,7 +135,7 @@ def diffusion_generations(
             generator=gen,
             return_stats=True,
         )
-        out.update(zip(chunk, zip(_decode(em.tokenizer, seq[:, ids.shape[1] :], first.stop), stats.nfe.tolist())))
+        out.update(zip(chunk, zip(seq[:, ids.shape[1] :].tolist(), stats.nfe.tolist())))
     return [out[i][0] for i in range(len(problems))], [out[i][1] for i in range(len(problems))]
 
 
@@ -237,6 +247,8 @@ def run_evaluation(
             )
             records = check_generations(chunk, texts, workers=workers, **exec_kw)
             used = None if s is None else _settings_record(cfg.sampling.replace(steps=s))
+            # What `xdlm-tune compare` checks two runs against: the prompt format and the sampler;
+            # the seed and batch size are recorded for the invariance checks and for reading.
             rows = [
                 {
                     "label": label,
@@ -244,6 +256,9 @@ def run_evaluation(
                     "nfe": n,
                     "sampler": used,
                     "prompt": p.prompt,
+                    "prompt_format": p.prompt_format,
+                    "seed": cfg.seed,
+                    "batch_size": cfg.batch_size,
                     "generation": t,
                     **r,
                     "data": p.source,
@@ -270,13 +285,24 @@ def summarize_run(out_dir: str | Path, title: str = "") -> dict:
                 continue
     if not rows:
         raise ValueError(f"no samples under {out}: run the evaluation first")
+    from .invariance import summary_section
+
     summaries = summarize(rows)
     table = markdown_table(summaries)
     sources = sorted({r["data"] for r in rows if r.get("data")})
     if sources:  # which copy of the benchmark was scored (shipped / Hub revision / a local file)
         table += f"\nBenchmark data: {'; '.join(sources)}\n"
-    (out / "summary.md").write_text((f"# {title}\n\n" if title else "") + table)
+    checked = summary_section(out)
+    note = "Rates with 95% intervals (Wilson; pass@k over several samples: bootstrap over problems).\n"
+    (out / "summary.md").write_text((f"# {title}\n\n" if title else "") + table + "\n" + note + "\n" + checked)
     (out / "summary.json").write_text(json.dumps([s.__dict__ for s in summaries], indent=2))
     benchmark = str(rows[0].get("task_id", "")).split("/")[0].lower() or None  # "mbpp/11", "HumanEval/0"
     plot = plot_summary(summaries, out / "pass_at_1.png", benchmark=benchmark)
-    return {"table": table, "summary": summaries, "plot": plot, "samples": len(rows), "files": files}
+    return {
+        "table": table,
+        "summary": summaries,
+        "plot": plot,
+        "samples": len(rows),
+        "files": files,
+        "invariance": checked,
+    }

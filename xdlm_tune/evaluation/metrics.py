@@ -1,18 +1,28 @@
-"""Per-step-budget metrics: pass@1, syntax-valid rate, outcome breakdown; a table and a plot."""
+"""Per-step-budget metrics: pass@1, syntax-valid rate, outcome breakdown, each rate with its 95%
+interval (stats.py); a table and a plot."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from ..sandbox import STATUSES
+from .stats import Interval, fmt_rate, leading_number, pass_at_k_ci, wilson
+
+PASS_AT_K = (1, 5, 10)  # reported where every problem has at least k samples
 
 
 @dataclass(frozen=True)
 class Summary:
-    """One row: a model/sampler ``label`` at ``steps`` denoising steps (None: autoregressive)."""
+    """One row: a model/sampler ``label`` at ``steps`` denoising steps (None: autoregressive).
+
+    Rates come with 95% intervals: Wilson for proportions (pass@1 with one sample per problem,
+    the syntax-valid rate); with several samples per problem pass@1 and ``pass_at_k`` use the
+    unbiased estimator and a bootstrap over problems. A row built without intervals (by hand, or
+    read back from a table) gets Wilson intervals from its counts, one sample per problem assumed.
+    """
 
     label: str
     steps: int | None
@@ -22,6 +32,27 @@ class Summary:
     outcomes: dict[str, int] = field(default_factory=dict)  # count per status in STATUSES
     nfe: float | None = None  # mean forward passes per sample (None: not recorded, e.g. AR)
     jail: str = ""  # the sandbox's isolation level(s) the rows ran in: "bwrap", "namespaces", "in-process"
+    pass_at_1_ci: Interval | None = None
+    syntax_valid_ci: Interval | None = None
+    problems: int | None = None  # distinct problems (n / problems samples each); None: n
+    pass_at_k: dict[str, dict] = field(default_factory=dict)  # "pass@5": {"value": v, "ci": [lo, hi]}
+
+    def __post_init__(self):
+        # Frozen: fill the derived fields through object.__setattr__, once, at construction.
+        if self.pass_at_1_ci is None and self.n:
+            object.__setattr__(self, "pass_at_1_ci", wilson(round(self.pass_at_1 * self.n), self.n))
+        if self.syntax_valid_ci is None and self.n:
+            object.__setattr__(self, "syntax_valid_ci", wilson(round(self.syntax_valid_rate * self.n), self.n))
+        for name in ("pass_at_1_ci", "syntax_valid_ci"):  # JSON gives lists back
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, (float(value[0]), float(value[1])))
+
+    @classmethod
+    def from_dict(cls, row: Mapping) -> "Summary":
+        """A row of summary.json back as a Summary (unknown keys are ignored)."""
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in row.items() if k in names})
 
 
 def summarize(records: Iterable[Mapping]) -> list[Summary]:
@@ -42,13 +73,35 @@ def summarize(records: Iterable[Mapping]) -> list[Summary]:
         per_task: dict[object, list[bool]] = defaultdict(list)
         for i, r in enumerate(rows):
             per_task[r.get("task_id", i)].append(r["status"] == "passed")
-        pass_at_1 = sum(sum(v) / len(v) for v in per_task.values()) / len(per_task)
+        flags = list(per_task.values())
+        pass_at_1, pass_ci = pass_at_k_ci(flags, 1)
+        fewest = min(len(v) for v in flags)
+        pass_at_k = {}
+        for k in PASS_AT_K[1:]:
+            if fewest >= k:
+                value, ci = pass_at_k_ci(flags, k)
+                pass_at_k[f"pass@{k}"] = {"value": value, "ci": ci}
         outcomes = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
-        valid = sum(bool(r["syntax_valid"]) for r in rows) / len(rows)
+        n_valid = sum(bool(r["syntax_valid"]) for r in rows)
         nfes = [r["nfe"] for r in rows if r.get("nfe") is not None]
         nfe = sum(nfes) / len(nfes) if nfes else None
         jail = ",".join(sorted({str(r["jail"]) for r in rows if r.get("jail")}))
-        summaries.append(Summary(label, steps, len(rows), pass_at_1, valid, outcomes, nfe, jail))
+        summaries.append(
+            Summary(
+                label,
+                steps,
+                len(rows),
+                pass_at_1,
+                n_valid / len(rows),
+                outcomes,
+                nfe,
+                pass_at_1_ci=pass_ci,
+                syntax_valid_ci=wilson(n_valid, len(rows)),
+                problems=len(per_task),
+                pass_at_k=pass_at_k,
+                jail=jail,
+            )
+        )
     # Baseline (steps None) first within each label, then by step budget.
     return sorted(summaries, key=lambda s: (s.label, s.steps is not None, s.steps or 0))
 
@@ -63,23 +116,29 @@ def is_summary_row(row: object) -> bool:
 
 def summaries_from_rows(rows: Iterable[Mapping]) -> list[Summary]:
     """The rows of summary.json back as Summaries (keys a newer Summary lacks are ignored)."""
-    names = {f.name for f in fields(Summary)}
-    return [Summary(**{k: v for k, v in row.items() if k in names}) for row in rows]
+    return [Summary.from_dict(row) for row in rows]
+
+
+CI = " (95% CI)"  # the header suffix of a column whose cells carry an interval
 
 
 def markdown_table(summaries: Sequence[Summary]) -> str:
-    """A GitHub markdown table; the label column appears only when labels differ from ''."""
+    """A GitHub markdown table; rates as 'value [low, high]' (95% interval); the label column
+    appears only when labels differ from '', pass@k columns only when some row has them."""
     with_label = any(s.label for s in summaries)
-    head = (["model"] if with_label else []) + ["steps", "n", "pass@1", "syntax valid"]
-    head += ["passed", "wrong answer", "error", "timeout", "NFE"]
+    ks = list(dict.fromkeys(k for s in summaries for k in s.pass_at_k))
+    head = (["model"] if with_label else []) + ["steps", "n", f"pass@1{CI}", f"syntax valid{CI}"]
+    head += [f"{k}{CI}" for k in ks] + ["passed", "wrong answer", "error", "timeout", "NFE"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summaries:
+        n = str(s.n) if s.problems in (None, s.n) else f"{s.n} ({s.problems} problems)"
         cells = ([s.label] if with_label else []) + [
             "AR" if s.steps is None else str(s.steps),
-            str(s.n),
-            f"{100 * s.pass_at_1:.1f}%",
-            f"{100 * s.syntax_valid_rate:.1f}%",
+            n,
+            fmt_rate(s.pass_at_1, s.pass_at_1_ci),
+            fmt_rate(s.syntax_valid_rate, s.syntax_valid_ci),
         ]
+        cells += [fmt_rate(s.pass_at_k[k]["value"], s.pass_at_k[k]["ci"]) if k in s.pass_at_k else "-" for k in ks]
         cells += [str(s.outcomes.get(k, 0)) for k in STATUSES]
         cells.append("-" if s.nfe is None else f"{s.nfe:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -87,8 +146,9 @@ def markdown_table(summaries: Sequence[Summary]) -> str:
 
 
 def read_markdown_table(text: str) -> list[Summary]:
-    """The rows of a `markdown_table` (e.g. a committed results file) back as Summaries;
-    rates come back rounded to the table's 0.1%."""
+    """The rows of a `markdown_table` (e.g. a committed results file, with or without intervals)
+    back as Summaries; rates come back rounded to the table's 0.1%, intervals as Wilson from the
+    counts."""
     rows, head = [], None
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -97,15 +157,15 @@ def read_markdown_table(text: str) -> list[Summary]:
         if head is None:
             head = cells
             continue
-        r = dict(zip(head, cells))
+        r = {h.removesuffix(CI): c for h, c in zip(head, cells)}  # with or without intervals
         outcomes = {k: int(r[k.replace("_", " ")]) for k in STATUSES}
         rows.append(
             Summary(
                 r.get("model", ""),
                 None if r["steps"] == "AR" else int(r["steps"]),
-                int(r["n"]),
-                float(r["pass@1"].rstrip("%")) / 100,
-                float(r["syntax valid"].rstrip("%")) / 100,
+                int(r["n"].split()[0]),
+                leading_number(r["pass@1"]) / 100,
+                leading_number(r["syntax valid"]) / 100,
                 outcomes,
             )
         )
@@ -115,6 +175,15 @@ def read_markdown_table(text: str) -> list[Summary]:
 
 
 _METRICS = (("pass_at_1", "pass@1"), ("syntax_valid_rate", "syntax-valid rate"))
+_CI_OF = {"pass_at_1": "pass_at_1_ci", "syntax_valid_rate": "syntax_valid_ci"}
+
+
+def _ci(s: Summary, attr: str) -> tuple[float, float]:
+    """The row's 95% interval of ``attr`` in percent (the value itself when it has none)."""
+    ci = getattr(s, _CI_OF[attr]) or (getattr(s, attr),) * 2
+    return 100 * ci[0], 100 * ci[1]
+
+
 _BENCHMARK_NAMES = {"mbpp": "MBPP", "humaneval": "HumanEval"}
 
 
@@ -126,9 +195,9 @@ def ar_name(label: str) -> str:
 
 def summary_figure(summaries: Sequence[Summary], title: str = "", benchmark: str | None = None):
     """The evaluation figure: one panel per metric (pass@1, syntax-valid rate). Diffusion rows are
-    marked lines over the step budgets, one colour per label (bars when there is one budget);
-    autoregressive rows are labelled horizontal reference lines in both panels. The title names
-    the benchmark and n."""
+    marked lines over the step budgets with a shaded 95% band, one colour per label (bars with
+    error bars when there is one budget); autoregressive rows are labelled horizontal reference
+    lines with a hatched band in both panels. The title names the benchmark and n."""
     # Figure + Agg canvas directly: no pyplot, so no global backend is switched in the caller.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -146,19 +215,34 @@ def summary_figure(summaries: Sequence[Summary], title: str = "", benchmark: str
             width = 0.8 / max(len(labels), 1)
             for i, label in enumerate(labels):
                 (s,) = [r for r in diffusion if (r.label or "diffusion") == label]
-                bar = ax.bar(
+                value, (lo, hi) = 100 * getattr(s, attr), _ci(s, attr)
+                ax.bar(
                     i * width,
-                    100 * getattr(s, attr),
+                    value,
                     width=width * 0.9,
                     color=f"C{i % 10}",
+                    alpha=0.85,
                     label=f"{label} ({steps[0]} steps)",
                 )
-                ax.bar_label(bar, fmt="%.1f%%", fontsize=8)
+                ax.errorbar(
+                    i * width, value, yerr=[[value - lo], [hi - value]], fmt="none", ecolor="0.2", elinewidth=1.2
+                )
+                ax.text(i * width + width * 0.05, value + 1.5, f"{value:.1f}%", ha="left", va="bottom", fontsize=8)
             ax.set_xticks([(len(labels) - 1) * width / 2], [f"{steps[0]} denoising steps"])
             ax.set_xlim(-0.6, (len(labels) - 1) * width + 0.6)
         else:
             for i, label in enumerate(labels):
                 rows = sorted((r for r in diffusion if (r.label or "diffusion") == label), key=lambda r: r.steps)
+                band = [_ci(r, attr) for r in rows]
+                ax.fill_between(
+                    [r.steps for r in rows],
+                    [b[0] for b in band],
+                    [b[1] for b in band],
+                    color=f"C{i % 10}",
+                    alpha=0.15,
+                    linewidth=0,
+                    zorder=2,
+                )
                 ax.plot(
                     [r.steps for r in rows],
                     [100 * getattr(r, attr) for r in rows],
@@ -178,7 +262,19 @@ def summary_figure(summaries: Sequence[Summary], title: str = "", benchmark: str
         # AR rows last and on top, so a reference at 0% or 100% is not hidden by a curve or the axis.
         at_right = blended_transform_factory(ax.transAxes, ax.transData)
         for j, s in enumerate(ar):
-            value = 100 * getattr(s, attr)
+            value, (lo, hi) = 100 * getattr(s, attr), _ci(s, attr)
+            ax.fill_between(
+                [0, 1],
+                [lo, lo],
+                [hi, hi],
+                transform=at_right,
+                facecolor="none",
+                edgecolor=("0.15", "0.45", "0.65")[j % 3],
+                hatch="///",
+                alpha=0.35,
+                linewidth=0,
+                zorder=1,
+            )
             ax.axhline(
                 value,
                 color=("0.15", "0.45", "0.65")[j % 3],
@@ -201,7 +297,7 @@ def summary_figure(summaries: Sequence[Summary], title: str = "", benchmark: str
         ax.set_title(name)
         ax.set_ylim(-4, 108)  # 0% and 100% stay off the frame
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("% of problems")
+    axes[0].set_ylabel("% of problems (bars / bands: 95% interval)")
     handles, names = axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, names, loc="lower center", ncol=min(len(handles), 3), fontsize=9, frameon=False)

@@ -92,6 +92,12 @@ def build_parser(benchmark: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0, help="sampler seed")
     ap.add_argument("--ar-baseline", action="store_true", help="also evaluate the original causal model, greedy AR")
     ap.add_argument("--no-diffusion", action="store_true", help="only the AR baseline")
+    ap.add_argument(
+        "--check-invariance",
+        action="store_true",
+        help="also regenerate at the first budget at batch 1 and 8 (left padding) and with the exact cache "
+        "settings (refresh_every=1), and say whether the answers are identical (summary.md, invariance.json)",
+    )
     ap.add_argument("--label", default=None, help="row label for the diffusion model")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per program (default 20)")
     ap.add_argument("--workers", type=int, default=None, help="parallel executor processes")
@@ -320,13 +326,25 @@ def eval_main(argv: list[str] | None = None, *, benchmark: str | None = None) ->
         workers=args.workers,
     )
     state.wait_for_everyone()
+    broken = []
     if state.is_main_process:
+        if args.check_invariance and not args.no_diffusion:
+            from . import invariance
+
+            print(f"[eval] checking invariance at {args.steps[0]} steps (batch 1 and {invariance.BATCH}, cache)")
+            checks = invariance.check_invariance(models[-1], problems, args.steps[0], cfg)
+            invariance.write(checks, args.out, steps=args.steps[0], temperature=settings.temperature, seed=args.seed)
+            broken = invariance.failed(checks)
         res = summarize_run(args.out, title=f"{benchmark} pass@1 ({len(problems)} problems)")
         print("\n" + res["table"])
+        print(res["invariance"])
         files = ", ".join(str(f) for f in res["files"])
         print(f"[eval] samples: {files}; table: {Path(args.out) / 'summary.md'}; plot: {res['plot']}")
+        if broken:
+            names = ", ".join(c.variant for c in broken)
+            print(f"[eval] a claimed invariance does not hold ({names}): a sampler bug; please report it")
     state.destroy_process_group()  # a clean exit for launched runs (no-op for one process)
-    return 0
+    return 1 if broken else 0
 
 
 def _benchmark_arg(argv: list[str]) -> str | None:
