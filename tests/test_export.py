@@ -666,7 +666,7 @@ def test_export_card_renders_a_real_eval_summary_as_summary_md(tmp_path, capsys)
     card = (out / "README.md").read_text()
     table = (ev / "summary.md").read_text().strip()
     assert "## Evaluation\n\n" + table + "\n" in card
-    assert "| run1 | 4 | 3 | 33.3% | 66.7% | 1 | 1 | 1 | 0 | 4.0 |" in card
+    assert "| run1 | 4 | 3 | 33.3% [6.1, 79.2] | 66.7% [20.8, 93.9] | 1 | 1 | 1 | 0 | 4.0 |" in card
     assert "{'" not in card and str(out) not in card  # no Python dict anywhere; no local path of the export
     assert "\n# <your-hub-id>\n" in card and "repo = '<your-hub-id>'" in card and "# ex1" not in card
     config = json.loads((out / "config.json").read_text())

@@ -106,19 +106,6 @@ def summarize(records: Iterable[Mapping]) -> list[Summary]:
     return sorted(summaries, key=lambda s: (s.label, s.steps is not None, s.steps or 0))
 
 
-_ROW_KEYS = {"label", "steps", "n", "pass_at_1", "syntax_valid_rate"}
-
-
-def is_summary_row(row: object) -> bool:
-    """Whether `row` is one row of summary.json (a `Summary` as a dict)."""
-    return isinstance(row, Mapping) and _ROW_KEYS <= set(row)
-
-
-def summaries_from_rows(rows: Iterable[Mapping]) -> list[Summary]:
-    """The rows of summary.json back as Summaries (keys a newer Summary lacks are ignored)."""
-    return [Summary.from_dict(row) for row in rows]
-
-
 CI = " (95% CI)"  # the header suffix of a column whose cells carry an interval
 
 

@@ -40,18 +40,14 @@ def objective_name(k: float) -> str:
 
 
 def eval_table(summary: Any) -> str:
-    """Markdown for `eval_summary`: a markdown string (kept as is, e.g. summary.md), the rows of an
-    evaluation's summary.json (rendered by the eval summary's own renderer,
-    `evaluation.metrics.markdown_table`, so the card reads as summary.md does), another list of
-    row dicts, a dict of {row label: {column: value}}, or a flat dict of {metric: value}."""
-    from xdlm_tune.evaluation.metrics import is_summary_row, markdown_table, summaries_from_rows
-
+    """Markdown for `eval_summary`: a markdown string (kept as is: an evaluation's summary.md, written
+    by the eval summary's own renderer, so the card reads as summary.md does), a list of row dicts,
+    a dict of {row label: {column: value}}, or a flat dict of {metric: value}. (Export sits beside
+    evaluation, so it never imports its renderer: callers hand over summary.md's text.)"""
     if summary is None:
         return ""
     if isinstance(summary, str):
         return summary.strip()
-    if isinstance(summary, (list, tuple)) and summary and all(is_summary_row(r) for r in summary):
-        return markdown_table(summaries_from_rows(summary)).strip()
     if isinstance(summary, dict) and all(isinstance(v, dict) for v in summary.values()):
         rows = [{"": label, **values} for label, values in summary.items()]
     elif isinstance(summary, dict):
@@ -71,6 +67,8 @@ def eval_table(summary: Any) -> str:
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, dict):  # e.g. outcome counts: "passed 1, error 2", never a Python dict
+        return ", ".join(f"{k} {_cell(v)}" for k, v in value.items())
     if isinstance(value, dict):  # e.g. counts per status: "passed 1, error 2", not a Python dict
         return ", ".join(f"{k} {_cell(v)}" for k, v in value.items())
     return str(value).replace("|", "\\|").replace("\n", " ")

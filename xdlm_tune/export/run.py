@@ -97,8 +97,7 @@ def export_main(argv: list[str] | None = None) -> int:
         extra["dtype"] = args.dtype
     try:
         if args.eval_summary:
-            text = Path(args.eval_summary).read_text()
-            extra["eval_summary"] = json.loads(text) if args.eval_summary.endswith(".json") else text
+            extra["eval_summary"] = _eval_summary(Path(args.eval_summary))
         out = export_run(args.path, args.out, name=args.push_to_hub, repo_id=args.push_to_hub, **extra)
     except (ExportError, CheckpointError, RecipeError, OSError, ValueError) as err:
         print(f"xdlm-tune export: {err}", file=sys.stderr)
@@ -112,3 +111,13 @@ def export_main(argv: list[str] | None = None) -> int:
             return 1
         print(f"pushed to {url}")
     return 0
+
+
+def _eval_summary(path: Path) -> str | list:
+    """What --eval-summary names, for the card: summary.md's text as is; for an evaluation's
+    summary.json, the summary.md written beside it (the same rows through the eval summary's own
+    renderer: rates with intervals, a column per status); other JSON rows as they are."""
+    if path.suffix == ".json":
+        beside = path.with_suffix(".md")
+        return beside.read_text() if beside.is_file() else json.loads(path.read_text())
+    return path.read_text()
