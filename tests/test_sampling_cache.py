@@ -173,6 +173,55 @@ def test_a_revision_inside_the_cache_triggers_a_refresh(model, revise_prompt):
                 last = c
 
 
+class Sequences(Recording):
+    """Records, at every forward pass, the whole sequence the sampler holds: a cached step's
+    ``input_ids`` is a slice (a view) of it, so the tokens it does not run are read from its base."""
+
+    def forward(self, **kw):
+        ids = kw["input_ids"]
+        whole = ids if ids._base is None else ids._base
+        self.calls.append((ids.shape[1], whole.clone()))
+        return self.model(**kw)
+
+
+@pytest.mark.parametrize("shift", [False, True])
+@pytest.mark.parametrize("revise_prompt", [False, True])
+def test_every_rewrite_of_a_held_position_is_followed_by_a_full_pass(model, revise_prompt, shift):
+    """refresh="step", exactly: within a block, step j > 0 is a full pass iff step j - 1 rewrote a
+    position whose keys/values the cache holds (before the block's first query; with shift the
+    position just before the block runs in the cached step itself)."""
+    ids, mask = padded([5, 3], seed=4)
+    P, G, block, steps = ids.shape[1], 16, 4, 16
+    rec = Sequences(model)
+    out = generate(
+        rec,
+        ids,
+        steps=steps,
+        gen_length=G,
+        block_length=block,
+        sampler="xdlm",
+        k=0.5,
+        temperature=0.0,
+        mask_id=MASK,
+        attention_mask=mask,
+        cache="dual",
+        refresh="step",
+        shift=shift,
+        revise_prompt=revise_prompt,
+    )
+    assert len(rec.calls) == steps and all(whole.shape[1] == P + G for _, whole in rec.calls)
+    full = [n == P + G for n, _ in rec.calls]
+    states = [whole for _, whole in rec.calls] + [out]  # the sequence entering each step, then the result
+    per_block, r_lo = steps * block // G, 0 if revise_prompt else P
+    want = []
+    for j in range(steps):
+        lo = P + (j // per_block) * block
+        held = slice(r_lo, lo - int(shift))
+        want.append(j % per_block == 0 or not torch.equal(states[j - 1][:, held], states[j][:, held]))
+    assert full == want
+    assert sum(want) > G // block and not all(want)  # refreshes happened, and cached steps too
+
+
 def test_threshold_reveals_at_least_one_per_step_and_stops_early(model):
     ids, mask = padded([5, 2, 4], seed=5)
     P, G, block, steps = ids.shape[1], 12, 4, 12
