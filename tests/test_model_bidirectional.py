@@ -167,3 +167,32 @@ def test_flash_attention_2_becomes_bidirectional(family):
     assert not is_bidirectional(model)
     make_bidirectional(model)
     assert is_bidirectional(model)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", ["mistral", "gemma2", "gemma3_text"])
+def test_annealed_mask_keeps_the_window_on_both_sides(family):
+    """Half-way through annealing, a sliding-window layer sees exactly the annealed mask's keys
+    that lie within the window (|i - j| < W): future keys beyond it stay hidden like past ones.
+    One sliding layer, so position i's output changes with token e iff i may attend to e."""
+    W, n = 3, 12
+    overrides = {"num_hidden_layers": 1, "sliding_window": W}
+    if family != "mistral":
+        overrides["layer_types"] = ["sliding_attention"]
+    ones = torch.ones(1, n, dtype=torch.long)
+    allowed = annealed_attention_mask(ones, 0.5, generator=torch.Generator().manual_seed(1))
+    pos = torch.arange(n)
+    distance = (pos[:, None] - pos[None, :]).abs()
+    for backend in ["eager"] if family == "gemma2" else ["sdpa", "eager"]:
+        model = make_bidirectional(tiny_model(family, attn_implementation=backend, **overrides))
+        ids = random_ids(1, n)
+        base = denoiser_hidden(model, ids, ones, shift=False, attention_bias=allowed)[0]
+        for e in (1, n - 2):  # an early token (seen by later queries), a late one (by earlier queries)
+            edited = ids.clone()
+            edited[0, e] = (ids[0, e] + 1) % 100 + 3
+            got = denoiser_hidden(model, edited, ones, shift=False, attention_bias=allowed)[0]
+            changed = (got - base).abs().amax(-1) > 1e-6
+            sees = allowed[0, 0, :, e] & (distance[:, e] < W)
+            # The draw opens keys beyond the window on this side: a one-sided window would show them.
+            assert (allowed[0, 0, :, e] & (distance[:, e] >= W)).any()
+            assert torch.equal(changed, sees), (backend, e, changed, sees)
