@@ -1,0 +1,140 @@
+"""Mutation check: plant realistic one-line bugs, one at a time, and confirm a fast test fails on each.
+
+    python tests/mutants.py            # every mutant; exit 1 on a survivor or a stale old text
+    python tests/mutants.py -k cache   # the mutants whose name contains "cache"
+    python tests/mutants.py --list     # names, files and selections only
+    python tests/mutants.py -v         # also how each killed mutant failed
+
+Each mutant is (name, file, old text, new text, test selection). The old text must occur exactly
+once in the file (a refactor that moves it makes the script fail loudly: update the entry). The
+tree is copied to a temporary folder once; each mutant is applied there, its selection is run
+with pytest (PYTHONPATH and cwd at the copy), and the file is restored. The working tree is never
+touched. First the union of all selections runs on the unmutated copy: a mutant only counts as
+killed when its tests pass without it. Selections are fast-suite tests (no ``slow`` mark).
+
+Not a test module: pytest collects ``test_*.py`` only (setup.cfg sets no other python_files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SKIP = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache", "build", "dist", "*.egg-info")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+M = Mutant
+MUTANTS = [
+    # --- the four the first mutation round let through (issue 24)
+    M(
+        "held-rewrite-refresh",
+        "xdlm_tune/sampling/generate.py",
+        "bool(rewrite[:, :n_held].any())",
+        "bool(rewrite[:, n_held:].any())",
+        ("tests/test_sampling_cache.py::test_every_rewrite_of_a_held_position_is_followed_by_a_full_pass",),
+    ),
+    M(
+        "resume-without-rng",
+        "xdlm_tune/train/loop.py",
+        "state = read_state(resume_from, rank, world)",
+        "state = read_state(resume_from, rank, world, restore_rng=False)",
+        ("tests/test_train.py::test_resume_with_lora_dropout_matches_the_uninterrupted_run",),
+    ),
+    M(
+        "revision-budget-float64",
+        "xdlm_tune/sampling/generate.py",
+        "acc = (reveals.cumsum(0).to(torch.float32) * k / (1 - k)).to(torch.long)",
+        "acc = (reveals.cumsum(0).to(torch.float64) * k / (1 - k)).to(torch.long)",
+        ("tests/test_sampler_budget.py::test_revision_budget_is_the_authors_float32_rule_where_float64_differs",),
+    ),
+    M(
+        "one-sided-sliding-window",
+        "xdlm_tune/model/bidirectional.py",
+        "allowed & ((pos[:, None] - pos[None, :]).abs() < window)",
+        "allowed & ((pos[:, None] - pos[None, :]) < window)",
+        ("tests/test_model_bidirectional.py::test_annealed_mask_keeps_the_window_on_both_sides",),
+    ),
+]
+
+
+def selection_passes(root: Path, tests: tuple[str, ...], timeout: float) -> tuple[bool, str]:
+    """Run pytest on ``tests`` inside ``root``; (passed, last lines of its output)."""
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", *tests]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    try:
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False, f"timed out after {timeout:.0f} s"
+    out = (proc.stdout + proc.stderr).strip().splitlines()
+    why = [line for line in out if line.startswith("E ")][:3] + [line for line in out if line.startswith("FAILED")]
+    return proc.returncode == 0, "\n".join(why or out[-3:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-k", default="", help="only the mutants whose name contains this")
+    ap.add_argument("--list", action="store_true", help="print the mutants and exit")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per pytest run")
+    ap.add_argument("-v", "--verbose", action="store_true", help="show how each killed mutant failed")
+    args = ap.parse_args(argv)
+    chosen = [m for m in MUTANTS if args.k in m.name]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name}: {m.file}: {m.old!r} -> {m.new!r}\n    {' '.join(m.tests)}")
+        return 0
+    if not chosen:
+        print(f"no mutant name contains {args.k!r}", file=sys.stderr)
+        return 2
+
+    with tempfile.TemporaryDirectory(prefix="xdlm-mutants-") as tmp:
+        root = Path(tmp) / "tree"
+        shutil.copytree(REPO, root, symlinks=True, ignore=SKIP)
+        stale = [m for m in chosen if (root / m.file).read_text().count(m.old) != 1]
+        for m in stale:
+            print(f"STALE     {m.name}: {m.old!r} is not in {m.file} exactly once")
+        union = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
+        ok, tail = selection_passes(root, union, args.timeout)
+        if not ok:
+            print(f"the selected tests fail without any mutant:\n{tail}", file=sys.stderr)
+            return 1
+        survivors = []
+        for m in chosen:
+            if m in stale:
+                continue
+            path = root / m.file
+            original = path.read_text()
+            path.write_text(original.replace(m.old, m.new))
+            start = time.perf_counter()
+            try:
+                passed, tail = selection_passes(root, m.tests, args.timeout)
+            finally:
+                path.write_text(original)
+            verdict = "SURVIVED" if passed else "killed"
+            print(f"{verdict:9} {m.name} ({time.perf_counter() - start:.0f} s)")
+            if args.verbose and not passed:
+                print("    " + tail.replace("\n", "\n    "))
+            if passed:
+                survivors.append(m.name)
+    print(f"{len(chosen) - len(survivors) - len(stale)} killed, {len(survivors)} survived, {len(stale)} stale")
+    return 1 if survivors or stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
