@@ -46,6 +46,67 @@ def test_conversion_lets_later_tokens_change_earlier_positions(family):
     torch.testing.assert_close(model(ids).logits, after[0], atol=1e-5, rtol=1e-5)
 
 
+def _layer_io(model, ids, layer, replace_input=None):
+    """(input, output) hidden states [B, L, H] of decoder layer ``layer``; ``replace_input(h)`` may
+    change that layer's input first."""
+    seen = {}
+
+    def pre(module, args, kwargs):
+        h = args[0] if args else kwargs["hidden_states"]
+        if replace_input is not None:
+            h = replace_input(h)
+            args, kwargs = ((h, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": h})
+        seen["in"] = h
+        return args, kwargs
+
+    def post(module, args, kwargs, out):
+        seen["out"] = out[0] if isinstance(out, tuple) else out
+
+    block = model.model.layers[layer]
+    handles = [
+        block.register_forward_pre_hook(pre, with_kwargs=True),
+        block.register_forward_hook(post, with_kwargs=True),
+    ]
+    try:
+        model(ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen["in"], seen["out"]
+
+
+def _layer_sees_the_future(model, ids, layer) -> torch.Tensor:
+    """[L - 1] bool: does decoder layer ``layer``'s output at each earlier position change when only
+    the last position of its input changes (the last token edited, the rest of its input reset)?"""
+    edited = ids.clone()
+    edited[0, -1] = (ids[0, -1] + 1) % 100 + 3
+    h_in, h_out = _layer_io(model, ids, layer)
+    e_in, e_out = _layer_io(model, edited, layer, lambda h: torch.cat([h_in[:, :-1], h[:, -1:]], 1))
+    assert not torch.equal(e_in[:, -1], h_in[:, -1]) and torch.equal(e_in[:, :-1], h_in[:, :-1])
+    return (e_out - h_out)[0, :-1].abs().amax(-1) > 1e-6
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_conversion_makes_every_layer_see_the_future_at_every_position(family):
+    """Layer by layer, every earlier position sees the last one. (End to end, one bidirectional
+    layer is enough to carry a later token back, so a layer left causal would go unseen there.)"""
+    model = make_bidirectional(tiny_model(family, num_hidden_layers=3))
+    ids = random_ids(1, L)
+    for layer in range(3):
+        assert _layer_sees_the_future(model, ids, layer).all(), layer
+    # The probe tells a causal layer apart: a causal mask planted on layer 1 only.
+    causal = torch.ones(L, L, dtype=torch.bool).tril()[None, None]
+    hook = model.model.layers[1].self_attn.register_forward_pre_hook(
+        lambda module, args, kwargs: (args, {**kwargs, "attention_mask": causal}), with_kwargs=True
+    )
+    try:
+        assert not _layer_sees_the_future(model, ids, 1).any()
+        assert _layer_sees_the_future(model, ids, 2).all()
+    finally:
+        hook.remove()
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("family", ["mistral", "gemma2", "gemma3_text"])
 def test_sliding_windows_become_symmetric(family):
