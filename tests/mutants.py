@@ -4,6 +4,7 @@
     python tests/mutants.py -k cache   # the mutants whose name contains "cache"
     python tests/mutants.py --list     # names, files and selections only
     python tests/mutants.py -v         # also how each killed mutant failed
+    python tests/mutants.py -k budget --against "tests/test_sampler_budget.py -k hand"  # other tests
 
 Each mutant is (name, file, old text, new text, test selection). The old text must occur exactly
 once in the file (a refactor that moves it makes the script fail loudly: update the entry). The
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,6 +72,35 @@ MUTANTS = [
         "allowed & ((pos[:, None] - pos[None, :]) < window)",
         ("tests/test_model_bidirectional.py::test_annealed_mask_keeps_the_window_on_both_sides",),
     ),
+    # --- weak spots the first round caught only incidentally
+    M(
+        "truncate-drops-the-last-character",
+        "xdlm_tune/evaluation/extract.py",
+        "if i >= 0), default=len(text))",
+        "if i >= 0), default=len(text) - 1)",
+        ("tests/test_tasks.py::test_extraction_of_generations_without_a_final_newline",),
+    ),
+    M(
+        "mbpp-first-assert-only",
+        "xdlm_tune/evaluation/tasks.py",
+        'asserts = list(r["test_list"]) + (',
+        'asserts = list(r["test_list"][:1]) + (',
+        ("tests/test_tasks.py::test_every_mbpp_assert_counts_in_every_format",),
+    ),
+    M(
+        "mbpp-lm-eval-two-asserts",
+        "xdlm_tune/evaluation/tasks.py",
+        '"\\n".join(asserts[:3]) + "\\n"',
+        '"\\n".join(asserts[:2]) + "\\n"',
+        ("tests/test_tasks.py::test_every_mbpp_assert_counts_in_every_format",),
+    ),
+    M(
+        "conversion-left-causal",
+        "xdlm_tune/model/bidirectional.py",
+        "    config.is_causal = False\n",
+        "    config.is_causal = True\n",
+        ("tests/test_model_bidirectional.py::test_conversion_makes_every_layer_see_the_future_at_every_position",),
+    ),
 ]
 
 
@@ -92,9 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-k", default="", help="only the mutants whose name contains this")
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per pytest run")
+    ap.add_argument("--against", help="run this pytest selection instead of each mutant's own (space-separated)")
     ap.add_argument("-v", "--verbose", action="store_true", help="show how each killed mutant failed")
     args = ap.parse_args(argv)
     chosen = [m for m in MUTANTS if args.k in m.name]
+    if args.against:
+        chosen = [replace(m, tests=tuple(args.against.split())) for m in chosen]
     if args.list:
         for m in chosen:
             print(f"{m.name}: {m.file}: {m.old!r} -> {m.new!r}\n    {' '.join(m.tests)}")
