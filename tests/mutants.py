@@ -10,8 +10,8 @@ Each mutant is (name, file, old text, new text, test selection). The old text mu
 once in the file (a refactor that moves it makes the script fail loudly: update the entry). The
 tree is copied to a temporary folder once; each mutant is applied there, its selection is run
 with pytest (PYTHONPATH and cwd at the copy), and the file is restored. The working tree is never
-touched. First the union of all selections runs on the unmutated copy: a mutant only counts as
-killed when its tests pass without it. Selections are fast-suite tests (no ``slow`` mark).
+touched. First every selection runs on the unmutated copy: a mutant only counts as killed when
+its tests pass without it. Selections are fast-suite tests (no ``slow`` mark).
 
 Not a test module: pytest collects ``test_*.py`` only (setup.cfg sets no other python_files).
 """
@@ -42,6 +42,7 @@ class Mutant:
 
 
 M = Mutant
+EXPORT_DEFAULTS = "tests/test_export.py::test_export_samples_with_the_recipes_eval_settings_by_default"
 MUTANTS = [
     # --- the four the first mutation round let through (issue 24)
     M(
@@ -101,6 +102,106 @@ MUTANTS = [
         "    config.is_causal = True\n",
         ("tests/test_model_bidirectional.py::test_conversion_makes_every_layer_see_the_future_at_every_position",),
     ),
+    # --- found here: the KV cache under threshold decoding, the export's generation settings
+    M(
+        "cache-stays-stale-after-a-refresh",
+        "xdlm_tune/sampling/generate.py",
+        "                    stale = False\n",
+        "                    pass\n",
+        ("tests/test_sampling_cache.py::test_every_rewrite_of_a_held_position_is_followed_by_a_full_pass",),
+    ),
+    M(
+        "threshold-finished-row-still-revises",
+        "xdlm_tune/sampling/generate.py",
+        "changed &= todo[:, None]",
+        "changed &= True",
+        ("tests/test_sampling_cache.py::test_threshold_a_finished_row_neither_revises_nor_counts_passes",),
+    ),
+    M(
+        "threshold-nfe-counts-finished-rows",
+        "xdlm_tune/sampling/generate.py",
+        "L, todo if cfg.threshold is not None else None",
+        "L, None",
+        ("tests/test_sampling_cache.py::test_threshold_a_finished_row_neither_revises_nor_counts_passes",),
+    ),
+    M(
+        "revision-budget-not-carried",
+        "xdlm_tune/sampling/generate.py",
+        "carry = allowed - rewrite.sum(-1)",
+        "carry = torch.zeros_like(carry)",
+        ("tests/test_sampler_budget.py::test_xdlm_budget_matches_the_authors_rule_step_by_step",),
+    ),
+    M(
+        "export-ignores-recipe-temperature",
+        "xdlm_tune/export/export.py",
+        'temperature=ev.get("temperature", gen["temperature"]),',
+        'temperature=gen["temperature"],',
+        (EXPORT_DEFAULTS,),
+    ),
+    M(
+        "export-ignores-recipe-final-step",
+        "xdlm_tune/export/export.py",
+        'final_step=ev.get("final_step", gen["final_step"]),',
+        'final_step=gen["final_step"],',
+        (EXPORT_DEFAULTS,),
+    ),
+    M(
+        "export-drops-recipe-threshold",
+        "xdlm_tune/export/export.py",
+        'for key in ("cache", "refresh", "refresh_every", "threshold") if key in ev',
+        'for key in ("cache", "refresh", "refresh_every") if key in ev',
+        (EXPORT_DEFAULTS,),
+    ),
+    M(
+        "hub-model-ignores-default-top-p",
+        "xdlm_tune/export/hub_model.py",
+        'top_p=defaults.get("top_p", 1.0) if top_p is None else top_p,',
+        "top_p=1.0 if top_p is None else top_p,",
+        (EXPORT_DEFAULTS,),
+    ),
+    M(
+        "hub-model-ignores-schedule",
+        "xdlm_tune/export/hub_model.py",
+        'schedule=settings.get("schedule", "linear"),',
+        'schedule="linear",',
+        (EXPORT_DEFAULTS,),
+    ),
+    M(
+        "hub-model-ignores-default-threshold",
+        "xdlm_tune/export/hub_model.py",
+        'threshold=defaults.get("threshold") if threshold is None else threshold,',
+        "threshold=threshold,",
+        (EXPORT_DEFAULTS,),
+    ),
+    M(
+        "hub-model-ignores-default-revise-prompt",
+        "xdlm_tune/export/hub_model.py",
+        'revise_prompt=defaults.get("revise_prompt", False) if revise_prompt is None else revise_prompt,',
+        "revise_prompt=False if revise_prompt is None else revise_prompt,",
+        (EXPORT_DEFAULTS,),
+    ),
+    M(
+        "hub-model-ignores-default-refresh",
+        "xdlm_tune/export/hub_model.py",
+        'refresh=defaults.get("refresh", "step") if refresh is None else refresh,',
+        'refresh="step" if refresh is None else refresh,',
+        (EXPORT_DEFAULTS,),
+    ),
+    # --- prompt formats
+    M(
+        "opencompass-prompt-without-bos",
+        "xdlm_tune/evaluation/tasks.py",
+        'special_tokens=prompt_format == "opencompass",',
+        "special_tokens=False,",
+        ("tests/test_mbpp_formats.py::test_only_opencompass_prompts_are_encoded_with_the_tokenizers_special_tokens",),
+    ),
+    M(
+        "harness-never-adds-special-tokens",
+        "xdlm_tune/evaluation/harness.py",
+        'enc = [tokenizer(p, add_special_tokens=special_tokens)["input_ids"] for p in prompts]',
+        'enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]',
+        ("tests/test_mbpp_formats.py::test_only_opencompass_prompts_are_encoded_with_the_tokenizers_special_tokens",),
+    ),
 ]
 
 
@@ -119,13 +220,13 @@ def selection_passes(root: Path, tests: tuple[str, ...], timeout: float) -> tupl
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-k", default="", help="only the mutants whose name contains this")
+    ap.add_argument("-k", default="", help="only the mutants whose name contains this (or one of a,b,...)")
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per pytest run")
     ap.add_argument("--against", help="run this pytest selection instead of each mutant's own (space-separated)")
     ap.add_argument("-v", "--verbose", action="store_true", help="show how each killed mutant failed")
     args = ap.parse_args(argv)
-    chosen = [m for m in MUTANTS if args.k in m.name]
+    chosen = [m for m in MUTANTS if any(part in m.name for part in args.k.split(","))]
     if args.against:
         chosen = [replace(m, tests=tuple(args.against.split())) for m in chosen]
     if args.list:
@@ -142,11 +243,15 @@ def main(argv: list[str] | None = None) -> int:
         stale = [m for m in chosen if (root / m.file).read_text().count(m.old) != 1]
         for m in stale:
             print(f"STALE     {m.name}: {m.old!r} is not in {m.file} exactly once")
-        union = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
-        ok, tail = selection_passes(root, union, args.timeout)
-        if not ok:
-            print(f"the selected tests fail without any mutant:\n{tail}", file=sys.stderr)
-            return 1
+        # Selections of test paths / node ids run together; ones with options (-k ...) on their own.
+        selections = list(dict.fromkeys(m.tests for m in chosen))
+        merged = tuple(dict.fromkeys(t for sel in selections if all(x.startswith("tests/") for x in sel) for t in sel))
+        others = [sel for sel in selections if not all(x.startswith("tests/") for x in sel)]
+        for sel in ([merged] if merged else []) + others:
+            ok, tail = selection_passes(root, sel, args.timeout)
+            if not ok:
+                print(f"the selected tests fail without any mutant ({' '.join(sel)}):\n{tail}", file=sys.stderr)
+                return 1
         survivors = []
         for m in chosen:
             if m in stale:
