@@ -678,3 +678,91 @@ def test_eval_label_of_a_run_names_its_checkpoint_step(tmp_path):
 
     training_run(tmp_path)
     assert checkpoint_model(tmp_path / "run", torch.device("cpu")).label == "run step 3"
+
+
+# --------------------------------------------------------------------------- the export's sampler defaults
+
+# Every eval option away from its default: what the recipe says is what the export samples with.
+RECIPE_EVAL = {
+    "xdlm": [
+        "eval.steps=[12]",
+        "eval.sampler=xdlm",
+        "eval.temperature=0.7",
+        "eval.top_p=0.9",
+        "eval.revise_prompt=true",
+        "eval.cache=dual",
+        "eval.refresh=block",
+        "eval.threshold=0.02",
+    ],
+    "ancestral": ["eval.steps=[6]", "eval.sampler=ancestral", "eval.temperature=0.8", "eval.final_step=ancestral"],
+}
+# Each of these settings changes the tokens on this model and prompt (checked): a default that
+# the export dropped would show.
+BITES = {
+    "xdlm": dict(temperature=0.5, top_p=1.0, revise_prompt=False, refresh="step", threshold=0.9),
+    "ancestral": dict(temperature=0.5, final_step="none", schedule="linear"),
+}
+
+
+@pytest.mark.parametrize("sampler", RECIPE_EVAL)
+def test_export_samples_with_the_recipes_eval_settings_by_default(tmp_path, sampler):
+    """The recipe's eval section -> config.json's generation block -> diffusion_generate's defaults:
+    with no arguments it samples exactly as generate() with those settings (same seed)."""
+    from transformers import AutoModelForCausalLM
+
+    from xdlm_tune.sampling import SamplerSettings
+
+    schedule, eps = ("loglinear", 0.01) if sampler == "ancestral" else ("linear", 1e-3)
+    recipe = load_recipe(
+        None,
+        [
+            f"diffusion.k={K}",
+            f"diffusion.schedule={schedule}",
+            f"diffusion.eps={eps}",
+            "eval.gen_length=12",
+            "eval.block_length=4",
+            *RECIPE_EVAL[sampler],
+        ],
+    )
+    model, tok, mask_id = trained("llama", False)
+    out = export_model(
+        model, tok, tmp_path / "out", mask_id=mask_id, k=K, shift=False, schedule=schedule, eps=eps, recipe=recipe
+    )
+    ev = recipe.eval
+    want = SamplerSettings(
+        steps=ev.steps[0],
+        gen_length=12,
+        block_length=4,
+        sampler=sampler,
+        temperature=ev.temperature,
+        top_p=ev.top_p,
+        k=K,
+        schedule=schedule,
+        eps=eps,
+        revise_prompt=ev.revise_prompt,
+        final_step=ev.final_step,
+        cache=ev.cache,
+        refresh=ev.refresh,
+        refresh_every=ev.refresh_every,
+        threshold=ev.threshold,
+    )
+    gen = read_settings(out)["generation"]
+    assert gen == {
+        "alg": sampler,
+        "max_new_tokens": 12,
+        "steps": ev.steps[0],
+        "block_length": 4,
+        **{key: getattr(want, key) for key in ("temperature", "top_p", "revise_prompt", "final_step")},
+        **{key: getattr(want, key) for key in ("cache", "refresh", "refresh_every", "threshold")},
+    }
+    loaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    _, _, prompts, prompt_mask = inputs(mask_id)
+    got = loaded.diffusion_generate(prompts, attention_mask=prompt_mask, generator=torch.Generator().manual_seed(3))
+
+    def sample(settings):
+        g = torch.Generator().manual_seed(3)
+        return generate(loaded, prompts, settings, mask_id=mask_id, attention_mask=prompt_mask, generator=g)
+
+    assert torch.equal(got, sample(want))
+    for key, other in BITES[sampler].items():
+        assert not torch.equal(got, sample(want.replace(**{key: other}))), key

@@ -81,3 +81,29 @@ def test_unknown_format_and_humaneval_format_are_refused(mbpp, benchmark_data):
     with pytest.raises(ValueError, match="MBPP only"):
         load_benchmark("humaneval", benchmark_data / "HumanEval.jsonl.gz", prompt_format="opencompass")
     assert MBPP_FORMATS == ("original", "opencompass", "lm-eval")
+
+
+@pytest.mark.parametrize("fmt", MBPP_FORMATS)
+def test_only_opencompass_prompts_are_encoded_with_the_tokenizers_special_tokens(mbpp, fmt):
+    """OpenCompass encodes its prompt with BOS (its LLaDA model's tokenizer call); the original
+    and lm-eval formats without. What reaches the model is checked, through the harness."""
+    from tiny_models import BOS_ID, tiny_model, tiny_tokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    from xdlm_tune.evaluation.harness import EvalModel, GenerationConfig, diffusion_generations
+    from xdlm_tune.sampling import SamplerSettings
+
+    tok = tiny_tokenizer()
+    tok._tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", BOS_ID)])
+    assert tok("w5")["input_ids"] == [BOS_ID, 5]  # a tokenizer that adds BOS when asked to
+    model = tiny_model("llama")
+    model.config.is_causal = False
+    seen = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["input_ids"]), with_kwargs=True)
+    problems = load_mbpp(mbpp, ids=[11], prompt_format=fmt)
+    cfg = GenerationConfig(sampling=SamplerSettings(gen_length=2, sampler="confidence", k=0.0), batch_size=1)
+    diffusion_generations(EvalModel(model, tok, "tiny", mask_id=120), problems, 1, cfg)
+    n = len(tok(problems[0].prompt, add_special_tokens=False)["input_ids"])
+    want = [BOS_ID] if fmt == "opencompass" else []
+    assert seen and seen[0].shape[1] == len(want) + n + 2
+    assert seen[0][0, : len(want)].tolist() == want and int(seen[0][0, len(want)]) != BOS_ID

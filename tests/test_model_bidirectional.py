@@ -46,6 +46,67 @@ def test_conversion_lets_later_tokens_change_earlier_positions(family):
     torch.testing.assert_close(model(ids).logits, after[0], atol=1e-5, rtol=1e-5)
 
 
+def _layer_io(model, ids, layer, replace_input=None):
+    """(input, output) hidden states [B, L, H] of decoder layer ``layer``; ``replace_input(h)`` may
+    change that layer's input first."""
+    seen = {}
+
+    def pre(module, args, kwargs):
+        h = args[0] if args else kwargs["hidden_states"]
+        if replace_input is not None:
+            h = replace_input(h)
+            args, kwargs = ((h, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": h})
+        seen["in"] = h
+        return args, kwargs
+
+    def post(module, args, kwargs, out):
+        seen["out"] = out[0] if isinstance(out, tuple) else out
+
+    block = model.model.layers[layer]
+    handles = [
+        block.register_forward_pre_hook(pre, with_kwargs=True),
+        block.register_forward_hook(post, with_kwargs=True),
+    ]
+    try:
+        model(ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen["in"], seen["out"]
+
+
+def _layer_sees_the_future(model, ids, layer) -> torch.Tensor:
+    """[L - 1] bool: does decoder layer ``layer``'s output at each earlier position change when only
+    the last position of its input changes (the last token edited, the rest of its input reset)?"""
+    edited = ids.clone()
+    edited[0, -1] = (ids[0, -1] + 1) % 100 + 3
+    h_in, h_out = _layer_io(model, ids, layer)
+    e_in, e_out = _layer_io(model, edited, layer, lambda h: torch.cat([h_in[:, :-1], h[:, -1:]], 1))
+    assert not torch.equal(e_in[:, -1], h_in[:, -1]) and torch.equal(e_in[:, :-1], h_in[:, :-1])
+    return (e_out - h_out)[0, :-1].abs().amax(-1) > 1e-6
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_conversion_makes_every_layer_see_the_future_at_every_position(family):
+    """Layer by layer, every earlier position sees the last one. (End to end, one bidirectional
+    layer is enough to carry a later token back, so a layer left causal would go unseen there.)"""
+    model = make_bidirectional(tiny_model(family, num_hidden_layers=3))
+    ids = random_ids(1, L)
+    for layer in range(3):
+        assert _layer_sees_the_future(model, ids, layer).all(), layer
+    # The probe tells a causal layer apart: a causal mask planted on layer 1 only.
+    causal = torch.ones(L, L, dtype=torch.bool).tril()[None, None]
+    hook = model.model.layers[1].self_attn.register_forward_pre_hook(
+        lambda module, args, kwargs: (args, {**kwargs, "attention_mask": causal}), with_kwargs=True
+    )
+    try:
+        assert not _layer_sees_the_future(model, ids, 1).any()
+        assert _layer_sees_the_future(model, ids, 2).all()
+    finally:
+        hook.remove()
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("family", ["mistral", "gemma2", "gemma3_text"])
 def test_sliding_windows_become_symmetric(family):
@@ -167,3 +228,32 @@ def test_flash_attention_2_becomes_bidirectional(family):
     assert not is_bidirectional(model)
     make_bidirectional(model)
     assert is_bidirectional(model)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", ["mistral", "gemma2", "gemma3_text"])
+def test_annealed_mask_keeps_the_window_on_both_sides(family):
+    """Half-way through annealing, a sliding-window layer sees exactly the annealed mask's keys
+    that lie within the window (|i - j| < W): future keys beyond it stay hidden like past ones.
+    One sliding layer, so position i's output changes with token e iff i may attend to e."""
+    W, n = 3, 12
+    overrides = {"num_hidden_layers": 1, "sliding_window": W}
+    if family != "mistral":
+        overrides["layer_types"] = ["sliding_attention"]
+    ones = torch.ones(1, n, dtype=torch.long)
+    allowed = annealed_attention_mask(ones, 0.5, generator=torch.Generator().manual_seed(1))
+    pos = torch.arange(n)
+    distance = (pos[:, None] - pos[None, :]).abs()
+    for backend in ["eager"] if family == "gemma2" else ["sdpa", "eager"]:
+        model = make_bidirectional(tiny_model(family, attn_implementation=backend, **overrides))
+        ids = random_ids(1, n)
+        base = denoiser_hidden(model, ids, ones, shift=False, attention_bias=allowed)[0]
+        for e in (1, n - 2):  # an early token (seen by later queries), a late one (by earlier queries)
+            edited = ids.clone()
+            edited[0, e] = (ids[0, e] + 1) % 100 + 3
+            got = denoiser_hidden(model, edited, ones, shift=False, attention_bias=allowed)[0]
+            changed = (got - base).abs().amax(-1) > 1e-6
+            sees = allowed[0, 0, :, e] & (distance[:, e] < W)
+            # The draw opens keys beyond the window on this side: a one-sided window would show them.
+            assert (allowed[0, 0, :, e] & (distance[:, e] >= W)).any()
+            assert torch.equal(changed, sees), (backend, e, changed, sees)

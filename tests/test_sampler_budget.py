@@ -107,6 +107,24 @@ def test_revision_quota_by_hand():
     assert _revision_quota(torch.tensor([3, 3, 2, 2]), 0.3).cumsum(0).tolist() == [0, 2, 3, 4]
 
 
+# (k, acc) where int(acc * k / (1 - k)) differs between float32 (the authors') and float64.
+FLOAT32_SENSITIVE = [(0.2, 172), (0.15, 119), (1 / 3, 2)]
+
+
+@pytest.mark.parametrize("k, acc", FLOAT32_SENSITIVE)
+def test_revision_budget_is_the_authors_float32_rule_where_float64_differs(k, acc):
+    """The cumulative budget at acc scheduled reveals, against a plain transcription of the
+    authors' int(acc * k / (1 - k)) with every operand a numpy float32."""
+    want = int(np.float32(acc) * np.float32(k) / np.float32(1 - k))
+    assert want != int(acc * k / (1 - k))  # the pair really tells float32 from float64
+    # Two steps: acc_0 = 1 (its budget is forced to 0), acc_1 = acc.
+    assert _revision_quota(torch.tensor([1, acc - 1]), k).cumsum(0).tolist() == [0, want]
+    # The same acc reached at the last of several steps (even shares: acc = steps * share).
+    steps = min(s for s in range(2, acc + 1) if acc % s == 0)
+    quota = _revision_quota(torch.full((steps,), acc // steps), k)
+    assert int(quota.sum()) == want
+
+
 @pytest.mark.parametrize("revise_prompt", [False, True])
 @pytest.mark.parametrize("gen,block,steps,k", [(12, 12, 4, 0.3), (12, 4, 6, 0.3), (16, 4, 8, 0.5), (18, 9, 6, 0.1)])
 def test_xdlm_budget_matches_the_authors_rule_step_by_step(gen, block, steps, k, revise_prompt):

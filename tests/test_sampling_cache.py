@@ -173,6 +173,58 @@ def test_a_revision_inside_the_cache_triggers_a_refresh(model, revise_prompt):
                 last = c
 
 
+class Sequences(Recording):
+    """Records, at every forward pass, the whole sequence the sampler holds: a cached step's
+    ``input_ids`` is a slice (a view) of it, so the tokens it does not run are read from its base."""
+
+    def forward(self, **kw):
+        ids = kw["input_ids"]
+        whole = ids if ids._base is None else ids._base
+        self.calls.append((ids.shape[1], whole.clone()))
+        return self.model(**kw)
+
+
+@pytest.mark.parametrize("shift", [False, True])
+@pytest.mark.parametrize("revise_prompt", [False, True])
+def test_every_rewrite_of_a_held_position_is_followed_by_a_full_pass(model, revise_prompt, shift):
+    """refresh="step", exactly: within a block, step j > 0 is a full pass iff step j - 1 rewrote a
+    position whose keys/values the cache holds (before the block's first query; with shift the
+    position just before the block runs in the cached step itself). Blocks of 8 steps, so that a
+    refresh is also followed by cached steps again (the cache is fresh after it)."""
+    ids, mask = padded([5, 3], seed=4)
+    P, G, block, steps = ids.shape[1], 16, 8, 16
+    rec = Sequences(model)
+    out = generate(
+        rec,
+        ids,
+        steps=steps,
+        gen_length=G,
+        block_length=block,
+        sampler="xdlm",
+        k=0.5,
+        temperature=0.0,
+        mask_id=MASK,
+        attention_mask=mask,
+        cache="dual",
+        refresh="step",
+        shift=shift,
+        revise_prompt=revise_prompt,
+    )
+    assert len(rec.calls) == steps and all(whole.shape[1] == P + G for _, whole in rec.calls)
+    full = [n == P + G for n, _ in rec.calls]
+    states = [whole for _, whole in rec.calls] + [out]  # the sequence entering each step, then the result
+    per_block, r_lo = steps * block // G, 0 if revise_prompt else P
+    want = []
+    for j in range(steps):
+        lo = P + (j // per_block) * block
+        held = slice(r_lo, lo - int(shift))
+        want.append(j % per_block == 0 or not torch.equal(states[j - 1][:, held], states[j][:, held]))
+    assert full == want
+    assert sum(want) > G // block  # refreshes happened...
+    refreshed_then_cached = [j for j in range(steps - 1) if j % per_block and want[j] and not want[j + 1]]
+    assert refreshed_then_cached  # ...and cached steps came after one
+
+
 def test_threshold_reveals_at_least_one_per_step_and_stops_early(model):
     ids, mask = padded([5, 2, 4], seed=5)
     P, G, block, steps = ids.shape[1], 12, 4, 12
@@ -234,6 +286,32 @@ def test_threshold_reveals_every_confident_position_at_once():
     assert (seen[1] != 9).nonzero()[:, 0].tolist() == [1, 4]  # both above 0.9 at the first step
     assert out[0, 1:].tolist() == [p + 1 for p in range(G)]
     assert int(stats.nfe[0]) == len(seen) == 5  # 2, then one per step
+
+
+def test_threshold_a_finished_row_neither_revises_nor_counts_passes():
+    """Row 0 is confident everywhere and finishes its block at the first step; row 1 is never
+    confident and takes every step. Row 0's model keeps preferring another token at its decoded
+    positions: it must not be revised after it finished (its result is what it gets alone), and
+    its NFE is 1, row 1's the full 4."""
+    G, V, MASK_ID = 4, 10, 9
+
+    def fn(x, mask, keep):
+        logits = torch.zeros(x.shape[0], keep, V)
+        for b in range(x.shape[0]):
+            if int(x[b, 0]) != 1:
+                continue  # flat: nothing reaches the threshold, the schedule's one per step
+            for i in range(keep):
+                pos = x.shape[1] - keep + i
+                tok = int(x[b, pos])
+                logits[b, i, (pos % 8) + 1 if tok == MASK_ID else (tok + 1) % 8] = 20.0
+        return logits
+
+    kw = dict(steps=4, gen_length=G, sampler="xdlm", k=0.5, threshold=0.9, mask_id=MASK_ID, vocab_size=V)
+    alone, alone_stats = generate(None, torch.tensor([[1]]), logits_fn=fn, return_stats=True, **kw)
+    assert alone[0, 1:].tolist() == [2, 3, 4, 5] and alone_stats.nfe.tolist() == [1]
+    out, stats = generate(None, torch.tensor([[1], [2]]), logits_fn=fn, return_stats=True, **kw)
+    assert torch.equal(out[0], alone[0])
+    assert stats.nfe.tolist() == [1, 4] and not (out == MASK_ID).any()
 
 
 def test_unsupported_models_and_bad_settings_are_named(model):

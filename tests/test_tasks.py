@@ -267,6 +267,37 @@ def test_extract_humaneval():
     assert extract_humaneval(body) == body
 
 
+def test_extraction_of_generations_without_a_final_newline():
+    """A generation that stops at the step budget ends anywhere, often mid-line: nothing of it is lost."""
+    from xdlm_tune.evaluation.extract import extract_mbpp_lm_eval, extract_mbpp_opencompass
+
+    code = "def f(x):\n    return x\n"
+    bare = code.rstrip("\n")
+    assert extract_mbpp(bare) == code
+    assert extract_mbpp(bare + "[DONE]") == code
+    assert extract_mbpp("```python\n" + bare) == code  # unclosed fence, cut mid-line
+    assert extract_mbpp("```python\n" + code + "```") == code
+    assert extract_mbpp("[BEGIN]\n" + bare) == code
+    assert extract_mbpp_lm_eval(bare) == bare
+    assert extract_mbpp_opencompass(bare) == bare
+    assert extract_humaneval("    return x") == "    return x\n"
+    assert extract_humaneval("    y = x + 1\n    return y") == "    y = x + 1\n    return y\n"
+
+
+@pytest.mark.parametrize("prompt_format", ["original", "opencompass", "lm-eval"])
+def test_every_mbpp_assert_counts_in_every_format(mbpp_file, prompt_format):
+    """A program that passes the first assert (or the first two) and fails a later one is wrong."""
+    (problem,) = load_mbpp(mbpp_file, ids=[11], prompt_format=prompt_format)
+    programs = [
+        'def remove_Occ(s, ch):\n    return "heo"\n',  # the first assert only
+        'def remove_Occ(s, ch):\n    return {"hello": "heo", "abcda": "bcd"}.get(s, s)\n',  # not the third
+        problem.reference + "\n",
+    ]
+    records = check_generations([problem] * 3, [p + "[DONE]" for p in programs])
+    assert [r["status"] for r in records] == ["wrong_answer", "wrong_answer", "passed"], records
+    assert problem.test_code.count("assert remove_Occ(") == 3
+
+
 def test_syntax_valid():
     assert syntax_valid("def f(x):\n    return x\n")
     assert not syntax_valid("def f(x)\n    return x\n")

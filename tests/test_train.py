@@ -133,6 +133,21 @@ def test_bar_loss_is_the_metrics_files_loss_on_the_same_step(tiny, tmp_path, mon
     assert "1 process(es), no data parallelism, cpu, precision fp32;" in printed.out, printed.out
 
 
+def test_resume_with_lora_dropout_matches_the_uninterrupted_run(tiny, tmp_path):
+    """LoRA dropout draws from the global RNG (the 7B/8B recipes use 0.05): a resumed run takes
+    the same dropout masks only if the checkpoint's RNG state is restored."""
+    opts = (*SHORT, "lora.dropout=0.1", "training.eval_every=0")
+    a = run(tiny, tmp_path / "a", *opts)
+    out = tmp_path / "b"
+    shutil.copytree(a.output_dir, out)
+    shutil.rmtree(out / "checkpoint-00000004")  # as if killed after the step-2 checkpoint
+    b = run(tiny, out, *opts, "training.resume=true")
+    assert b.info["resumed_from"].endswith("checkpoint-00000002")
+    assert b.losses == {3: a.losses[3], 4: a.losses[4]}  # bit for bit
+    wa, wb = trainable(a.checkpoint), trainable(b.checkpoint)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_checkpoint_contents_and_keep_last(uninterrupted, tiny, tmp_path):
     a = uninterrupted
     assert [s for s, _ in list_checkpoints(a.output_dir)] == [2, 4]
