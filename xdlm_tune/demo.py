@@ -18,8 +18,7 @@ import yaml
 DEMO_FILE = Path(__file__).resolve().parent / "demo.yaml"
 DEMO_LOG = "runs/demo/demo.log"
 # --smoke: the same stages, in a folder of their own, with training cut short, one step budget and
-# 2 genppl samples (a check that everything
-# runs, e.g. from a fresh clone offline; its numbers mean nothing).
+# 2 genppl samples (a check that everything runs, e.g. from a fresh clone offline; its numbers mean nothing).
 SMOKE = [
     "training.output_dir=runs/demo-smoke",
     "training.max_steps=4",
