@@ -121,7 +121,12 @@ def profile_model(model: nn.Module, *, seq_len: int, half: bool = False) -> Mode
 
     hf = unwrap(model)
     head = hf.get_output_embeddings()
-    head_params = {id(p) for p in head.parameters()} if head is not None else set()
+    # The head's own weight (not PEFT's trainable mask row beside it): a full fine-tune trains it.
+    head_params = (
+        {id(p) for n, p in head.named_parameters() if "trainable_tokens" not in n and "lora_" not in n}
+        if head is not None
+        else set()
+    )
     layers = decoder_layers(hf)
     in_layers = {id(p) for p in layers.parameters()}
     seen: set[int] = set()
