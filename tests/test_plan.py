@@ -34,7 +34,7 @@ def test_plan_prints_the_table_for_every_shipped_recipe(name, capsys):
     recipe = load_recipe(name)
     assert f"{recipe.model.name_or_path} (" in out and "at its real size" in out
     assert "verdict: fits" in out and "tokens per optimizer step" in out
-    for term in ("weights", "gradients", "optimizer states", "activations", "loss", "margin", "total"):
+    for term in ("weights", "gradients", "optimizer states", "activations", "loss buffers", "loss kept", "margin"):
         assert f"    {term} " in out
     if recipe.lora.enabled:
         assert "LoRA per layer (7 modules x" in out
@@ -116,8 +116,8 @@ def test_checkpointing_keeps_one_input_per_layer_and_the_loss_follows_chunk_mib(
     assert on == int(p.layers * tokens * p.hidden * 2 + layer + outside)
     # A LoRA layer saves far more than its [B, L, H] input (norm upcasts, MLP, dropout copies).
     assert 20 * p.hidden * 2 < p.layer_saved_per_token < 200 * p.hidden * 2
-    small = memory_plan.estimate(p, dataclasses.replace(shape, chunk_mib=64)).terms["loss"]
-    big = memory_plan.estimate(p, dataclasses.replace(shape, chunk_mib=256)).terms["loss"]
+    small = memory_plan.estimate(p, dataclasses.replace(shape, chunk_mib=64)).terms["loss buffers"]
+    big = memory_plan.estimate(p, dataclasses.replace(shape, chunk_mib=256)).terms["loss buffers"]
     rows = 256 * 2**20 // (4 * p.vocab) - 64 * 2**20 // (4 * p.vocab)
     assert big - small == pytest.approx(rows * p.vocab * (4 * 1.25 + 2), rel=1e-6)
 

@@ -13,8 +13,8 @@ per token. Everything is bytes on one GPU:
                DeepSpeed these come from DeepSpeed's own estimators when the run is 16-bit
   activations  what autograd saves for one micro-batch: every layer's saved tensors, or with
                gradient checkpointing one [B, L, H] input per layer plus one layer recomputed
-  loss         the fused XDLM loss: its [chunk, V] float32 work buffers (diffusion.chunk_mib), the
-               hidden states and their gradient it keeps for backward
+  loss         the fused XDLM loss: its [chunk, V] float32 work buffers (diffusion.chunk_mib), and
+               the hidden states and their gradient it keeps for backward
   backward     the gradients of one layer's activations while it back-propagates
   margin       CUDA context, the caching allocator's fragmentation: 5% of the total plus 0.75 GiB
 
@@ -276,9 +276,9 @@ def estimate(profile: ModelProfile, shape: RunShape) -> Estimate:
     # Outside the layers: the final norm (float32 upcast + output) and the embedding output.
     acts += tokens * p.hidden * (4 + 2 * a)
     t["activations"] = int(acts)
-    t["loss"] = _loss_bytes(p, tokens, a, shape.chunk_mib)
+    t["loss buffers"], t["loss kept"] = _loss_bytes(p, tokens, a, shape.chunk_mib)
     t["backward"] = int(tokens * (2 * p.intermediate + 2 * p.hidden) * a)
-    backward_phase = weights + optim + grads + t["activations"] + t["loss"] + t["backward"]
+    backward_phase = weights + optim + grads + t["activations"] + t["loss buffers"] + t["loss kept"] + t["backward"]
     step_phase = weights + optim + grads + temp
     t["optimizer step temporaries"] = temp
     peak = max(backward_phase, step_phase)
@@ -308,7 +308,7 @@ def _model_states(p: ModelProfile, s: RunShape) -> tuple[int, int, int, int]:
         weights = frozen + T * pb
     grads = (0 if s.offload_optimizer else T * (pb + (4 if s.half else 0)) // G) + s.reduce_bucket * pb
     optim = 0 if s.offload_optimizer else (4 + 8) * T // G
-    temp = 0 if s.offload_optimizer else (4 * T // G if s.foreach else 0)
+    temp = 0 if s.offload_optimizer else 4 * T // G  # one flat float32 partition: a full-size temporary
     ds = deepspeed_trainable_states(p, s)
     if ds is not None:  # DeepSpeed's own number for the trainable parameters' states (16-bit runs)
         frozen_part = 0 if s.offload_params else frozen // G if s.zero_stage == 3 else frozen
@@ -359,10 +359,11 @@ def _quiet_deepspeed():
         logging.getLogger("DeepSpeed").setLevel(level)
 
 
-def _loss_bytes(p: ModelProfile, tokens: int, a: int, chunk_mib: float) -> int:
-    """The fused loss (torch path): its reused [chunk, V] float32 buffer, a quarter-size scratch
-    and (16-bit) a copy in the matmul dtype; the [N, H] hidden states and their gradient it holds
-    until backward; a trainable 16-bit head's second pass over vocabulary blocks."""
+def _loss_bytes(p: ModelProfile, tokens: int, a: int, chunk_mib: float) -> tuple[int, int]:
+    """The fused loss (torch path): (its work buffers while it runs: the reused [chunk, V] float32
+    buffer, a quarter-size scratch, a copy in the 16-bit matmul dtype, or a trainable 16-bit head's
+    second pass over vocabulary blocks; what it keeps until backward: the [N, H] hidden states and
+    their gradient, a few float32 values per token)."""
     from ..diffusion.fused_loss import default_chunk_size
 
     rows = min(default_chunk_size(p.vocab, chunk_mib), tokens)
@@ -371,7 +372,7 @@ def _loss_bytes(p: ModelProfile, tokens: int, a: int, chunk_mib: float) -> int:
     if p.head_trainable and a != 4:
         block = max(1, int(chunk_mib * MiB) // (4 * tokens))
         buffers = max(buffers, tokens * min(block, p.vocab) * (4 * 1.25 + a))
-    return int(buffers + held)
+    return int(buffers), int(held)
 
 
 # --------------------------------------------------------------------------- what to change

@@ -50,8 +50,17 @@ class Plan:
         return f"plan: does NOT fit: {where}{fix}"
 
 
-def run_shape(recipe: Recipe, *, gpus: int, nodes: int, gpu_memory_gib: float, hidden: int | None = None) -> RunShape:
-    """The RunShape of `recipe` on `nodes` x `gpus` GPUs of `gpu_memory_gib` each."""
+def run_shape(
+    recipe: Recipe,
+    *,
+    gpus: int,
+    nodes: int,
+    gpu_memory_gib: float,
+    hidden: int | None = None,
+    foreach: bool = True,
+) -> RunShape:
+    """The RunShape of `recipe` on `nodes` x `gpus` GPUs of `gpu_memory_gib` each (`foreach`: AdamW's
+    multi-tensor path, torch's default on CUDA; a CPU run takes the per-parameter loop)."""
     from ..diffusion.fused_loss import DEFAULT_CHUNK_MIB
 
     t = recipe.training
@@ -74,6 +83,7 @@ def run_shape(recipe: Recipe, *, gpus: int, nodes: int, gpu_memory_gib: float, h
         chunk_mib=recipe.diffusion.chunk_mib or DEFAULT_CHUNK_MIB,
         gpu_memory=gpu_memory_gib * GiB,
         reduce_bucket=int((hidden or 0) ** 2 if bucket == "auto" else float(bucket)) if ds is not None else 0,
+        foreach=foreach,
     )
 
 
@@ -81,8 +91,16 @@ def _offloaded(section) -> bool:
     return isinstance(section, dict) and section.get("device", "none") not in ("none", None)
 
 
-def plan_recipe(recipe: Recipe, *, gpus: int = 1, nodes: int = 1, gpu_memory_gib: float = DEFAULT_GPU_GIB) -> Plan:
-    """Build, adapt and size `recipe`'s model at its real size; refuse what training would refuse."""
+def plan_recipe(
+    recipe: Recipe,
+    *,
+    gpus: int = 1,
+    nodes: int = 1,
+    gpu_memory_gib: float = DEFAULT_GPU_GIB,
+    foreach: bool = True,
+) -> Plan:
+    """Build, adapt and size `recipe`'s model at its real size; refuse what training would refuse.
+    `foreach=False` sizes the run as it goes on a CPU (benchmarks/plan_memory.py)."""
     import dataclasses
 
     from ..model.real_size import RealSizeError, real_size_model
@@ -111,7 +129,9 @@ def plan_recipe(recipe: Recipe, *, gpus: int = 1, nodes: int = 1, gpu_memory_gib
         ) from err
     first = run_shape(recipe, gpus=gpus, nodes=nodes, gpu_memory_gib=gpu_memory_gib)
     profile = profile_model(built.prepared.model, seq_len=first.seq_len, half=first.half)
-    shape = run_shape(recipe, gpus=gpus, nodes=nodes, gpu_memory_gib=gpu_memory_gib, hidden=profile.hidden)
+    shape = run_shape(
+        recipe, gpus=gpus, nodes=nodes, gpu_memory_gib=gpu_memory_gib, hidden=profile.hidden, foreach=foreach
+    )
     est = estimate(profile, shape)
     return Plan(
         recipe=recipe,
