@@ -273,8 +273,7 @@ def measure_plan(args: argparse.Namespace) -> dict:
         sys.exit("gpu_check.py plan needs CUDA")
     recipe = load_recipe(args.recipe, args.overrides)
     raw, source, _ = base_config(recipe.model.name_or_path)
-    raw = dict(raw, num_hidden_layers=args.layers)
-    meta_base(raw, dtype=torch.bfloat16, attn_implementation="sdpa", source=source)  # refuses what plan refuses
+    raw = dict(raw, **{("n_layers" if "n_layers" in raw else "num_hidden_layers"): args.layers})  # LLaDA: n_layers
     with tempfile.TemporaryDirectory(prefix="xdlm-plan-check-") as tmp:
         folder = Path(tmp) / "model"
         config = meta_base(raw, dtype=torch.bfloat16, attn_implementation="sdpa", source=source).config

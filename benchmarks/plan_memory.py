@@ -193,10 +193,37 @@ def _err(est: float, meas: float) -> str:
     return f"{100 * (est - meas) / meas:+.0f}%" if meas else "-"
 
 
+def row(name: str, procs: int, overrides: list[str], steps: list[dict]) -> str:
+    """One table row: the plan's terms against the phases of the run's second step (and its peak)."""
+    last = steps[-1]  # the second step: optimizer states exist, as in every later step
+    peak = max(s["peak"] for s in steps)
+    est = plan_for(procs, overrides).estimate
+    e = est.terms
+    states = e["weights"] + e["optimizer states"]
+    kept, fwd = est.phases["kept"], est.phases["forward"]
+    m_states = last["start"]
+    m_kept = last["at_backward"] - last["start"]
+    m_fwd = last["forward_peak"] - last["start"]
+    return (
+        f"| {name} | {procs} | {states / GiB:.3f} / {m_states / GiB:.3f} | {_err(states, m_states)} | "
+        f"{kept / GiB:.3f} / {m_kept / GiB:.3f} | {_err(kept, m_kept)} | {fwd / GiB:.3f} / {m_fwd / GiB:.3f} | "
+        f"{_err(fwd, m_fwd)} | {est.peak / GiB:.3f} / {peak / GiB:.3f} | {_err(est.peak, peak)} |"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="*", choices=list(GRID), help="a subset of the grid")
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    parser.add_argument(
+        "--raw",
+        type=Path,
+        default=Path(__file__).parent / "results" / "plan_memory_cpu.json",
+        help="the measured phases, one entry per run (written as runs finish)",
+    )
+    parser.add_argument(
+        "--estimate-only", action="store_true", help="re-estimate the runs in --raw without measuring again"
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -205,32 +232,19 @@ def main() -> int:
         return 0
     load = os.getloadavg()[0]
     rows = [
-        "| run | processes | model states est / meas (GiB) | err | activations + loss kept est / meas | err |"
+        "| run | processes | model states est / meas (GiB) | err | kept at backward est / meas | err |"
         " forward peak over start est / meas | err | step peak est / meas (GiB) | err |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    raw = json.loads(args.raw.read_text()) if args.raw.is_file() else {}
     for name in args.only or list(GRID):
         procs, overrides = GRID[name]
-        ranks = measure(name, procs, overrides)
-        steps = ranks[0]  # rank 0; ZeRO ranks hold equal shares
-        last = steps[-1]  # the second step: optimizer states exist, as in every later step
-        peak = max(s["peak"] for s in steps)
-        e = plan_for(procs, overrides).estimate.terms
-        states = e["weights"] + e["optimizer states"]
-        kept = e["activations"] + e["loss kept"]
-        fwd = kept + e["loss buffers"]
-        total = max(
-            states + e["gradients"] + fwd + e["backward"],
-            states + e["gradients"] + e["optimizer step temporaries"],
-        )
-        m_states = last["start"]
-        m_kept = last["at_backward"] - last["start"]
-        m_fwd = last["forward_peak"] - last["start"]
-        rows.append(
-            f"| {name} | {procs} | {states / GiB:.3f} / {m_states / GiB:.3f} | {_err(states, m_states)} | "
-            f"{kept / GiB:.3f} / {m_kept / GiB:.3f} | {_err(kept, m_kept)} | {fwd / GiB:.3f} / {m_fwd / GiB:.3f} | "
-            f"{_err(fwd, m_fwd)} | {total / GiB:.3f} / {peak / GiB:.3f} | {_err(total, peak)} |"
-        )
+        if not args.estimate_only:
+            raw[name] = {"processes": procs, "overrides": overrides, "ranks": measure(name, procs, overrides)}
+            args.raw.write_text(json.dumps(raw, indent=1) + "\n")
+        elif name not in raw:
+            continue
+        rows.append(row(name, procs, overrides, raw[name]["ranks"][0]))  # rank 0; ZeRO ranks hold equal shares
         print(rows[-1], flush=True)
     head = (
         f"# benchmarks/plan_memory.py\n\nSmolLM2-135M (embedded, float32), micro-batch 2, 2 optimizer steps per run, "

@@ -24,6 +24,7 @@ BASE_PARAMETERS = {
 def offline(monkeypatch):
     """No Hub: the configs come from a local folder or the copies shipped with xdlm-tune."""
     monkeypatch.setattr(real_size, "read_config_dict", lambda source: None)
+    monkeypatch.setattr(real_size, "_hub_cache", lambda repo: None)
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -120,6 +121,28 @@ def test_checkpointing_keeps_one_input_per_layer_and_the_loss_follows_chunk_mib(
     big = memory_plan.estimate(p, dataclasses.replace(shape, chunk_mib=256)).terms["loss buffers"]
     rows = 256 * 2**20 // (4 * p.vocab) - 64 * 2**20 // (4 * p.vocab)
     assert big - small == pytest.approx(rows * p.vocab * (4 * 1.25 + 2), rel=1e-6)
+
+
+def test_an_unreachable_hub_costs_no_client_retries(monkeypatch):
+    import socket
+
+    real_size.hub_reachable.cache_clear()
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def refused(*a, **k):
+        raise OSError("no route")
+
+    monkeypatch.setattr(socket, "create_connection", refused)
+    called = []
+    monkeypatch.setattr(real_size, "read_config_dict", lambda source: called.append(source))
+    raw, source, _ = real_size.base_config("Qwen/Qwen2.5-7B")
+    assert called == [] and "shipped with xdlm-tune" in source and raw["hidden_size"] == 3584
+    real_size.hub_reachable.cache_clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert real_size.hub_reachable() is False
+    real_size.hub_reachable.cache_clear()
+    with pytest.raises(real_size.BaseConfigUnavailable, match="xdlm-tune ships none for it"):
+        real_size.base_config("nobody/unknown-7b")
 
 
 def test_the_stand_in_tokenizer_has_the_real_special_ids():

@@ -5,7 +5,7 @@
     built.source                  # where the config came from
 
 The config comes from, in order: a local folder (or the embedded default once converted), the
-Hub (config.json alone, or its cached copy), and last the copies shipped in model/base_configs/
+Hub cache, the Hub (config.json alone, when it answers), and last the copies shipped in model/base_configs/
 (each file says where its values come from). The tokenizer is the real one when it is on disk
 (local folder, converted embedded model, Hub cache); otherwise a stand-in with the real length and
 the real special tokens at their real ids (shipped with the config), which is all the mask-token
@@ -14,6 +14,7 @@ choice reads. Adaptation is `prepare.adapt_model`, the code training runs.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -78,7 +79,10 @@ def base_config(name_or_path: str, gguf_file: str | None = None) -> tuple[dict[s
             if raw is None:
                 raise RealSizeError(f"model.name_or_path {name!r} is a folder without config.json")
             return raw, f"{path / 'config.json'}", path
-        raw = read_config_dict(name)  # the Hub (one small file) or its cache; None when unreachable
+        cached = _hub_cache(name)
+        if cached is not None:
+            return json.loads(Path(cached).read_text()), f"the Hub cache's config.json of {name}", None
+        raw = read_config_dict(name) if hub_reachable() else None  # one small file
         if raw is not None:
             return raw, f"the Hub's config.json of {name}", None
     shipped = shipped_config_file(name)
@@ -90,6 +94,34 @@ def base_config(name_or_path: str, gguf_file: str | None = None) -> tuple[dict[s
         "Download its config.json once (`huggingface-cli download REPO config.json`), or point "
         "model.name_or_path at a folder holding it"
     )
+
+
+def _hub_cache(repo: str) -> str | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo, "config.json")
+    except Exception:  # not a repo id
+        return None
+    return found if isinstance(found, str) else None
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hub answers a TCP connection within `timeout` s (never when HF_HUB_OFFLINE is set):
+    an unreachable Hub costs a plan 3 s, not the client's retries."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("", "0", "false", "no"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def stand_in_tokenizer(spec: dict[str, Any]) -> PreTrainedTokenizerFast:

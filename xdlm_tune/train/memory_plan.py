@@ -18,8 +18,12 @@ per token. Everything is bytes on one GPU:
   backward     the gradients of one layer's activations while it back-propagates
   margin       CUDA context, the caching allocator's fragmentation: 5% of the total plus 0.75 GiB
 
-The peak is the larger of the backward phase (weights, optimizer states, gradients, activations,
-loss, backward) and the optimizer step (weights, states, gradients and AdamW's temporaries).
+The peak is the largest of three moments, each on top of the weights and optimizer states: the end
+of the loss's forward (activations, the loss's buffers and what it keeps, a trainable head's
+gradient), backward (the larger of what forward kept and the gradients: activations are freed as
+the gradients appear; under ZeRO both, its gradient partitions being allocated at the first reduced
+bucket; plus the backward workspace), and the optimizer step (gradients and AdamW's
+temporaries).
 """
 
 from __future__ import annotations
@@ -95,6 +99,9 @@ class Estimate:
     peak: int  # before the margin
     total: int  # with the margin
     budget: int
+    # Bytes above the weights and optimizer states at three moments of a step: "kept" (start of
+    # backward), "forward" (the loss's peak), "backward", "step" (the optimizer's).
+    phases: dict[str, int] = field(default_factory=dict)
 
     @property
     def fits(self) -> bool:
@@ -278,13 +285,28 @@ def estimate(profile: ModelProfile, shape: RunShape) -> Estimate:
     t["activations"] = int(acts)
     t["loss buffers"], t["loss kept"] = _loss_bytes(p, tokens, a, shape.chunk_mib)
     t["backward"] = int(tokens * (2 * p.intermediate + 2 * p.hidden) * a)
-    backward_phase = weights + optim + grads + t["activations"] + t["loss buffers"] + t["loss kept"] + t["backward"]
-    step_phase = weights + optim + grads + temp
     t["optimizer step temporaries"] = temp
-    peak = max(backward_phase, step_phase)
+    states = weights + optim
+    # A trainable head gets its gradient inside the loss's forward; the others appear during
+    # backward while the activations they need are freed, so the peak holds the larger of the two.
+    early = min(grads, p.vocab * p.hidden * (2 if shape.half else p.act_bytes)) if p.head_trainable else 0
+    kept = t["activations"] + t["loss kept"]
+    forward_phase = states + kept + t["loss buffers"] + early
+    if shape.zero_stage is None:
+        backward_phase = states + max(kept + early, grads) + t["backward"]
+    else:  # ZeRO's gradient partitions exist from the first reduced bucket on, beside the activations
+        backward_phase = states + kept + early + grads + t["backward"]
+    step_phase = states + grads + temp
+    peak = max(forward_phase, backward_phase, step_phase)
     margin = int(MARGIN_FRACTION * peak + MARGIN_FIXED)
     t["margin"] = margin
-    return Estimate(terms=t, peak=int(peak), total=int(peak + margin), budget=int(shape.gpu_memory))
+    phases = {
+        "kept": int(kept + early),
+        "forward": int(forward_phase - states),
+        "backward": int(backward_phase - states),
+        "step": int(step_phase - states),
+    }
+    return Estimate(terms=t, peak=int(peak), total=int(peak + margin), budget=int(shape.gpu_memory), phases=phases)
 
 
 def _model_states(p: ModelProfile, s: RunShape) -> tuple[int, int, int, int]:
