@@ -200,6 +200,8 @@ def row(name: str, procs: int, overrides: list[str], steps: list[dict]) -> str:
     est = plan_for(procs, overrides).estimate
     e = est.terms
     states = e["weights"] + e["optimizer states"]
+    if "zero3" in name:  # ZeRO-3 allocates its gradient partitions at the start, with the others
+        states += e["gradients"]
     kept, fwd = est.phases["kept"], est.phases["forward"]
     m_states = last["start"]
     m_kept = last["at_backward"] - last["start"]

@@ -61,6 +61,7 @@ class RunShape:
     foreach: bool = True  # AdamW's multi-tensor path (the default on CUDA): one full-size temporary
     gpu_memory: float = 80 * GiB
     reduce_bucket: int = 0  # DeepSpeed reduce_bucket_size (elements)
+    max_live_parameters: int = 10**9  # ZeRO-3 stage3_max_live_parameters (elements)
 
     @property
     def gpus(self) -> int:
@@ -290,7 +291,14 @@ def estimate(profile: ModelProfile, shape: RunShape) -> Estimate:
     # A trainable head gets its gradient inside the loss's forward; the others appear during
     # backward while the activations they need are freed, so the peak holds the larger of the two.
     early = min(grads, p.vocab * p.hidden * (2 if shape.half else p.act_bytes)) if p.head_trainable else 0
-    kept = t["activations"] + t["loss kept"]
+    # ZeRO-3 gathers each module's parameters for its forward and keeps them while they stay within
+    # stage3_max_live_parameters (the shipped configs: 1e9 elements), beyond DeepSpeed's largest layer.
+    gathered = 0
+    if shape.zero_stage == 3:
+        pb = 2 if shape.half else 4
+        gathered = max(0, min(p.total, shape.max_live_parameters) * pb - 4 * p.largest_module)
+    t["ZeRO-3 gathered parameters"] = int(gathered)
+    kept = t["activations"] + t["loss kept"] + gathered
     forward_phase = states + kept + t["loss buffers"] + early
     if shape.zero_stage is None:
         backward_phase = states + max(kept + early, grads) + t["backward"]

@@ -84,6 +84,7 @@ def run_shape(
         gpu_memory=gpu_memory_gib * GiB,
         reduce_bucket=int((hidden or 0) ** 2 if bucket == "auto" else float(bucket)) if ds is not None else 0,
         foreach=foreach,
+        max_live_parameters=int(float(zero.get("stage3_max_live_parameters", 1e9))),
     )
 
 
