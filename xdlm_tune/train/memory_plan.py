@@ -277,6 +277,8 @@ def estimate(profile: ModelProfile, shape: RunShape) -> Estimate:
     a = p.act_bytes if not shape.half else 2
     tokens = shape.micro_batch * shape.seq_len
     layer = p.layer_saved_per_token * tokens * (a / p.act_bytes)
+    # Checkpointing keeps each layer's input; backward recomputes one layer at a time.
+    recompute = layer if shape.gradient_checkpointing else 0
     if shape.gradient_checkpointing:
         acts = p.layers * tokens * p.hidden * a + layer
     else:
@@ -298,12 +300,12 @@ def estimate(profile: ModelProfile, shape: RunShape) -> Estimate:
         pb = 2 if shape.half else 4
         gathered = max(0, min(p.total, shape.max_live_parameters) * pb - 4 * p.largest_module)
     t["ZeRO-3 gathered parameters"] = int(gathered)
-    kept = t["activations"] + t["loss kept"] + gathered
+    kept = t["activations"] - recompute + t["loss kept"] + gathered
     forward_phase = states + kept + t["loss buffers"] + early
     if shape.zero_stage is None:
-        backward_phase = states + max(kept + early, grads) + t["backward"]
+        backward_phase = states + max(kept + early, grads) + recompute + t["backward"]
     else:  # ZeRO's gradient partitions exist from the first reduced bucket on, beside the activations
-        backward_phase = states + kept + early + grads + t["backward"]
+        backward_phase = states + kept + early + grads + recompute + t["backward"]
     step_phase = states + grads + temp
     peak = max(forward_phase, backward_phase, step_phase)
     margin = int(MARGIN_FRACTION * peak + MARGIN_FIXED)
