@@ -89,6 +89,21 @@ def test_a_run_that_does_not_fit_names_the_smallest_change_and_train_refuses_it(
     assert capsys.readouterr().out.startswith("plan: fits:")
 
 
+def test_activations_that_do_not_fit_are_fixed_by_checkpointing_or_a_smaller_micro_batch():
+    overrides = ["training.gradient_checkpointing=false", "training.per_device_batch_size=8"]
+    p = plan.plan_recipe(load_recipe("qwen2.5-7b-xdlm-lora-zero2", overrides), gpus=1, gpu_memory_gib=80)
+    assert not p.estimate.fits and p.estimate.terms["activations"] > 100 * 2**30  # 8 x 2048 tokens, 28 layers
+    fixes = [what for what, _, _ in p.fixes]
+    assert fixes[0] == "training.gradient_checkpointing=true"  # ZeRO-3 alone does not help activations
+    assert not any("zero3.json" in f for f in fixes)
+    assert "training.per_device_batch_size=1 training.grad_accum=64" in fixes
+    assert all(est.fits and est.total < p.estimate.total for _, _, est in p.fixes)
+    smaller = dict((what, shape) for what, shape, _ in p.fixes)[
+        "training.per_device_batch_size=1 training.grad_accum=64"
+    ]
+    assert smaller.tokens_per_step == p.shape.tokens_per_step  # accumulation keeps the tokens per step
+
+
 def test_model_states_under_zero_are_deepspeeds_own_estimates():
     pytest.importorskip("deepspeed")
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs

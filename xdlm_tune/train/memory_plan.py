@@ -299,7 +299,8 @@ def estimate(profile: ModelProfile, shape: RunShape) -> Estimate:
     if shape.zero_stage == 3:
         pb = 2 if shape.half else 4
         gathered = max(0, min(p.total, shape.max_live_parameters) * pb - 4 * p.largest_module)
-    t["ZeRO-3 gathered parameters"] = int(gathered)
+    if shape.zero_stage == 3:
+        t["ZeRO-3 gathered parameters"] = int(gathered)
     kept = t["activations"] - recompute + t["loss kept"] + gathered
     forward_phase = states + kept + t["loss buffers"] + early
     if shape.zero_stage is None:
@@ -329,7 +330,8 @@ def _model_states(p: ModelProfile, s: RunShape) -> tuple[int, int, int, int]:
     T, tb = p.trainable, p.trainable_bytes
     if s.zero_stage is None:
         ddp_bucket = tb if G > 1 else 0
-        temp = tb if s.foreach else p.largest_trainable_bytes
+        # foreach: one sqrt(v) per parameter at once; the per-parameter loop: sqrt(v) and its quotient.
+        temp = tb if s.foreach else 2 * p.largest_trainable_bytes
         return frozen + tb, tb + ddp_bucket, 2 * tb, temp
     pb = 2 if s.half else 4  # DeepSpeed's module dtype: 16-bit when bf16/fp16 is on
     if s.zero_stage == 3 and s.offload_params:
@@ -411,7 +413,7 @@ def _loss_bytes(p: ModelProfile, tokens: int, a: int, chunk_mib: float) -> tuple
 
 
 def suggestions(profile: ModelProfile, shape: RunShape) -> list[tuple[str, RunShape, Estimate]]:
-    """The single changes, smallest first, that make a run that does not fit fit: (what, shape, estimate).
+    """The single changes that make a run that does not fit fit, least invasive first: (what, shape, estimate).
 
     Tried: ZeRO-3, gradient checkpointing, a smaller micro-batch (more accumulation keeps the
     tokens per step), QLoRA (LoRA runs only: a 4-bit base cannot be fully fine-tuned)."""
@@ -446,4 +448,4 @@ def suggestions(profile: ModelProfile, shape: RunShape) -> list[tuple[str, RunSh
         est = estimate(profile, new)
         if est.fits:
             found.append((what, new, est))
-    return sorted(found, key=lambda item: item[2].total)
+    return found  # in the order tried: the least invasive change first

@@ -33,7 +33,7 @@ class Plan:
     estimate: Estimate
     without_checkpointing: Estimate
     with_checkpointing: Estimate
-    fixes: list  # (what, RunShape, Estimate), smallest first
+    fixes: list  # (what, RunShape, Estimate), the least invasive first
     ds_batch: dict
 
     def verdict(self) -> str:
@@ -226,7 +226,7 @@ def render(plan: Plan) -> str:
     )
     lines.append("  " + plan.verdict().replace("plan: ", "verdict: "))
     if plan.fixes:
-        lines.append("  changes that fit (one at a time, smallest estimate first):")
+        lines.append("  changes that fit (one at a time, the least invasive first):")
         for what, _, est in plan.fixes:
             lines.append(f"    {what}: {_gib(est.total)} GiB")
     return "\n".join(lines)
