@@ -232,7 +232,6 @@ def main() -> int:
     if args.child:
         child(args.overrides, args.child)
         return 0
-    load = os.getloadavg()[0]
     rows = [
         "| run | processes | model states est / meas (GiB) | err | kept at backward est / meas | err |"
         " forward peak over start est / meas | err | step peak est / meas (GiB) | err |",
@@ -242,16 +241,19 @@ def main() -> int:
     for name in args.only or list(GRID):
         procs, overrides = GRID[name]
         if not args.estimate_only:
-            raw[name] = {"processes": procs, "overrides": overrides, "ranks": measure(name, procs, overrides)}
+            load = os.getloadavg()[0]
+            raw[name] = {"processes": procs, "overrides": overrides, "load_1min": load}
+            raw[name]["ranks"] = measure(name, procs, overrides)
             args.raw.write_text(json.dumps(raw, indent=1) + "\n")
         elif name not in raw:
             continue
         rows.append(row(name, procs, overrides, raw[name]["ranks"][0]))  # rank 0; ZeRO ranks hold equal shares
         print(rows[-1], flush=True)
     head = (
-        f"# benchmarks/plan_memory.py\n\nSmolLM2-135M (embedded, float32), micro-batch 2, 2 optimizer steps per run, "
-        f"CPU; bytes of live tensors per process (rank 0) against `xdlm-tune plan`'s terms (before its margin). "
-        f"Load average at start: {load:.1f} (memory does not depend on it).\n\n"
+        "# benchmarks/plan_memory.py\n\nSmolLM2-135M (embedded, float32), micro-batch 2, 2 optimizer steps per run, "
+        "CPU; bytes of live tensors per process (rank 0; ZeRO ranks hold equal shares) against `xdlm-tune plan`'s "
+        f"terms (before its margin). Measurements: {args.raw.name} (one run at a time; the machine's load, "
+        "recorded there when known, changes timings, not memory). Error = (estimate - measured) / measured.\n\n"
     )
     table = head + "\n".join(rows) + "\n"
     print(table)

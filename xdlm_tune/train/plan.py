@@ -220,6 +220,12 @@ def render(plan: Plan) -> str:
     for name, value in e.terms.items():
         lines.append(f"    {name:<28} {_gib(value):>7} GiB")
     lines.append(f"    {'total':<28} {_gib(e.total):>7} GiB of {_gib(e.budget)} GiB")
+    ph = e.phases
+    lines.append(
+        f"    (the total is the step's largest moment plus the margin, not the sum: weights + optimizer states + "
+        f"{_gib(ph['forward'])} GiB in the loss's forward, {_gib(ph['backward'])} in backward, {_gib(ph['step'])} in "
+        "the optimizer step)"
+    )
     lines.append(
         f"  activations per micro-batch: {_gib(plan.without_checkpointing.terms['activations'])} GiB without gradient "
         f"checkpointing, {_gib(plan.with_checkpointing.terms['activations'])} GiB with"
