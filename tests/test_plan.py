@@ -165,3 +165,19 @@ def test_the_stand_in_tokenizer_has_the_real_special_ids():
     assert len(tok) == 128256 and tok.bos_token_id == 128000 and tok.eos_token_id == 128001
     assert tok.convert_tokens_to_ids("<|reserved_special_token_0|>") == 128002
     assert tok.convert_tokens_to_ids("<|eot_id|>") == 128009
+
+
+def test_train_on_cuda_refuses_a_run_the_plan_says_cannot_fit_unless_forced(monkeypatch, capsys):
+    import torch
+
+    from xdlm_tune.train import entry, loop
+
+    started = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(plan, "detected_gpus", lambda: (1, 1, 80.0))
+    monkeypatch.setattr(loop, "train", lambda recipe: started.append(recipe))
+    monkeypatch.setattr("xdlm_tune.train.runtime.shutdown_process_group", lambda: None)
+    assert entry.main(["llada-8b-xdlm-cpt-zero2"]) == 2 and not started
+    captured = capsys.readouterr()
+    assert "\nplan: does NOT fit" in "\n" + captured.out and "add --force" in captured.err
+    assert entry.main(["llada-8b-xdlm-cpt-zero2", "--force"]) == 0 and len(started) == 1
