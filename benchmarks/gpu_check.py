@@ -3,6 +3,7 @@ extrapolation, and the report. The CPU-side parts (arguments, arithmetic, report
 (tests/test_gpu_check.py); the measurement itself needs CUDA.
 
     python benchmarks/gpu_check.py lora --shape llama3-8b --layers 2 4 --json out.json
+    python benchmarks/gpu_check.py plan --recipe llama3-8b-xdlm-lora-zero3 --layers 2 --json out.json
     python benchmarks/gpu_check.py report --workdir DIR --out benchmarks/results/gpu_check_<device>_gpu.md
 
 LoRA throughput: a model with the real model's dimensions (hidden, MLP width, heads, vocabulary)
@@ -11,6 +12,12 @@ mask row, the fused XDLM loss, AdamW, bf16: tokens/s and peak memory per layer c
 step time are fitted as a + b * layers and evaluated at the real depth (32): an extrapolation,
 and the report says so. The slope b holds each layer's weights, LoRA state and activations; the
 intercept a the embeddings, the output head and the loss.
+
+Memory plan: the recipe's base config (model/real_size.py: local, Hub or shipped) cut to --layers
+decoder layers, random bf16 weights saved to a temporary folder with a byte-level tokenizer, then
+2 optimizer steps of the recipe through the real loop (`train`, one process); per step
+torch.cuda.max_memory_allocated against `xdlm-tune plan`'s estimate of the same folder (before its
+margin), term by term.
 """
 
 from __future__ import annotations
@@ -69,10 +76,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     lora.add_argument("--steps", type=int, default=4, help="timed steps (after 1 warm-up step)")
     lora.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
     lora.add_argument("--json", required=True, help="where to write the measured points")
+    pm = sub.add_parser("plan", help="xdlm-tune plan's estimate against torch.cuda.max_memory_allocated (CUDA)")
+    pm.add_argument("--recipe", default="llama3-8b-xdlm-lora-zero3")
+    pm.add_argument("--layers", type=int, default=2, help="decoder layers of the real config kept")
+    pm.add_argument("--json", required=True, help="where to write the measured and estimated bytes")
+    pm.add_argument("overrides", nargs="*", metavar="section.key=value", help="recipe overrides")
     rep = sub.add_parser("report", help="write the markdown report from a gpu_check.sh work folder")
     rep.add_argument("--workdir", required=True)
     rep.add_argument("--out", default=None, help="default: benchmarks/results/gpu_check_<device>_gpu.md")
     args = ap.parse_args(argv)
+    if args.command == "plan" and args.layers < 1:
+        ap.error(f"--layers must be >= 1, got {args.layers}")
     if args.command == "lora":
         if len(set(args.layers)) < 2 or min(args.layers) < 1:
             ap.error(f"--layers needs at least two different positive layer counts to fit a line, got {args.layers}")
@@ -230,6 +244,105 @@ def measure_lora(args: argparse.Namespace) -> dict:
     }
 
 
+PLAN_OVERRIDES = [
+    "data.source=python-stdlib",
+    "data.subset=null",
+    "data.streaming=false",
+    "data.max_records=200",
+    "training.max_steps=2",
+    "training.eval_every=0",
+    "training.save_every=0",
+    "training.log_every=1",
+]
+
+
+def measure_plan(args: argparse.Namespace) -> dict:
+    """Train 2 steps of the cut-down real-width model; per step the CUDA peak, and the plan's estimate."""
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from xdlm_tune.config import load_recipe
+    from xdlm_tune.model.real_size import base_config, meta_base
+    from xdlm_tune.model.tiny import byte_tokenizer
+    from xdlm_tune.train import loop
+    from xdlm_tune.train.plan import plan_recipe
+
+    if not torch.cuda.is_available():
+        sys.exit("gpu_check.py plan needs CUDA")
+    recipe = load_recipe(args.recipe, args.overrides)
+    raw, source, _ = base_config(recipe.model.name_or_path)
+    raw = dict(raw, **{("n_layers" if "n_layers" in raw else "num_hidden_layers"): args.layers})  # LLaDA: n_layers
+    with tempfile.TemporaryDirectory(prefix="xdlm-plan-check-") as tmp:
+        folder = Path(tmp) / "model"
+        config = meta_base(raw, dtype=torch.bfloat16, attn_implementation="sdpa", source=source).config
+        with torch.device("cuda"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        model.save_pretrained(folder)
+        del model
+        torch.cuda.empty_cache()
+        mask = recipe.adaptation.mask_token
+        byte_tokenizer(extra_special=[mask] if mask else []).save_pretrained(folder)
+        overrides = [*args.overrides, f"model.name_or_path={folder}", *PLAN_OVERRIDES, f"training.output_dir={tmp}/run"]
+        recipe = load_recipe(args.recipe, overrides)
+        estimate = plan_recipe(recipe, gpus=1, foreach=True).estimate
+        steps = []
+        original = loop.train_step
+
+        def measured_step(step, micro_batches, **kw):
+            torch.cuda.synchronize()
+            start = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            stats = original(step, micro_batches, **kw)
+            torch.cuda.synchronize()
+            steps.append({"start": start, "peak": torch.cuda.max_memory_allocated()})
+            return stats
+
+        loop.train_step = measured_step
+        loop.save_run_checkpoint = lambda *a, **k: None
+        try:
+            loop.train(recipe)
+        finally:
+            loop.train_step = original
+    e = estimate.terms
+    return {
+        "recipe": args.recipe,
+        "layers": args.layers,
+        "device": torch.cuda.get_device_name(),
+        "overrides": args.overrides,
+        "steps": steps,
+        "estimate_terms": e,
+        "estimate_peak": estimate.peak,
+        "estimate_states": e["weights"] + e["optimizer states"],
+    }
+
+
+def render_plan(plan: dict) -> list[str]:
+    """The plan section of the report: per step, the measured CUDA peak against the estimate."""
+    g = 2**30
+    peak = max(s["peak"] for s in plan["steps"])
+    last = plan["steps"][-1]
+    err = lambda est, meas: f"{100 * (est - meas) / meas:+.0f}%" if meas else "-"  # noqa: E731
+    lines = [
+        "",
+        f"## Memory plan vs torch.cuda.max_memory_allocated: {plan['recipe']}, {plan['layers']} layers",
+        "",
+        f"The recipe's base config with {plan['layers']} decoder layers (real width), random bf16 weights, "
+        f"2 optimizer steps through the real loop, one process; overrides: {' '.join(plan['overrides']) or 'none'}.",
+        "",
+        "| quantity | estimate (GiB) | measured (GiB) | error |",
+        "|---|---|---|---|",
+        f"| model states at the step's start | {plan['estimate_states'] / g:.3f} | {last['start'] / g:.3f} | "
+        f"{err(plan['estimate_states'], last['start'])} |",
+        f"| peak of a step | {plan['estimate_peak'] / g:.3f} | {peak / g:.3f} | {err(plan['estimate_peak'], peak)} |",
+        "",
+        "Estimated terms (GiB): "
+        + ", ".join(f"{k} {v / g:.3f}" for k, v in plan["estimate_terms"].items() if k != "margin"),
+    ]
+    return lines
+
+
 def write_report(workdir: Path, out: str | None) -> Path:
     """Collects what gpu_check.sh left in ``workdir`` (status.json, *.md sections, lora.json)."""
     status = json.loads((workdir / "status.json").read_text()) if (workdir / "status.json").exists() else {}
@@ -246,7 +359,10 @@ def write_report(workdir: Path, out: str | None) -> Path:
             sections[title] = f"```\n{text[-4000:].strip()}\n```" if name.endswith(".txt") else text
     lora = json.loads((workdir / "lora.json").read_text()) if (workdir / "lora.json").exists() else None
     path = Path(out) if out else ROOT / "benchmarks" / "results" / f"gpu_check_{device_slug(device)}_gpu.md"
-    path.write_text(render_report(device, sections, lora, status))
+    text = render_report(device, sections, lora, status)
+    if (workdir / "plan.json").exists():
+        text += "\n".join(render_plan(json.loads((workdir / "plan.json").read_text()))) + "\n"
+    path.write_text(text)
     return path
 
 
@@ -254,6 +370,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.command == "lora":
         Path(args.json).write_text(json.dumps(measure_lora(args), indent=1))
+    elif args.command == "plan":
+        Path(args.json).write_text(json.dumps(measure_plan(args), indent=1))
     else:
         print(f"wrote {write_report(Path(args.workdir), args.out)}")
 

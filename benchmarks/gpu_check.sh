@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One prepared GPU check (at most 7.5 minutes of step limits on one H200): GPU-marked tests, the fused-loss benchmark
+# One prepared GPU check (at most 9.5 minutes of step limits on one H200): GPU-marked tests, the fused-loss benchmark
 # (materialised vs torch chunked vs Triton at V=128256, H=4096), the sampling benchmark, and LoRA
 # throughput / peak memory of an 8B-shaped model (2 and 4 layers, extrapolated to 32 and labelled
-# so). Writes benchmarks/results/gpu_check_<device>_gpu.md (and loss_memory_gpu.md).
+# so), and xdlm-tune plan's estimate against torch.cuda.max_memory_allocated of real training steps
+# (the Llama-3-8B recipe's config cut to 2 layers, random weights). Writes benchmarks/results/gpu_check_<device>_gpu.md (and loss_memory_gpu.md).
 #
 #   bash benchmarks/gpu_check.sh [--quick] [--python PATH]
 #
@@ -68,6 +69,9 @@ step "sampling benchmark" 50 bash -c "'$PY' benchmarks/sampling_speed.py --gen $
 # 4. LoRA on an 8B-shaped model: Llama-3-8B dimensions, 2 and 4 layers, extrapolated to 32.
 step "lora 8B-shaped" 140 "$PY" benchmarks/gpu_check.py lora --shape llama3-8b --layers $LAYERS --seq $SEQ \
   --json "$WORK/lora.json"
+# 5. The memory plan against torch.cuda.max_memory_allocated: Llama-3-8B's config with 2 layers, LoRA, no DeepSpeed.
+step "memory plan" 120 "$PY" benchmarks/gpu_check.py plan --recipe llama3-8b-xdlm-lora-zero3 --layers 2 \
+  --json "$WORK/plan.json" deepspeed.config=null
 
 { echo "{"; sep=""; for n in "${ORDER[@]}"; do printf '%s "%s": "%s"' "$sep" "$n" "${STATUS[$n]}"; sep=","; done; echo "}"; } > "$WORK/status.json"
 "$PY" benchmarks/gpu_check.py report --workdir "$WORK"

@@ -32,6 +32,11 @@ def test_arguments_are_checked_with_a_clear_message(capsys):
         assert e.value.code == 2 and word in capsys.readouterr().err
     with pytest.raises(SystemExit):
         gc.parse_args(["lora", "--shape", "gpt5", "--json", "x.json"])
+    plan = gc.parse_args(["plan", "--layers", "2", "--json", "p.json", "deepspeed.config=null"])
+    assert (plan.recipe, plan.layers, plan.overrides) == ("llama3-8b-xdlm-lora-zero3", 2, ["deepspeed.config=null"])
+    with pytest.raises(SystemExit) as e:
+        gc.parse_args(["plan", "--layers", "0", "--json", "p.json"])
+    assert e.value.code == 2 and "--layers must be >= 1" in capsys.readouterr().err
 
 
 def test_extrapolation_is_the_fitted_line_at_the_real_depth():
@@ -66,6 +71,17 @@ def test_report_names_the_device_and_labels_the_extrapolation(tmp_path):
             }
         )
     )
+    g = 2**30
+    plan = {
+        "recipe": "llama3-8b-xdlm-lora-zero3",
+        "layers": 2,
+        "overrides": ["deepspeed.config=null"],
+        "steps": [{"start": 3 * g, "peak": 9 * g}, {"start": 4 * g, "peak": 10 * g}],
+        "estimate_terms": {"weights": 3 * g, "activations": 5 * g, "margin": g},
+        "estimate_peak": 11 * g,
+        "estimate_states": 4.2 * g,
+    }
+    (work / "plan.json").write_text(json.dumps(plan))
     out = gc.write_report(work, str(tmp_path / "r.md"))
     text = out.read_text()
     assert text.startswith("# benchmarks/gpu_check.sh on NVIDIA H200")
@@ -74,6 +90,10 @@ def test_report_names_the_device_and_labels_the_extrapolation(tmp_path):
     assert row == ["| 32 | 70.00 | 6.500 | 315 | **extrapolated** |"]
     assert "| 2 | 10.00 | 0.500 | 4096 | measured |" in text
     assert gc.device_slug("NVIDIA H200 | torch 2.9") == "nvidia_h200_torch_2_9"
+    # The plan section: the last step's start against the model states, the largest step peak against the peak.
+    assert "| model states at the step's start | 4.200 | 4.000 | +5% |" in text
+    assert "| peak of a step | 11.000 | 10.000 | +10% |" in text
+    assert "weights 3.000, activations 5.000" in text and "margin" not in text.split("Estimated terms")[1]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")

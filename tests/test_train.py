@@ -383,6 +383,7 @@ def test_every_shipped_recipe_passes_the_dry_run(recipe, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "dry run OK" in out and "step 1 loss" in out and "nan" not in out
+    assert "[real size, " in out.splitlines()[-1] and out.splitlines()[-1].startswith("plan: ")  # the meta check
 
 
 def test_a_failed_start_leaves_no_recipe_behind(tiny, tmp_path):

@@ -17,6 +17,10 @@ COMMANDS = {
         "xdlm_tune.train.entry:cli_main",
         "train an XDLM denoiser from a recipe (one process; several: accelerate launch -m xdlm_tune.train)",
     ),
+    "plan": (
+        "xdlm_tune.train.plan:plan_main",
+        "check a recipe at its model's real size (meta device, no weights): LoRA targets, mask id, GPU memory",
+    ),
     "eval": ("xdlm_tune.evaluation.run:eval_main", "MBPP / HumanEval pass@1 (or genppl) at fixed step budgets"),
     "export": ("xdlm_tune.export.run:export_main", "merge a run into a self-contained Hub folder (and push it)"),
     "run": ("xdlm_tune.pipeline:run_main", "train -> eval -> export -> sample the export, for any recipe"),
@@ -36,6 +40,7 @@ COMMANDS = {
 _EXAMPLES = """examples:
   xdlm-tune demo                                                    # the main job on a CPU
   xdlm-tune train recipes/smollm2-135m-xdlm-lora.yaml training.max_steps=100
+  xdlm-tune plan recipes/llama3-8b-xdlm-lora-zero3.yaml --gpus 8 --gpu-memory 80
   xdlm-tune eval --limit 20 --steps 16 32 --ar-baseline
   xdlm-tune compare runs/eval-a runs/eval-b                         # is the difference real?
   xdlm-tune export runs/smollm2-135m-xdlm-lora --out exports/smollm2-xdlm

@@ -28,7 +28,12 @@ def embeddings_tied(model: PreTrainedModel) -> bool:
     head = model.get_output_embeddings()
     if head is None:
         return True
-    return head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    head_w, embed_w = head.weight, model.get_input_embeddings().weight
+    if head_w is embed_w:
+        return True
+    if head_w.is_meta or embed_w.is_meta:  # meta tensors (a real-size plan) all have data_ptr 0
+        return False
+    return head_w.data_ptr() == embed_w.data_ptr()
 
 
 def enable_checkpointing(model: PreTrainedModel) -> None:

@@ -8,6 +8,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from torch import nn
 
+from xdlm_tune.errors import UserError
 from xdlm_tune.model.common import embeddings_tied, enable_checkpointing, module_name, unwrap
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ def attach_lora(
             "its weight directly. The mask row trains through train_mask_row instead."
         )
 
+    check_target_modules(hf, target_modules, head_name)
+
     if getattr(hf, "is_loaded_in_4bit", False) or getattr(hf, "is_loaded_in_8bit", False):
         # Casts the remaining float parameters (norms, embeddings) to float32 for stable training.
         hf = prepare_model_for_kbit_training(hf, use_gradient_checkpointing=False)
@@ -83,6 +86,40 @@ def attach_lora(
 
     with peft_wrapping():
         return get_peft_model(hf, config)
+
+
+def lora_targets(model: nn.Module, head_name: str | None = None) -> list[str]:
+    """The short names of the linear layers LoRA can attach to (e.g. q_proj, down_proj), the head excluded."""
+    names = set()
+    for name, module in model.named_modules():
+        if name and name != head_name and _is_linear(module):
+            names.add(name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+class TargetModulesError(UserError, ValueError):
+    """lora.target_modules names a module the model does not have."""
+
+
+def check_target_modules(model: nn.Module, target_modules: str | list[str], head_name: str | None = None) -> None:
+    """Refuse a target_modules list with an entry that matches no linear layer (PEFT would
+    silently skip it, or fail only when none match), naming the layers there are."""
+    if isinstance(target_modules, str):
+        return  # "all-linear" or a regex: PEFT's own matching
+    names = [name for name, _ in model.named_modules() if name]
+    missing = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        available = lora_targets(model, head_name)
+        raise TargetModulesError(
+            f"lora.target_modules {list(target_modules)}: {', '.join(map(repr, missing))} match no module of "
+            f"{type(model).__name__}. Its linear layers are: {', '.join(available)}; set lora.target_modules "
+            "to some of those (or all-linear)"
+        )
+
+
+def _is_linear(module: nn.Module) -> bool:
+    # bitsandbytes' Linear4bit subclasses nn.Linear; Conv1D (GPT-2 style) is linear too.
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from xdlm_tune.model.bidirectional import make_bidirectional
-from xdlm_tune.model.common import enable_checkpointing
+from xdlm_tune.model.common import enable_checkpointing, unwrap
 from xdlm_tune.model.load import load_base
 from xdlm_tune.model.lora import attach_lora, log_parameter_counts, parameter_counts
 from xdlm_tune.model.mask_token import setup_mask_token
@@ -31,6 +31,53 @@ class PreparedModel:
     kind: str  # "causal" (converted here) or "diffusion"
     family: str  # transformers model_type, e.g. "llama"
     parameter_counts: dict[str, int] = field(default_factory=dict)  # see lora.parameter_counts
+
+
+def adapt_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    kind: str = "causal",
+    quantization: str | None = None,
+    mask_token: str | None = None,
+    mask_id: int | None = None,
+    shift: bool | None = None,
+    lora: dict | None = None,
+    gradient_checkpointing: bool = False,
+) -> tuple[nn.Module, int, bool]:
+    """The adaptation half of `prepare_model` on a loaded base: (model, mask id, shift).
+
+    The same steps whether `model` holds real weights or is a meta-device skeleton of the real
+    size (`xdlm-tune plan`): bidirectional attention and mask token (causal bases), the
+    diffusion base's own mask and shift, LoRA with the trainable mask row, or checkpointing.
+    """
+    if kind == "causal":
+        make_bidirectional(model)
+        mask_id = setup_mask_token(model, tokenizer, mask_token, mask_id)
+        shift = True if shift is None else shift
+    else:
+        mask_id = setup_mask_token(model, tokenizer, mask_token, mask_id, add_if_missing=False)
+        if shift is None:
+            shift = getattr(model.config, "xdlm_shift", None)
+        if shift is None and getattr(model.config, "xdlm_source_model_type", None) in NATIVE_FAMILIES:
+            shift = default_shift(model.config.xdlm_source_model_type)
+        if shift is None:
+            raise ValueError(
+                "diffusion bases need `shift` set: false for LLaDA (token i predicted at i), "
+                "true for Dream (predicted at i-1)"
+            )
+    # Recorded in config.json so that saved and exported models carry both facts.
+    model.config.xdlm_shift = bool(shift)
+
+    if lora is not None:
+        model = attach_lora(model, mask_id=mask_id, **{"gradient_checkpointing": gradient_checkpointing, **lora})
+    else:
+        if quantization is not None:
+            raise ValueError("a 4-bit (nf4) base cannot be fully fine-tuned; set a `lora` section for QLoRA")
+        if gradient_checkpointing:
+            enable_checkpointing(model)
+
+    return model, mask_id, bool(shift)
 
 
 def prepare_model(
@@ -72,33 +119,18 @@ def prepare_model(
         quantization=quantization,
         trust_remote_code=trust_remote_code,
     )
-    family = model.config.model_type
-    if kind == "causal":
-        make_bidirectional(model)
-        mask_id = setup_mask_token(model, tokenizer, mask_token, mask_id)
-        shift = True if shift is None else shift
-    else:
-        mask_id = setup_mask_token(model, tokenizer, mask_token, mask_id, add_if_missing=False)
-        if shift is None:
-            shift = getattr(model.config, "xdlm_shift", None)
-        if shift is None and getattr(model.config, "xdlm_source_model_type", None) in NATIVE_FAMILIES:
-            shift = default_shift(model.config.xdlm_source_model_type)
-        if shift is None:
-            raise ValueError(
-                "diffusion bases need `shift` set: false for LLaDA (token i predicted at i), "
-                "true for Dream (predicted at i-1)"
-            )
-    # Recorded in config.json so that saved and exported models carry both facts.
-    model.config.xdlm_shift = bool(shift)
-
-    if lora is not None:
-        model = attach_lora(model, mask_id=mask_id, **{"gradient_checkpointing": gradient_checkpointing, **lora})
-    else:
-        if quantization is not None:
-            raise ValueError("a 4-bit (nf4) base cannot be fully fine-tuned; set a `lora` section for QLoRA")
-        if gradient_checkpointing:
-            enable_checkpointing(model)
-
+    model, mask_id, shift = adapt_model(
+        model,
+        tokenizer,
+        kind=kind,
+        quantization=quantization,
+        mask_token=mask_token,
+        mask_id=mask_id,
+        shift=shift,
+        lora=lora,
+        gradient_checkpointing=gradient_checkpointing,
+    )
+    family = unwrap(model).config.model_type
     counts = log_parameter_counts(model) if report else parameter_counts(model)
     # DEBUG: train's start line and eval's rows say it; at INFO it preceded the train summary as noise.
     logger.debug("prepared %s (%s base, family %s): mask id %d, shift %s", name_or_path, kind, family, mask_id, shift)

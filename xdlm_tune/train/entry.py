@@ -33,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="check the recipe: build a tiny random stand-in of the same model family, run one "
         "optimizer step (and a save) through the real loop on offline data, in a temp dir",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="train even when the real-size plan (xdlm-tune plan) says the run does not fit on the detected GPUs",
+    )
     return parser
 
 
@@ -50,20 +55,33 @@ def run(args: argparse.Namespace) -> int:
 
     from ..checkpoint import CheckpointError
     from ..data import DataError
+    from ..errors import UserError
     from .ds_ops import ExtensionLockError
 
     try:
         if args.dry_run:
             from .dry_run import dry_run
+            from .plan import preflight
 
+            # The real-size check refuses a bad recipe before the stand-in runs; its verdict comes after.
+            verdict = preflight(recipe, force=True, dry_run=True, quiet=True)
             dry_run(recipe)
+            if verdict:
+                print(verdict)
         else:
+            import torch
+
             from .loop import train
             from .runtime import shutdown_process_group
 
+            if torch.cuda.is_available():
+                from .plan import preflight
+
+                if not preflight(recipe, force=args.force):
+                    return 2
             train(recipe)
             shutdown_process_group()
-    except (RecipeError, CheckpointError, DataError, ExtensionLockError) as e:
+    except (RecipeError, CheckpointError, DataError, ExtensionLockError, UserError) as e:
         print(f"xdlm-tune train: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
