@@ -84,7 +84,11 @@ def install_wheels(folders: list[Path], target: Path) -> list[str]:
         raise SetupError(f"--wheels {' '.join(map(str, folders))}: no *.whl or *.whl.part-* files there")
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile"]
     cmd += ["--disable-pip-version-check", "--upgrade", "--target", str(target), *map(str, wheels)]
-    subprocess.run(cmd, check=True)
+    if subprocess.run(cmd).returncode != 0:
+        raise SetupError(
+            f"pip could not install {', '.join(w.name for w in wheels)} into {target} (its message is above): "
+            f"download wheels for this interpreter (Python {sys.version_info.major}.{sys.version_info.minor}, README: One prepared GPU result)"
+        )
     return [w.name for w in wheels]
 
 

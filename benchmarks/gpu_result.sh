@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU result (365 s of step limits on one H100/H200): trains the MBPP-SFT
+# One prepared GPU result (370 s of step limits on one H100/H200): trains the MBPP-SFT
 # recipe on the embedded SmolLM2-135M at k = 0.1 and k = 0 with the same budget (bf16, the fused
 # loss with its Triton kernel), evaluates both and the AR baseline on MBPP test problems at 16 and 32
 # steps (xdlm / confidence, the recipe's prompt format, dual KV cache), compares k = 0.1 with k = 0
@@ -63,7 +63,7 @@ else
   EVAL_STEPS="16 32"; EVAL_BATCH=64; AR_BATCH=256; PRECISION=bf16; DTYPE=bfloat16; WORKERS=$(nproc)
   TRAIN_EXTRA=()
   GEN=()  # the recipe's gen_length / block_length, read below
-  L_SETUP=35 L_TRAIN=60 L_EVAL=75 L_AR=35 L_COMPARE=10 L_REPORT=15  # 365 s
+  L_SETUP=50 L_TRAIN=60 L_EVAL=70 L_AR=35 L_COMPARE=10 L_REPORT=15  # 370 s
 fi
 WORK=${WORK:-$(mktemp -d -t xdlm-gpu-result.XXXXXX)}
 if [ -z "$RES" ]; then

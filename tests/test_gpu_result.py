@@ -92,6 +92,12 @@ def test_joined_wheel_installs_offline_and_imports(tmp_path):
         text=True,
     )
     assert out.stdout.strip() == "42", out.stderr
+    # a wheel for another interpreter: pip's refusal becomes one clear error, not a traceback
+    other = tmp_path / "c"
+    other.mkdir()
+    _wheel(other / "xdlm_probe-0.1-cp27-none-any.whl")
+    with pytest.raises(gr.SetupError, match=r"pip could not install xdlm_probe-0\.1-cp27-none-any\.whl .*Python 3\."):
+        gr.install_wheels([other], tmp_path / "site2")
 
 
 def _samples(label: str, steps: list[int | None], passed: dict[int, bool]) -> str:
