@@ -12,7 +12,8 @@
 # --rehearse: the same steps at tiny sizes on a CPU (what tests/test_gpu_result.py runs). --wheels:
 # install the carried wheels in DIR (parts NAME.whl.part-* are joined) offline first. Every step
 # runs under its own time limit; a failed or timed-out step is recorded and the next one runs;
-# whatever finished is kept. Without CUDA (and without --rehearse) it stops at once.
+# whatever finished is kept; the exit status is 1 if any step failed or timed out. Without CUDA (and
+# without --rehearse) it stops at once with status 2.
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-}
@@ -31,7 +32,7 @@ while [ $# -gt 0 ]; do
     --train-steps) shift; TRAIN_STEPS=${1:?--train-steps needs a number} ;;
     --batch) shift; BATCH=${1:?--batch needs a number} ;;
     --problems) shift; PROBLEMS=${1:?--problems needs a number} ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "gpu_result.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -141,5 +142,7 @@ step report $L_REPORT "$PY" benchmarks/gpu_result.py report --result-dir "$RES" 
   $([ $REHEARSE = 1 ] && echo --rehearse) --plan "train_steps=$TRAIN_STEPS" "batch=$BATCH" \
   "problems=$PROBLEMS" "eval_steps=${EVAL_STEPS// /+}" "precision=$PRECISION" "eval_dtype=$DTYPE"
 write_status "$RES/status.json"
-for n in "${ORDER[@]}"; do echo "  $n: ${STATUS[$n]}"; done
+BAD=0
+for n in "${ORDER[@]}"; do echo "  $n: ${STATUS[$n]}"; case "${STATUS[$n]}" in FAILED*|TIMED*) BAD=1 ;; esac; done
 echo "gpu_result.sh: $RES/report.md"
+exit $BAD  # 1 when a step failed or timed out (what finished is kept either way)

@@ -234,9 +234,9 @@ def test_rehearsal_runs_every_step_end_to_end(tmp_path):
         assert (res / folder / "samples.jsonl").is_file() and (res / folder / "summary.json").is_file()
     report = (res / "report.md").read_text()
     assert "Rehearsal" in report and (res / "pass_at_1.png").is_file()
-    for row in ("| k=0.1 | 2 | 2 |", "| k=0.1 | 4 | 2 |", "| k=0 | 2 | 2 |", "| k=0 | 4 | 2 |", "(AR) | AR | 2 |"):
+    rows = [f"| k={k} [cache=dual] | {s} | 2 |" for k in ("0.1", "0") for s in (2, 4)]  # labelled with the cache
+    for row in (*rows, "(AR) | AR | 2 |"):
         assert row in report, report
-    sampler = {
-        json.loads(line)["sampler"]["sampler"] for line in (res / "eval_k0" / "samples.jsonl").read_text().splitlines()
-    }
-    assert sampler == {"confidence"}
+    for folder, name in (("eval_k0.1", "xdlm"), ("eval_k0", "confidence")):
+        lines = (res / folder / "samples.jsonl").read_text().splitlines()
+        assert {json.loads(line)["sampler"]["sampler"] for line in lines} == {name}
