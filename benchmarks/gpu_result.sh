@@ -47,7 +47,7 @@ find_python
 RECIPE=recipes/smollm2-135m-xdlm-lora-mbpp-sft.yaml
 
 # Sizes. GPU: README "One prepared GPU result" has the arithmetic behind each number. Rehearsal:
-# the same commands and keys at sizes a 2-core CPU runs in about two minutes.
+# the same commands and keys at the smallest sizes that still take every path (README: its time).
 if [ $REHEARSE = 1 ]; then
   : "${TRAIN_STEPS:=2}" "${BATCH:=2}" "${PROBLEMS:=2}"
   EVAL_STEPS="2 4"; EVAL_BATCH=2; AR_BATCH=2; PRECISION=no; DTYPE=float32; WORKERS=2
