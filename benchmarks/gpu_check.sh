@@ -22,9 +22,8 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-if [ -z "$PY" ]; then
-  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=$(command -v python3 || command -v python); fi
-fi
+source benchmarks/gpu_steps.sh  # find_python, step, write_status
+find_python
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   echo "gpu_check.sh: no CUDA device visible to $PY (torch.cuda.is_available() is False): nothing measured." >&2
   echo "Run it on a machine with an NVIDIA GPU and a CUDA build of torch." >&2
@@ -34,23 +33,6 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 WORK=$(mktemp -d -t xdlm-gpu-check.XXXXXX)
 "$PY" -c "import torch; print(torch.cuda.get_device_name(), '| torch', torch.__version__, '| CUDA', torch.version.cuda)" > "$WORK/device.txt"
 echo "gpu_check.sh on $(cat "$WORK/device.txt"); work folder $WORK"
-declare -A STATUS
-ORDER=()
-step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, record ok / failed / timed out
-  local name=$1 limit=$2; shift 2
-  local t0=$SECONDS
-  echo "== $name (limit ${limit}s)"
-  timeout --kill-after=10 "$limit" "$@"
-  local rc=$?
-  local took=$((SECONDS - t0))
-  case $rc in
-    0) STATUS[$name]="ok (${took}s)" ;;
-    124|137) STATUS[$name]="TIMED OUT after ${limit}s" ;;
-    *) STATUS[$name]="FAILED (exit $rc, ${took}s)" ;;
-  esac
-  ORDER+=("$name")
-  echo "== $name: ${STATUS[$name]}"
-}
 if [ $QUICK = 1 ]; then
   SETTING=32000x1024x1024; LAYERS="1 2"; SEQ=512; GEN=32
 else
@@ -73,6 +55,6 @@ step "lora 8B-shaped" 140 "$PY" benchmarks/gpu_check.py lora --shape llama3-8b -
 step "memory plan" 120 "$PY" benchmarks/gpu_check.py plan --recipe llama3-8b-xdlm-lora-zero3 --layers 2 \
   --json "$WORK/plan.json" deepspeed.config=null
 
-{ echo "{"; sep=""; for n in "${ORDER[@]}"; do printf '%s "%s": "%s"' "$sep" "$n" "${STATUS[$n]}"; sep=","; done; echo "}"; } > "$WORK/status.json"
+write_status "$WORK/status.json"
 "$PY" benchmarks/gpu_check.py report --workdir "$WORK"
 for n in "${ORDER[@]}"; do echo "  $n: ${STATUS[$n]}"; done
