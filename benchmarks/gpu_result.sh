@@ -131,7 +131,8 @@ run "eval AR" $L_AR "${EVAL[@]}" --model smollm2-135m --no-diffusion --steps $EV
 # 7. Paired comparison, where this version of xdlm-tune has the command.
 if "$PY" -m xdlm_tune.cli compare --help >/dev/null 2>&1; then
   step "compare k=0.1 vs k=0" $L_COMPARE bash -c 'logged "$1/compare.txt" "${@:2}"' _ "$RES" \
-    "$PY" -m xdlm_tune.cli compare "$RES/eval_k0.1" "$RES/eval_k0"
+    "$PY" -m xdlm_tune.cli compare "$RES/eval_k0" "$RES/eval_k0.1" --allow-different k sampler \
+    --json "$RES/compare.json"
 else
   skip "compare k=0.1 vs k=0" "this xdlm-tune has no compare command (xdlm-tune compare --help failed)"
 fi
