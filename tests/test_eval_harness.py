@@ -114,3 +114,17 @@ def test_cache_and_threshold_rows_carry_the_variant_and_nfe(problems, tiny, tmp_
     table = summarize_run(tmp_path)["table"]
     mean = sum(r["nfe"] for r in rows) / len(rows)
     assert table.splitlines()[0].endswith("| timeout | NFE |") and table.splitlines()[2].endswith(f"| {mean:.1f} |")
+
+
+def test_the_summary_names_the_benchmark_source_and_the_sandbox_jail(tmp_path):
+    """summary.md and the printed table (and so the model card, which takes summary.md) say which
+    copy of the benchmark was scored and which isolation level judged the programs."""
+    rows = [
+        dict(label="m", steps=8, task_id="mbpp/11", status="passed", syntax_valid=True, data="shipped x", jail="bwrap"),
+        dict(label="m", steps=8, task_id="mbpp/12", status="error", syntax_valid=False, data="shipped x", jail="bwrap"),
+    ]
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = summarize_run(tmp_path)
+    assert res["table"].endswith("\nBenchmark data: shipped x\nSandbox jail: bwrap\n")
+    assert res["table"] in (tmp_path / "summary.md").read_text()
+    assert json.loads((tmp_path / "summary.json").read_text())[0]["jail"] == "bwrap"

@@ -289,9 +289,15 @@ def summarize_run(out_dir: str | Path, title: str = "") -> dict:
 
     summaries = summarize(rows)
     table = markdown_table(summaries)
+    # Where the benchmark came from (shipped copy / Hub revision / a file) and the sandbox's isolation
+    # level that judged the programs: with the table, so the printed table and the model card say it too.
     sources = sorted({r["data"] for r in rows if r.get("data")})
-    if sources:  # which copy of the benchmark was scored (shipped / Hub revision / a local file)
-        table += f"\nBenchmark data: {'; '.join(sources)}\n"
+    jails = sorted({r["jail"] for r in rows if r.get("jail")})
+    footer = ([f"Benchmark data: {'; '.join(sources)}"] if sources else []) + (
+        [f"Sandbox jail: {', '.join(jails)}"] if jails else []
+    )
+    if footer:
+        table += "\n" + "\n".join(footer) + "\n"
     checked = summary_section(out)
     note = "Rates with 95% intervals (Wilson; pass@k over several samples: bootstrap over problems).\n"
     (out / "summary.md").write_text((f"# {title}\n\n" if title else "") + table + "\n" + note + "\n" + checked)

@@ -167,14 +167,15 @@ def load_tokenizer(source: str | os.PathLike, family: str | None = None, **kwarg
 
     The class is chosen here, never by AutoTokenizer: that would follow config.json's auto_map
     to the base's remote code."""
-    tok_config = _file(source, "tokenizer_config.json")
+    local_only = bool(kwargs.get("local_files_only"))  # then no file lookup may reach the Hub either
+    tok_config = _file(source, "tokenizer_config.json", local_only)
     declared = json.loads(Path(tok_config).read_text()) if tok_config else {}
     name = declared.get("tokenizer_class")
     cls = getattr(transformers, name, None) if name else None
     if "AutoTokenizer" in (declared.get("auto_map") or {}) or not isinstance(cls, type):
-        if _file(source, "tokenizer.json") is not None:
+        if _file(source, "tokenizer.json", local_only) is not None:
             cls = PreTrainedTokenizerFast
-        elif family == "Dream" and _file(source, "vocab.json") and _file(source, "merges.txt"):
+        elif family == "Dream" and _file(source, "vocab.json", local_only) and _file(source, "merges.txt", local_only):
             cls = Qwen2Tokenizer  # DreamTokenizer is Qwen2's byte-level BPE (same regex, NFC, merges)
         else:
             raise ValueError(
@@ -244,8 +245,9 @@ def save_llada_format(model: LlamaForCausalLM, path: str | os.PathLike, *, mask_
 # --------------------------------------------------------------------------- internals
 
 
-def _file(source: str | os.PathLike, name: str) -> str | None:
-    """A file of a local folder or Hub repo (downloaded alone), None when it does not exist."""
+def _file(source: str | os.PathLike, name: str, local_files_only: bool = False) -> str | None:
+    """A file of a local folder or Hub repo (downloaded alone; with `local_files_only` the Hub cache
+    only), None when it does not exist."""
     local = Path(source).expanduser()
     if local.is_dir():
         return str(local / name) if (local / name).is_file() else None
@@ -257,6 +259,7 @@ def _file(source: str | os.PathLike, name: str) -> str | None:
             name,
             _raise_exceptions_for_missing_entries=False,
             _raise_exceptions_for_connection_errors=False,
+            local_files_only=local_files_only,
         )
     except (OSError, ValueError):
         return None
