@@ -164,7 +164,7 @@ def test_report_keeps_whatever_finished(tmp_path):
         and "k=0 (eval_k0/): complete" in text
         and "AR (eval_ar/): no samples" in text
     )
-    assert "| k=0.1 | 16 | 2 | 50.0% |" in text and "| k=0 | 32 | 2 | 0.0% |" in text
+    assert "| k=0.1 | 16 | 2 | 50.0% [9.5, 90.5] |" in text and "| k=0 | 32 | 2 | 0.0% [0.0, 65.8] |" in text
     assert (res / "pass_at_1.png").stat().st_size > 0 and (res / "train_k=0.1" / "metrics.jsonl").is_file()
     assert "not run" in text  # no compare status: the comparison section says so
 
