@@ -18,8 +18,9 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo lint fmt golden test test-fast test-all bench clean
 
-# Quiet: one line per install step; pip's errors (and only those) still print in full.
-PIP_Q := PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 $(PIP) install -q
+# Quiet: one line per install step; pip -qq prints its errors (and only those) in full, not its warnings
+# about a machine's pip configuration.
+PIP_Q := PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 $(PIP) install -qq
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || { echo "[install] a virtual environment in $(VENV)"; $(PYTHON) -m venv $(VENV); }
 	@$(PY) -c "import torch" 2>/dev/null || { \
