@@ -80,6 +80,25 @@ def adapt_model(
     return model, mask_id, bool(shift)
 
 
+def model_options(recipe) -> dict:
+    """A recipe's model, adaptation, lora and checkpointing as the keywords `prepare_model` and the
+    plan's `real_size_model` share: one mapping, so a plan builds exactly what training builds."""
+    m, a = recipe.model, recipe.adaptation
+    return dict(
+        name_or_path=m.name_or_path,
+        kind=m.kind,
+        dtype=m.dtype,
+        attn_implementation=m.attn_implementation,
+        gguf_file=m.gguf_file,
+        quantization=m.quantization,
+        mask_token=a.mask_token,
+        mask_id=a.mask_id,
+        shift=a.shift,
+        lora=recipe.lora.to_dict(),
+        gradient_checkpointing=recipe.training.gradient_checkpointing,
+    )
+
+
 def prepare_model(
     name_or_path: str | os.PathLike = "smollm2-135m",
     *,

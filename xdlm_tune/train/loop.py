@@ -35,6 +35,7 @@ from ..config import Recipe, save_recipe
 from ..data import build_data
 from ..diffusion import make_schedule
 from ..model import anneal_progress, annealed_attention_mask, output_projection, prepare_model
+from ..model.prepare import model_options
 from .heldout import EVAL_SEED, heldout_elbo
 from .metrics import METRICS_FILE, MetricsWriter, Progress, read_metrics
 from .objective import (
@@ -133,21 +134,10 @@ def _train(recipe: Recipe, ds_config: dict | None) -> TrainResult:
     set_seed(cfg.seed)
 
     # 3. The model: the same base, mask token and LoRA initialisation on every process.
-    m, a = recipe.model, recipe.adaptation
     with whole_model_loading(accelerator):
         prepared = prepare_model(
-            m.name_or_path,
-            kind=m.kind,
-            dtype=m.dtype,
-            attn_implementation=m.attn_implementation,
-            gguf_file=m.gguf_file,
-            quantization=m.quantization,
-            trust_remote_code=m.trust_remote_code,
-            mask_token=a.mask_token,
-            mask_id=a.mask_id,
-            shift=a.shift,
-            lora=recipe.lora.to_dict(),
-            gradient_checkpointing=cfg.gradient_checkpointing,
+            **model_options(recipe),
+            trust_remote_code=recipe.model.trust_remote_code,
             report=False,  # the start line (_banner) says it: trainable counts, mask id, family
         )
     mask_id, (vocab, hidden_size) = prepared.mask_id, output_projection(prepared.model)[0].shape

@@ -104,23 +104,12 @@ def plan_recipe(
     `foreach=False` sizes the run as it goes on a CPU (benchmarks/plan_memory.py)."""
     import dataclasses
 
+    from ..model.prepare import model_options
     from ..model.real_size import RealSizeError, real_size_model
 
-    m, a, t = recipe.model, recipe.adaptation, recipe.training
+    m = recipe.model
     try:
-        built = real_size_model(
-            m.name_or_path,
-            kind=m.kind,
-            dtype=m.dtype,
-            attn_implementation=m.attn_implementation,
-            gguf_file=m.gguf_file,
-            quantization=m.quantization,
-            mask_token=a.mask_token,
-            mask_id=a.mask_id,
-            shift=a.shift,
-            lora=recipe.lora.to_dict(),
-            gradient_checkpointing=t.gradient_checkpointing,
-        )
+        built = real_size_model(**model_options(recipe))
     except (RealSizeError, ValueError) as err:
         field = _field_of(str(err))
         raise UserError(
