@@ -1,15 +1,18 @@
-"""Check that the README's "real output of `make demo`" block is what the demo prints.
+"""Check that the docs' "real output of `make demo`" block (docs/demo.md) is what the demo prints,
+and that the README's shortened copy is taken from it.
 
-    python benchmarks/check_readme_demo.py                       # README vs the committed demo log
-    python benchmarks/check_readme_demo.py runs/demo/demo.log    # README vs the demo you just ran
-    python benchmarks/check_readme_demo.py runs/demo/demo.log --update   # rewrite the README block
+    python benchmarks/check_readme_demo.py                       # docs/demo.md + README vs the committed log
+    python benchmarks/check_readme_demo.py runs/demo/demo.log    # ... vs the demo you just ran
+    python benchmarks/check_readme_demo.py runs/demo/demo.log --update   # rewrite docs/demo.md's block
 
 `make demo` writes its console output to runs/demo/demo.log; benchmarks/results/demo_cpu.log is the
 copy the README block was pasted from (the test suite compares the two, tests/test_readme_demo.py).
 Both sides are compared line by line after the same normalisation: progress bars keep only their
 final state (their bar glyphs and timings dropped), and wall-clock values (seconds, tokens/s, rates)
 are masked. Every other character must match, except that a number in the README may be the log's
-number rounded (5.60 for 5.5989). Exit status: 0 same, 1 drift (a diff is printed), 2 no block / log.
+number rounded (5.60 for 5.5989). The README shows a few of those lines (after EXCERPT_MARKER): each
+must be one of the log's, in the log's order. Exit status: 0 same, 1 drift (a diff is printed),
+2 no block / log.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-README = REPO / "README.md"
+README = REPO / "docs" / "demo.md"  # the whole block
+FRONT = REPO / "README.md"  # a shortened copy
 COMMITTED_LOG = REPO / "benchmarks" / "results" / "demo_cpu.log"
 MARKER = "The real output of `make demo`"
+EXCERPT_MARKER = "Shortened, from the real output of `make demo`"
 
 # A tqdm line: "train: 100%|####| 30/30 [02:41<00:00,  5.37s/step, loss=5.7391, tok_s=111]".
 _BAR = re.compile(r"^(?P<desc>[\w ]+): +(?P<pct>\d+)%\|[^|]*\| *(?P<count>\d+/\d+) *(?:\[(?P<info>[^\]]*)\])?\s*$")
@@ -36,11 +41,11 @@ _TIMING = [
 _NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
 
-def readme_block(text: str) -> tuple[int, int]:
-    """(start, end) character offsets of the demo output inside the README's fenced block."""
-    at = text.find(MARKER)
+def readme_block(text: str, marker: str = MARKER) -> tuple[int, int]:
+    """(start, end) character offsets of the demo output inside the fenced block after `marker`."""
+    at = text.find(marker)
     if at < 0:
-        raise LookupError(f"README has no paragraph starting {MARKER!r}")
+        raise LookupError(f"no paragraph starting {marker!r}")
     fence = text.find("```\n", at)
     if fence < 0:
         raise LookupError("no ``` block after the demo paragraph")
@@ -112,6 +117,24 @@ def drift(readme_text: str, log_text: str) -> list[str]:
     return list(difflib.unified_diff(want, got, "README.md (demo block)", "demo log", lineterm="", n=1))
 
 
+def excerpt_drift(front_text: str, log_text: str) -> list[str]:
+    """The README's shortened block: its lines must be lines of the log, in the log's order ([] if so)."""
+    start, end = readme_block(front_text, EXCERPT_MARKER)
+    want, got = normalise(front_text[start:end]), normalise(log_text)
+    if not want:
+        return ["the README's shortened demo block is empty"]
+    at = 0
+    for line in want:
+        while at < len(got) and not lines_agree(line, got[at]):
+            at += 1
+        if at == len(got):
+            return [
+                f"README.md (shortened demo block): {line!r} is not a line of the demo log (after the lines before it)"
+            ]
+        at += 1
+    return []
+
+
 def readme_lines(log_text: str) -> str:
     """The block for the README from a demo log: what a terminal showed, bars at their last state."""
     keep = []
@@ -125,7 +148,8 @@ def readme_lines(log_text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("log", nargs="?", default=str(COMMITTED_LOG), help="a demo log (default: the committed one)")
-    ap.add_argument("--readme", default=str(README))
+    ap.add_argument("--readme", default=str(README), help="the page with the whole block (docs/demo.md)")
+    ap.add_argument("--front", default=str(FRONT), help="the page with the shortened copy (README.md)")
     ap.add_argument("--update", action="store_true", help="write the log into the README's demo block")
     args = ap.parse_args(argv)
     readme, log = Path(args.readme), Path(args.log)
@@ -143,14 +167,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{readme}: demo block rewritten from {log}")
         return 0
     diff = drift(text, log.read_text())
+    front = Path(args.front)
+    if not diff and front.is_file():
+        try:
+            diff = excerpt_drift(front.read_text(), log.read_text())
+        except LookupError as e:
+            print(f"{front}: {e}", file=sys.stderr)
+            return 2
     if diff:
         print(f"the README's demo output drifted from {log}:\n" + "\n".join(diff))
         print(
             "\nregenerate it: make demo && python benchmarks/check_readme_demo.py runs/demo/demo.log --update "
-            "&& cp runs/demo/demo.log benchmarks/results/demo_cpu.log"
+            "&& cp runs/demo/demo.log benchmarks/results/demo_cpu.log (and pick the README's shortened lines "
+            "from the new block)"
         )
         return 1
-    print(f"README demo block matches {log}")
+    print(f"{readme.name}'s demo block and {front.name}'s shortened copy match {log}")
     return 0
 
 

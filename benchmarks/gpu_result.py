@@ -87,7 +87,7 @@ def install_wheels(folders: list[Path], target: Path) -> list[str]:
     if subprocess.run(cmd).returncode != 0:
         raise SetupError(
             f"pip could not install {', '.join(w.name for w in wheels)} into {target} (its message is above): "
-            f"download wheels for this interpreter (Python {sys.version_info.major}.{sys.version_info.minor}, README: One prepared GPU result)"
+            f"download wheels for this interpreter (Python {sys.version_info.major}.{sys.version_info.minor}, docs/gpu.md: One prepared GPU result)"
         )
     return [w.name for w in wheels]
 
@@ -107,7 +107,7 @@ def setup(result_dir: Path, rehearse: bool) -> dict:
     if missing:
         raise SetupError(
             f"{sys.executable} lacks {', '.join(missing)}: install the project (`make install`), or carry "
-            "wheels and pass --wheels DIR (README: One prepared GPU result)"
+            "wheels and pass --wheels DIR (docs/gpu.md: One prepared GPU result)"
         )
     import torch
 

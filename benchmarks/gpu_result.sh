@@ -46,8 +46,8 @@ source benchmarks/gpu_steps.sh  # find_python, step, skip, write_status
 find_python
 RECIPE=recipes/smollm2-135m-xdlm-lora-mbpp-sft.yaml
 
-# Sizes. GPU: README "One prepared GPU result" has the arithmetic behind each number. Rehearsal:
-# the same commands and keys at the smallest sizes that still take every path (README: its time).
+# Sizes. GPU: docs/gpu.md "One prepared GPU result" has the arithmetic behind each number. Rehearsal:
+# the same commands and keys at the smallest sizes that still take every path (docs/gpu.md: its time).
 if [ $REHEARSE = 1 ]; then
   : "${TRAIN_STEPS:=2}" "${BATCH:=2}" "${PROBLEMS:=2}"
   EVAL_STEPS="2 4"; EVAL_BATCH=2; AR_BATCH=2; PRECISION=no; DTYPE=float32; WORKERS=2
@@ -117,7 +117,7 @@ for K in 0.1 0; do
 done
 
 # 4-6. MBPP test problems at each step budget: xdlm for k = 0.1, confidence for k = 0 (xdlm's
-#      k = 0 case), dual cache refreshed after revisions (README "Fast sampling"); the AR baseline.
+#      k = 0 case), dual cache refreshed after revisions (docs/sampling.md "Fast sampling"); the AR baseline.
 EVAL=("$PY" -m xdlm_tune.cli eval --benchmark mbpp --limit "$PROBLEMS" --prompt-format "$PROMPT_FORMAT" "${GEN[@]}"
   --dtype $DTYPE --timeout 3 --workers "$WORKERS")  # 3 s per program: a looping answer must not eat the limit
 for K in 0.1 0; do

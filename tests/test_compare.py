@@ -168,7 +168,7 @@ def test_the_committed_result_folders_give_the_readme_output(monkeypatch):
     by_sampler = compare_runs(demo / "confidence", demo / "xdlm", steps=[8], allow=["sampler"])
     by_steps = compare_runs(demo / "xdlm", demo / "xdlm", steps_a=[4], steps_b=[8], allow=["steps"])
     assert by_steps[0]["metrics"]["syntax valid"]["b_only"] == ["HumanEval/0"]
-    readme = (repo / "README.md").read_text()
+    readme = (repo / "docs" / "evaluation.md").read_text()
     for res, name in ((by_sampler, "compare_sampler.json"), (by_steps, "compare_steps.json")):
         assert markdown(res) in readme
         assert json.loads((demo / name).read_text()) == json.loads(json.dumps(res))

@@ -1,4 +1,5 @@
-"""The README's "real output of `make demo`" block must be what the demo prints.
+"""The docs' "real output of `make demo`" block (docs/demo.md) must be what the demo prints, and
+the README's shortened copy must be taken from it.
 
 The demo writes its console output to runs/demo/demo.log; benchmarks/results/demo_cpu.log is the
 committed copy of the run the README block was pasted from. The comparison logic itself is checked
@@ -38,13 +39,29 @@ def readme_with(block: str) -> str:
 
 
 def test_readme_block_matches_the_committed_demo_log():
-    readme = (REPO / "README.md").read_text()
+    readme = check.README.read_text()
     assert check.COMMITTED_LOG.is_file(), (
         f"{check.COMMITTED_LOG} is missing: run `make demo`, then `python benchmarks/check_readme_demo.py "
         "runs/demo/demo.log --update && cp runs/demo/demo.log benchmarks/results/demo_cpu.log`"
     )
     log = check.COMMITTED_LOG.read_text()
     assert check.drift(readme, log) == [], "\n".join(check.drift(readme, log))
+    front = check.FRONT.read_text()
+    assert check.excerpt_drift(front, log) == [], check.excerpt_drift(front, log)
+
+
+def front_with(block: str) -> str:
+    return f"# x\n\n{check.EXCERPT_MARKER} on a CPU:\n\n```\n{block}```\n"
+
+
+def test_the_shortened_copy_must_be_lines_of_the_log_in_order():
+    lines = check.readme_lines(LOG).splitlines()
+    first, last = lines[0], lines[-1]
+    table = next(line for line in lines if line.startswith("| base (AR)"))
+    assert check.excerpt_drift(front_with(f"{first}\n{table}\n{last}\n"), LOG) == []
+    assert check.excerpt_drift(front_with(f"{first}\n{table.replace('0.0%', '50.0%')}\n"), LOG) != []  # drift
+    assert check.excerpt_drift(front_with(f"{table}\n{first}\n"), LOG) != []  # out of order
+    assert check.excerpt_drift(front_with("\n"), LOG) != []  # empty
 
 
 def test_the_block_written_from_a_log_passes_and_is_what_a_terminal_showed():
@@ -86,10 +103,11 @@ def test_any_drift_fails(change, tmp_path, capsys):
     readme, log = tmp_path / "README.md", tmp_path / "demo.log"
     readme.write_text(readme_with(block))
     log.write_text(drifted)
-    assert check.main([str(log), "--readme", str(readme)]) == 1
+    front = ["--front", str(tmp_path / "no-front.md")]  # the shortened copy is tested above
+    assert check.main([str(log), "--readme", str(readme), *front]) == 1
     assert "drifted" in capsys.readouterr().out
     assert check.main([str(log), "--readme", str(readme), "--update"]) == 0  # the fix it suggests works
-    assert check.main([str(log), "--readme", str(readme)]) == 0
+    assert check.main([str(log), "--readme", str(readme), *front]) == 0
     assert readme.read_text().endswith("```\n\nRead it honestly.\n")
 
 

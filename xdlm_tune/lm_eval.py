@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 OFFLINE_TASKS = ("pydocs_mc", "pydocs_ppl", "mbpp_local")
 HELP = (
     "xdlm-tune lm-eval: lm-evaluation-harness's command line with --model xdlm and the offline tasks "
-    f"of {TASKS_DIR} added ({', '.join(OFFLINE_TASKS)}; see the README).\n"
+    f"of {TASKS_DIR} added ({', '.join(OFFLINE_TASKS)}; see docs/lm-eval.md).\n"
     "xdlm model_args: steps, block_length, gen_length, sampler, k, ... for generation tasks (mbpp_local); "
     "mc_num (default 128), mc_batch_size (32), ... for likelihood tasks (pydocs_mc, pydocs_ppl, hellaswag, ...): "
     "each likelihood request costs mc_num Monte-Carlo draws, mc_num / mc_batch_size forward passes, and `steps` "

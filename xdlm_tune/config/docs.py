@@ -1,4 +1,4 @@
-"""The README's recipe reference, generated from the schema: each field's type, default and help.
+"""The recipe reference (docs/recipes.md), generated from the schema: each field's type, default and help.
 
 The help text of a field is the string literal right below it in schema.py (an attribute
 docstring, as in litgpt), so a new field is documented where it is declared:
@@ -7,8 +7,8 @@ docstring, as in litgpt), so a new field is documented where it is declared:
     \"\"\"The packed block length (pretrain) or the longest prompt + answer (sft).\"\"\"
 
     python -m xdlm_tune.config.docs                    # print the reference
-    python -m xdlm_tune.config.docs --write README.md  # replace it between the two marker comments
-    python -m xdlm_tune.config.docs --check README.md  # exit 1 when the README's copy is stale
+    python -m xdlm_tune.config.docs --write docs/recipes.md  # replace it between the two marker comments
+    python -m xdlm_tune.config.docs --check docs/recipes.md  # exit 1 when the docs' copy is stale
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, Literal, Union
 
 from .schema import Recipe
 
-BEGIN = "<!-- recipe-reference: generated from xdlm_tune/config/schema.py by `python -m xdlm_tune.config.docs --write README.md`; edit the schema, not this table -->"
+BEGIN = "<!-- recipe-reference: generated from xdlm_tune/config/schema.py by `python -m xdlm_tune.config.docs --write docs/recipes.md`; edit the schema, not this table -->"
 END = "<!-- end of recipe-reference -->"
 
 
@@ -65,7 +65,7 @@ def reference() -> str:
     for section in dataclasses.fields(Recipe):
         cls = typing.get_type_hints(Recipe)[section.name]
         parts.append(
-            f"#### `{section.name}`\n\n{_cell(inspect.getdoc(cls) or '')}\n\n"
+            f"### `{section.name}`\n\n{_cell(inspect.getdoc(cls) or '')}\n\n"
             "| key | type | default | what |\n|---|---|---|---|\n" + "\n".join(_rows(cls, f"{section.name}."))
         )
     return "\n\n".join(parts) + "\n"

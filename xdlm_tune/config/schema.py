@@ -381,7 +381,7 @@ class EvalConfig:
     """`ancestral`: the authors' extra step to alpha_s = 1 (sampler ancestral only); `none`: no extra step."""
     cache: Literal["none", "prefix", "dual"] = "none"
     """KV cache inside a block: `prefix` keeps the prompt and earlier blocks, `dual` also the masked tail
-    (README: Fast sampling)."""
+    (docs/sampling.md: Fast sampling)."""
     refresh: Literal["step", "block"] = "step"
     """After a revision rewrites a cached position: a full pass at the next `step`, or at the next `block` start."""
     refresh_every: int | None = None
