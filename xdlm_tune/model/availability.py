@@ -24,7 +24,8 @@ class ModelNotFound(UserError):
     """A model that is neither a local folder, an embedded model, in the cache, nor (reachably) on the Hub."""
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
+    """Whether downloads are switched off (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE, as huggingface_hub reads them)."""
     from huggingface_hub import constants
 
     env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
@@ -96,7 +97,7 @@ def check_model_available(name: str) -> None:
         "give a local folder, a .gguf file or the embedded smollm2-135m, or connect once so the model "
         "is cached (later runs work with HF_HUB_OFFLINE=1)"
     )
-    if _offline():
+    if hub_offline():
         raise _not_found(name, f"{local} ({hub_cache()}), and HF_HUB_OFFLINE=1 forbids downloading it", fix)
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError

@@ -108,13 +108,15 @@ def _hub_cache(repo: str) -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hub answers a TCP connection within `timeout` s (never when HF_HUB_OFFLINE is set):
+    """Whether the Hub answers a TCP connection within `timeout` s (never when downloads are off):
     an unreachable Hub costs a plan 3 s, not the client's retries."""
     import os
     import socket
     from urllib.parse import urlparse
 
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("", "0", "false", "no"):
+    from xdlm_tune.model.availability import hub_offline
+
+    if hub_offline():  # the same switch the model loader's availability check reads
         return False
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     try:
