@@ -307,9 +307,12 @@ def test_bad_values_in_a_file_name_file_and_line(tmp_path):
 
 
 def test_a_default_that_breaks_a_rule_is_named_as_the_default():
-    # gen_length from the command line, block_length left at its default of 256
-    msg = error_of(None, ["eval.gen_length=100"])
-    assert "eval.block_length: must be positive and divide gen_length (100)" in msg and "(the default value)" in msg
+    # gen_length from the command line, steps left at its default of [32] (issue #25: block_length's one
+    # default is SamplerSettings' null, one block, so it no longer breaks a rule on its own)
+    msg = error_of(None, ["eval.gen_length=16"])
+    assert "eval.steps: must be in [1, gen_length=16]" in msg and "(the default value)" in msg
+    msg = error_of(None, ["eval.gen_length=100", "eval.block_length=256"])
+    assert "eval.block_length: must be positive and divide gen_length (100)" in msg
 
 
 def test_a_later_override_is_the_source_and_a_whole_section_override_owns_its_keys(tmp_path):

@@ -65,3 +65,15 @@ def test_check_fails_on_a_stale_copy_and_write_repairs_it(tmp_path, capsys):
     assert stale.read_text() == README.read_text()
     (tmp_path / "plain.md").write_text("no markers here\n")
     assert docs.main(["--check", str(tmp_path / "plain.md")]) == 1
+
+
+def test_sampling_page_table_is_the_generated_one():
+    """docs/sampling.md's settings table comes from SamplerSettings (issue #30: no option documented twice by
+    hand). Planted: a changed field help in config/sampler.py -> this fails until --write is run."""
+    page = README.parent / "sampling.md"
+    text = page.read_text()
+    assert docs.SAMPLER_BEGIN in text and docs.regenerate(text) == text, (
+        "docs/sampling.md's sampler table is stale: run python -m xdlm_tune.config.docs --write docs/sampling.md"
+    )
+    for name in ("`max_new_tokens`", "`alg`", "`--refresh-every`", "`diffusion.eps`"):
+        assert name in text

@@ -315,7 +315,7 @@ def test_mask_row_survives_the_merge(exported, family):
     if "lm_head.weight" in state:  # untied head: its own trained row
         torch.testing.assert_close(state["lm_head.weight"][m], hf.get_output_embeddings().weight[m], atol=0, rtol=0)
     settings = read_settings(ref["dir"])
-    assert settings["mask_id"] == m and settings["shift"] == ref["shift"] and settings["k"] == K
+    assert settings["mask_id"] == m and settings["shift"] == ref["shift"] and settings["sampler"]["k"] == K
     config = json.loads((ref["dir"] / "config.json").read_text())
     assert config["is_causal"] is False and config["mask_token_id"] == m
     assert config["auto_map"] == {
@@ -340,9 +340,9 @@ def test_model_card(exported):
     assert "```yaml\nmodel:\n  name_or_path: smollm2-135m" in card and "diffusion:\n  k: 0.3" in card
     assert 'alg="xdlm"' in card and "trust_remote_code=True" in card
     assert read_settings(out)["recipe"] == exported["recipe"].to_dict()
-    assert read_settings(out)["generation"] == {
-        "alg": "xdlm",
-        "max_new_tokens": 8,
+    assert read_settings(out)["sampler"] == {  # issue #25: the settings whole (format 2), k / schedule / eps too
+        "sampler": "xdlm",
+        "gen_length": 8,
         "steps": 4,
         "block_length": 4,
         "temperature": 0.0,
@@ -353,6 +353,9 @@ def test_model_card(exported):
         "refresh": "step",
         "refresh_every": None,
         "threshold": None,
+        "k": K,
+        "schedule": "linear",
+        "eps": 1e-3,
     }
 
 
@@ -492,7 +495,7 @@ def test_refuses_to_overwrite_other_folders_and_replaces_an_old_export(tmp_path)
         export_model(model, tok, tmp_path / "out", mask_id=mask_id, k=0.5, shift=True, recipe={"diffusion": {"k": 0.1}})
     for k in (0.1, 0.2):
         export_model(model, tok, tmp_path / "out", mask_id=mask_id, k=k, shift=True, max_shard_size="20KB")
-    assert read_settings(tmp_path / "out")["k"] == 0.2
+    assert read_settings(tmp_path / "out")["sampler"]["k"] == 0.2
     assert len(list((tmp_path / "out").glob("model-*.safetensors"))) > 1  # sharded
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "out"]  # no temporary folders left
 
@@ -582,7 +585,7 @@ def test_export_main_from_a_training_run(tmp_path, saved_as, monkeypatch, capsys
     assert rc == 1 and "is intact" in err  # the push failed; the export is there
     out = tmp_path / "run" / "export"
     settings = read_settings(out)
-    assert settings["k"] == K and settings["mask_id"] == prepared.mask_id and settings["shift"] is True
+    assert settings["sampler"]["k"] == K and settings["mask_id"] == prepared.mask_id and settings["shift"] is True
     assert settings["recipe"] == recipe.to_dict()
     assert "# someone/tiny-xdlm" in (out / "README.md").read_text()
     from transformers import AutoModelForCausalLM
@@ -746,14 +749,15 @@ def test_export_samples_with_the_recipes_eval_settings_by_default(tmp_path, samp
         refresh_every=ev.refresh_every,
         threshold=ev.threshold,
     )
-    gen = read_settings(out)["generation"]
+    gen = read_settings(out)["sampler"]  # issue #25: the settings whole (format 2)
     assert gen == {
-        "alg": sampler,
-        "max_new_tokens": 12,
+        "sampler": sampler,
+        "gen_length": 12,
         "steps": ev.steps[0],
         "block_length": 4,
         **{key: getattr(want, key) for key in ("temperature", "top_p", "revise_prompt", "final_step")},
         **{key: getattr(want, key) for key in ("cache", "refresh", "refresh_every", "threshold")},
+        **{key: getattr(want, key) for key in ("k", "schedule", "eps")},
     }
     loaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
     _, _, prompts, prompt_mask = inputs(mask_id)

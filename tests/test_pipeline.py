@@ -57,7 +57,7 @@ def test_run_pipeline_end_to_end(benchmark_data, tmp_path):
     # The run's schedule reaches the sampler (evaluation) and the export's config (diffusion_generate).
     used = {json.dumps(r["sampler"], sort_keys=True) for r in rows if r["steps"] is not None}
     assert [json.loads(u)["schedule"] for u in used] == ["cosine"] and json.loads(used.pop())["sampler"] == "xdlm"
-    assert json.loads((res["export_dir"] / "config.json").read_text())["xdlm"]["schedule"] == "cosine"
+    assert json.loads((res["export_dir"] / "config.json").read_text())["xdlm"]["sampler"]["schedule"] == "cosine"
     # Export: self-contained folder whose card carries the evaluation table; sampled in a subprocess.
     export = res["export_dir"]
     assert (export / "modeling_xdlm.py").is_file()

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from xdlm_tune.config import load_recipe
-from xdlm_tune.evaluation.harness import settings_from_recipe
-from xdlm_tune.evaluation.run import build_parser, sampler_settings
+from xdlm_tune.config.sampler_args import settings_from_args
+from xdlm_tune.evaluation.run import build_parser
 from xdlm_tune.sampling import SamplerSettings, generate
 from xdlm_tune.sampling.generate import _revision_quota
 
@@ -296,10 +296,10 @@ def test_recipe_and_cli_settings_carry_the_trained_schedule(schedule):
             "eval.final_step=ancestral",
         ],
     )
-    s = settings_from_recipe(recipe)
+    s = recipe.sampler_settings()
     assert (s.schedule, s.eps, s.k, s.sampler, s.final_step) == (schedule, 0.01, 0.2, "ancestral", "ancestral")
     args = build_parser().parse_args(["--steps", "8", "--gen-length", "16"])
-    cli = sampler_settings(args, {"k": 0.2, "schedule": schedule, "eps": 0.01})
+    cli, _ = settings_from_args(args, SamplerSettings(k=0.2, schedule=schedule, eps=0.01))
     assert (cli.schedule, cli.eps, cli.k, cli.resolved_sampler) == (schedule, 0.01, 0.2, "xdlm")
 
 

@@ -16,6 +16,7 @@ import torch
 
 from .data.sources import stdlib_files
 from .diffusion import Schedule, forward_noise, fused_xdlm_loss, make_schedule
+from .evaluation.genppl import genppl_settings
 from .model import denoiser_hidden, make_bidirectional, output_projection
 from .model.tiny import byte_tokenizer, tiny_model
 from .sampling import SamplerSettings, generate
@@ -98,9 +99,7 @@ def main(
     model.eval()
     after = elbo_bits_per_byte(model, held, schedule, k, tok.mask_token_id)
     # Unconditional (an empty prompt); temperature 1: ancestral steps sample the exact posterior.
-    settings = SamplerSettings(
-        steps=32, gen_length=seq, sampler="ancestral", temperature=1.0, k=k, schedule="linear", eps=1e-3
-    )
+    settings = genppl_settings(SamplerSettings(steps=32, gen_length=seq, k=k, schedule=schedule.name, eps=schedule.eps))
     empty = torch.zeros(1, 0, dtype=torch.long)
     ids = generate(model, empty, settings, mask_id=tok.mask_token_id, generator=torch.Generator().manual_seed(seed))
     sample = tok.decode(ids[0], skip_special_tokens=True)

@@ -38,7 +38,7 @@ tok = AutoTokenizer.from_pretrained(path)
 model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32).eval()
 enc = tok([prompt], return_tensors="pt")
 out = model.diffusion_generate(enc.input_ids, attention_mask=enc.attention_mask, max_new_tokens=new,
-                               steps=steps, temperature=0.0, eos_token_id=tok.eos_token_id)
+                               block_length=new, steps=steps, temperature=0.0, eos_token_id=tok.eos_token_id)
 print(tok.decode(out[0, enc.input_ids.shape[1]:], skip_special_tokens=True))
 """
 
@@ -84,7 +84,7 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, stamps: Stamps | None = None)
     import torch
 
     from .evaluation import load_benchmark
-    from .evaluation.harness import GenerationConfig, run_evaluation, settings_from_recipe, summarize_run
+    from .evaluation.harness import GenerationConfig, run_evaluation, summarize_run
     from .evaluation.run import ar_baseline_model, checkpoint_model
     from .runs import find_checkpoint
 
@@ -92,7 +92,7 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, stamps: Stamps | None = None)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = find_checkpoint(run_dir)  # the newest checkpoint of the run
     models = []
-    settings = settings_from_recipe(recipe).check()
+    settings = recipe.sampler_settings().check()
     cfg = GenerationConfig(sampling=settings, batch_size=ev.batch_size, seed=recipe.training.seed)
     results = {}
     for task in ev.tasks:
@@ -148,8 +148,8 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, stamps: Stamps | None = None)
 
 def _genppl_task(recipe: Recipe, run_dir: Path, ckpt: Path, device, stamps: Stamps | None) -> dict:
     """eval.tasks `genppl`: the untrained conversion next to the trained checkpoint (genppl_task.py)."""
-    from .evaluation.genppl import markdown_table
-    from .evaluation.genppl_task import genppl_settings, run_genppl_task
+    from .evaluation.genppl import genppl_settings, markdown_table
+    from .evaluation.genppl_task import run_genppl_task
 
     ev = recipe.eval
     out = run_dir / "eval" / "genppl"
@@ -161,7 +161,7 @@ def _genppl_task(recipe: Recipe, run_dir: Path, ckpt: Path, device, stamps: Stam
         adaptation=dataclasses.asdict(recipe.adaptation),
         data=dataclasses.asdict(recipe.data),
         eval=dataclasses.asdict(ev),
-        sampling=dataclasses.asdict(genppl_settings(recipe)),
+        sampling=dataclasses.asdict(genppl_settings(recipe.sampler_settings())),
         seed=recipe.training.seed,
     )
     if stamps is not None and stamps.fresh("eval/genppl", key):

@@ -43,32 +43,22 @@ SAMPLE_SETTINGS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config.sampler import TRAINED
+    from .config.sampler_args import add_sampler_arguments
     from .console import Parser
-    from .sampling import FINAL_STEPS, SAMPLERS
 
     ap = Parser(prog="xdlm-tune sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("recipe")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value", help="recipe overrides for every run")
     ap.add_argument("--k", type=float, nargs="+", required=True, help="mixing ratios, e.g. 0 0.05 0.1 0.3 1")
-    ap.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16, 32], help="sampler step budgets")
     ap.add_argument("--out", help="sweep folder (default runs/sweep-<recipe name>)")
     ap.add_argument("--num-samples", type=int, default=16)
-    ap.add_argument("--gen-length", type=int, default=64)
-    ap.add_argument("--block-length", type=int, default=None)
     ap.add_argument("--prefix-tokens", type=int, default=0, help="0: unconditional; N: continue held-out prefixes")
-    ap.add_argument(
-        "--sampler",
-        choices=SAMPLERS,
-        default="ancestral",
-        help="ancestral (default): the exact reverse process, right for every k (k = 1 never sees [MASK])",
-    )
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument(
-        "--final-step",
-        choices=FINAL_STEPS,
-        default="none",
-        help="ancestral: the authors' extra sampled step to alpha_s = 1",
+    add_sampler_arguments(
+        ap,
+        base_help="how gen-PPL is measured on each run's recipe: its eval length and budgets, sampler ancestral, "
+        "temperature 1, one block (evaluation.genppl.genppl_settings)",
+        skip=TRAINED,  # --k above names the runs; schedule and eps are the recipe's
     )
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
@@ -91,9 +81,9 @@ def check_args(args) -> None:
         _fail(f"--k {args.k}: every k must be in [0, 1] (0 = MDLM, 1 = UDLM)")
     if len(set(args.k)) != len(args.k):
         _fail(f"--k {args.k}: each k once")
-    if args.num_samples < 1 or args.gen_length < 1 or args.prefix_tokens < 0:
+    if args.num_samples < 1 or (args.gen_length is not None and args.gen_length < 1) or args.prefix_tokens < 0:
         _fail("--num-samples and --gen-length must be >= 1, --prefix-tokens >= 0")
-    bad = [s for s in args.steps if not 1 <= s <= args.gen_length]
+    bad = [s for s in args.steps or () if args.gen_length is not None and not 1 <= s <= args.gen_length]
     if bad:
         _fail(f"--steps {bad}: each budget must be in [1, --gen-length={args.gen_length}]")
 
@@ -151,6 +141,18 @@ def train_all(args, out: Path) -> list[Any]:
     return recipes
 
 
+def run_settings(args, recipe):
+    """(The settings a run is measured with, the budgets): gen-PPL's protocol on the run's recipe, then the flags."""
+    from .config.sampler_args import settings_from_args, settings_problem
+    from .evaluation.genppl import genppl_settings
+
+    settings, budgets = settings_from_args(args, genppl_settings(recipe.sampler_settings()))
+    problem = settings_problem(settings, budgets)
+    if problem:
+        _fail(problem)
+    return settings, budgets
+
+
 def _settings(args, code: bool) -> dict[str, Any]:
     s = {name: getattr(args, name, None) for name in SAMPLE_SETTINGS}
     s["code"] = code
@@ -178,7 +180,6 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
     from .evaluation.genppl_task import untrained_model
     from .evaluation.harness import GenerationConfig
     from .evaluation.run import ar_baseline_model, checkpoint_model
-    from .sampling import SamplerSettings
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     first = recipes[0]
@@ -197,27 +198,13 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
         trust_remote_code=m.trust_remote_code,
     )
     code = args.code if args.code is not None else first.data.source in CODE_SOURCES
+    resolved, args.steps = run_settings(args, first)  # the sampler flags given, else the first recipe's
+    for name in set(SAMPLE_SETTINGS) & set(args.sampler_flags) - {"steps"}:
+        setattr(args, name, getattr(resolved, name))
     settings = _settings(args, code)
 
     def gen_config(recipe) -> GenerationConfig:  # the run's own k, schedule and eps
-        d = recipe.diffusion
-        sampling = SamplerSettings(
-            gen_length=args.gen_length,
-            block_length=args.block_length,
-            sampler=args.sampler,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            k=d.k,
-            schedule=d.schedule,
-            eps=d.eps,
-            final_step=args.final_step,
-        )
-        for s in args.steps:
-            try:
-                sampling.replace(steps=s).check()
-            except ValueError as e:
-                _fail(f"--steps {s}: {e}")
-        return GenerationConfig(sampling=sampling, batch_size=args.batch_size, seed=args.seed)
+        return GenerationConfig(sampling=run_settings(args, recipe)[0], batch_size=args.batch_size, seed=args.seed)
 
     prefixes = None
     rows = []

@@ -4,10 +4,18 @@ recipe = load_recipe("recipes/smollm2-135m-xdlm-lora.yaml", ["diffusion.k=0.5"])
 recipe.diffusion.k, recipe.training.max_steps, ...
 """
 
-from .load import apply_override, diff_recipes, flatten, load_recipe, recipe_to_yaml, save_recipe
+from .load import (
+    apply_override,
+    diff_recipes,
+    flatten,
+    load_recipe,
+    recipe_from_dict,
+    recipe_to_yaml,
+    save_recipe,
+)
+from .sampler import SCHEDULES, SamplerSettings
 from .schema import (
     BUILTIN_SOURCES,
-    SCHEDULES,
     AdaptationConfig,
     ColumnsConfig,
     DataConfig,
@@ -36,11 +44,13 @@ __all__ = [
     "ModelConfig",
     "Recipe",
     "RecipeError",
+    "SamplerSettings",
     "TrainingConfig",
     "apply_override",
     "diff_recipes",
     "flatten",
     "load_recipe",
+    "recipe_from_dict",
     "recipe_to_yaml",
     "save_recipe",
 ]

@@ -1,50 +1,37 @@
 """The recipe reference (docs/recipes.md), generated from the schema: each field's type, default and help.
 
 The help text of a field is the string literal right below it in schema.py (an attribute
-docstring, as in litgpt), so a new field is documented where it is declared:
+docstring, as in litgpt), so a new field is documented where it is declared; the sampler's
+fields (`diffusion.k`, `eval.gen_length`, ...) are declared, with their help, in sampler.py:
 
     seq_len: int = 256
     \"\"\"The packed block length (pretrain) or the longest prompt + answer (sft).\"\"\"
 
     python -m xdlm_tune.config.docs                    # print the reference
     python -m xdlm_tune.config.docs --write docs/recipes.md  # replace it between the two marker comments
+    python -m xdlm_tune.config.docs --write docs/sampling.md # the sampler settings' table (every name of each)
     python -m xdlm_tune.config.docs --check docs/recipes.md  # exit 1 when the docs' copy is stale
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import inspect
 import sys
-import textwrap
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, Union
 
+from .field_help import field_help
+from .sampler import SamplerSettings
 from .schema import Recipe
 
 BEGIN = "<!-- recipe-reference: generated from xdlm_tune/config/schema.py by `python -m xdlm_tune.config.docs --write docs/recipes.md`; edit the schema, not this table -->"
 END = "<!-- end of recipe-reference -->"
-
-
-def field_help(cls: type) -> dict[str, str]:
-    """{field name: its attribute docstring} for one dataclass, whitespace collapsed."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
-    out = {}
-    for node, after in zip(body, body[1:]):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(after, ast.Expr)
-            and isinstance(after.value, ast.Constant)
-            and isinstance(after.value.value, str)
-        ):
-            out[node.target.id] = " ".join(after.value.value.split())
-    return out
+SAMPLER_BEGIN = "<!-- sampler-settings: generated from xdlm_tune/config/sampler.py by `python -m xdlm_tune.config.docs --write docs/sampling.md`; edit SamplerSettings, not this table -->"
+SAMPLER_END = "<!-- end of sampler-settings -->"
 
 
 def undocumented(cls: type = Recipe, where: str = "") -> list[str]:
@@ -71,13 +58,51 @@ def reference() -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def splice(text: str, generated: str) -> str:
-    """`text` with the part between BEGIN and END replaced by `generated`."""
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise ValueError(f"expected one pair of marker lines:\n{BEGIN}\n...\n{END}")
-    head, rest = text.split(BEGIN)
-    _, tail = rest.split(END)
-    return f"{head}{BEGIN}\n{generated}{END}{tail}"
+def sampler_reference() -> str:
+    """Every SamplerSettings field under each of its names: recipe key, command-line flag, keyword of
+    `generate` / lm-eval's model_args / an export's `diffusion_generate` (docs/sampling.md)."""
+    from .sampler import ALIASES, TRAINED
+    from .sampler_args import flag
+
+    helps, hints = field_help(SamplerSettings), typing.get_type_hints(SamplerSettings)
+    alias = {name: a for a, name in ALIASES.items()}
+    rows = []
+    for f in dataclasses.fields(SamplerSettings):
+        key = (
+            f"`diffusion.{f.name}`"
+            if f.name in TRAINED
+            else f"`eval.{f.name}`" + (" (a list)" if f.name == "steps" else "")
+        )
+        cli = "(the model's)" if f.name in TRAINED[1:] else f"`{flag(f.name)}`"
+        kw = f"`{f.name}`" + (f" or `{alias[f.name]}`" if f.name in alias else "")
+        rows.append(
+            f"| {kw} | {key} | {cli} | {_type(hints[f.name])} | `{_yaml(f.default)}` | {_cell(helps[f.name])} |"
+        )
+    return (
+        "| keyword | recipe key | eval / genppl / sweep flag | type | default | what |\n|---|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+
+
+def splice(text: str, generated: str, begin: str = BEGIN, end: str = END) -> str:
+    """`text` with the part between `begin` and `end` replaced by `generated`."""
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(f"expected one pair of marker lines:\n{begin}\n...\n{end}")
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
+    return f"{head}{begin}\n{generated}{end}{tail}"
+
+
+def regenerate(text: str) -> str:
+    """`text` with each generated table it holds (the recipe reference, the sampler settings) made anew."""
+    if BEGIN in text:
+        text = splice(text, reference())
+    if SAMPLER_BEGIN in text:
+        text = splice(text, sampler_reference(), SAMPLER_BEGIN, SAMPLER_END)
+    if BEGIN not in text and SAMPLER_BEGIN not in text:
+        raise ValueError(f"no generated table's marker lines:\n{BEGIN}\nor\n{SAMPLER_BEGIN}")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.write or args.check)
     text = path.read_text()
     try:
-        new = splice(text, reference())
+        new = regenerate(text)
     except ValueError as err:
         print(f"{path}: {err}", file=sys.stderr)
         return 1

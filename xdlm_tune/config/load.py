@@ -7,6 +7,7 @@ anything heavy is imported; then `Recipe.validate()` checks the values themselve
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -64,10 +65,27 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
         sources.update({k: sources[key] for k in list(sources) if k.startswith(key + ".")})
     errs: list[str] = []
     recipe = _build(Recipe, raw, "", errs)
-    errs += [f"{key}: {msg}" for key, msg in recipe.problems()] if not errs else []
+    errs += _value_problems(recipe, errs)
     if errs:
         raise RecipeError("invalid recipe:\n  " + "\n  ".join(_with_source(e, sources) for e in errs))
     return recipe
+
+
+def recipe_from_dict(raw: dict[str, Any], where: str = "recipe") -> Recipe:
+    """A Recipe from its dict (``Recipe.to_dict()``, e.g. as stored in a checkpoint or config.json), validated."""
+    errs: list[str] = []
+    recipe = _build(Recipe, copy.deepcopy(raw), "", errs)
+    errs += _value_problems(recipe, errs)
+    if errs:
+        raise RecipeError(f"{where}: invalid recipe:\n  " + "\n  ".join(errs))
+    return recipe
+
+
+def _value_problems(recipe: Recipe, type_errors: list[str]) -> list[str]:
+    """The value checks, run even after type errors (a mistyped value was left at its default), minus
+    the keys already reported."""
+    bad = {e.split(":", 1)[0] for e in type_errors}
+    return [f"{key}: {msg}" for key, msg in recipe.problems() if key not in bad]
 
 
 def source_of(key: str, sources: dict[str, str]) -> str:

@@ -9,16 +9,38 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-SCHEDULES = ("linear", "cosine", "loglinear")  # = xdlm_tune.diffusion.SCHEDULES (no torch import here)
+from .sampler import SETTING_NAMES, TRAINED, SamplerSettings
+
 BUILTIN_SOURCES = ("python-stdlib", "mbpp-train")
 _DS_AUTO = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping")
 
 
 class RecipeError(ValueError):
     """A recipe (file or override) that cannot be used; the message says how to fix it."""
+
+
+def embeds_sampler_fields(*names: str, after: str | None = None):
+    """Declare the `SamplerSettings` fields `names` on a recipe section (before @dataclass runs), inserted
+    after its field `after` (None: first): their type, default and help are SamplerSettings' own, so
+    the YAML stays flat while each option is defined once. `sampler_problems` checks them."""
+
+    def wrap(cls: type) -> type:
+        hints = typing.get_type_hints(SamplerSettings)
+        defaults = {f.name: f.default for f in dataclasses.fields(SamplerSettings)}
+        own = dict(cls.__dict__.get("__annotations__", {}))
+        at = 0 if after is None else list(own).index(after) + 1
+        items = list(own.items())
+        cls.__annotations__ = dict(items[:at] + [(n, hints[n]) for n in names] + items[at:])
+        for name in names:
+            setattr(cls, name, defaults[name])
+        cls.SAMPLER_FIELDS = names
+        return cls
+
+    return wrap
 
 
 # --------------------------------------------------------------------------- sections
@@ -128,15 +150,10 @@ class LoraConfig:
 
 
 @dataclass
+@embeds_sampler_fields(*TRAINED)
 class DiffusionConfig:
     """The XDLM objective: mixing ratio k, noise schedule, loss weighting."""
 
-    k: float = 0.1
-    """The mixing ratio: 0 = MDLM (absorbing), 1 = UDLM (uniform), in between XDLM."""
-    schedule: str = "linear"
-    """The noise schedule alpha_t: `linear`, `cosine` or `loglinear`."""
-    eps: float = 1e-3
-    """t ~ U[eps, 1]; keeps alpha_t inside (0, 1)."""
     loss_weighting: Literal["elbo", "unit"] = "elbo"
     """`elbo`: -dalpha/dt (1 - eps if linear); `unit`: 1 (the paper's 8B run)."""
     antithetic: bool = True
@@ -147,18 +164,7 @@ class DiffusionConfig:
     """MiB per [chunk, V] float32 buffer of the fused loss (its memory budget); null: 64."""
 
     def _errors(self, recipe: Recipe) -> list[tuple[str, str]]:
-        errs = []
-        if not 0.0 <= self.k <= 1.0:
-            errs.append(("k", f"must be in [0, 1] (0 = MDLM, 1 = UDLM), got {self.k}"))
-        if self.schedule not in SCHEDULES:
-            errs.append(("schedule", _enum_msg(self.schedule, SCHEDULES)))
-        if not 0.0 < self.eps < 0.5:
-            errs.append(
-                (
-                    "eps",
-                    f"must be in (0, 0.5) so that alpha_t stays inside (0, 1), got {self.eps}; 1e-3 is the usual value",
-                )
-            )
+        errs = [(name, msg) for name, msg in recipe.sampler_settings().problems() if name in TRAINED]
         if self.chunk_size is not None and self.chunk_size < 1:
             errs.append(("chunk_size", f"must be a positive integer or null, got {self.chunk_size}"))
         if self.chunk_mib is not None and not self.chunk_mib > 0:
@@ -357,38 +363,15 @@ EVAL_TASKS = ("mbpp", "humaneval", "genppl")
 
 
 @dataclass
+@embeds_sampler_fields(*(n for n in SETTING_NAMES if n not in (*TRAINED, "steps")), after="steps")
 class EvalConfig:
     """Benchmark evaluation of checkpoints (generation with the XDLM sampler)."""
 
     tasks: list[str] = field(default_factory=lambda: ["mbpp"])
     """Benchmarks: `mbpp`, `humaneval`, and `genppl` (gen-PPL, entropy and compile rate of the untrained
     conversion and the trained model on held-out prefixes, under the base as AR judge: what training did)."""
-    steps: list[int] = field(default_factory=lambda: [32])
-    """Sampler step budgets to evaluate (forward passes per answer)."""
-    gen_length: int = 256
-    """Answer tokens generated."""
-    block_length: int = 256
-    """Semi-autoregressive block length; divides `gen_length` (equal: one block)."""
-    sampler: Literal["confidence", "xdlm", "ancestral"] | None = None
-    """`confidence`, `xdlm` or `ancestral`; null: xdlm for k > 0, confidence for k = 0."""
-    temperature: float = 0.0
-    """0: greedy."""
-    top_p: float = 1.0
-    """Nucleus sampling mass (with temperature > 0)."""
-    revise_prompt: bool = False
-    """xdlm: also rewrite prompt tokens, as the authors' code does."""
-    final_step: Literal["none", "ancestral"] = "none"
-    """`ancestral`: the authors' extra step to alpha_s = 1 (sampler ancestral only); `none`: no extra step."""
-    cache: Literal["none", "prefix", "dual"] = "none"
-    """KV cache inside a block: `prefix` keeps the prompt and earlier blocks, `dual` also the masked tail
-    (docs/sampling.md: Fast sampling)."""
-    refresh: Literal["step", "block"] = "step"
-    """After a revision rewrites a cached position: a full pass at the next `step`, or at the next `block` start."""
-    refresh_every: int | None = None
-    """Also a full pass every N steps of a block (1: exactly the uncached sampler); null: never."""
-    threshold: float | None = None
-    """confidence / xdlm: reveal every masked position of the block at least this confident (at least one per
-    step); null: the fixed schedule."""
+    steps: list[int] = field(default_factory=lambda: [SamplerSettings.steps])
+    """Sampler step budgets to evaluate (forward passes per answer); each one is `steps` of the sampler settings."""
     prompt_format: Literal["original", "opencompass", "lm-eval"] = "original"
     """MBPP prompt, answer extraction and scoring: `original`, `opencompass` (the paper's mbpp_gen_830460), `lm-eval`
     (lm-evaluation-harness's mbpp)."""
@@ -410,16 +393,10 @@ class EvalConfig:
         errs = []
         if not self.steps or any(s < 1 for s in self.steps):
             errs.append(("steps", f"must be a non-empty list of positive integers, got {self.steps}"))
-        if self.gen_length < 1:
-            errs.append(("gen_length", f"must be a positive integer, got {self.gen_length}"))
-        if self.block_length < 1 or self.gen_length % self.block_length:
-            errs.append(
-                ("block_length", f"must be positive and divide gen_length ({self.gen_length}), got {self.block_length}")
-            )
-        if self.temperature < 0:
-            errs.append(("temperature", f"must be >= 0, got {self.temperature}"))
-        if not 0 < self.top_p <= 1:
-            errs.append(("top_p", f"must be in (0, 1], got {self.top_p}"))
+        else:  # every budget with the section's sampler choices: SamplerSettings' own checks
+            for steps in self.steps:
+                settings = dataclasses.replace(recipe.sampler_settings(), steps=steps)
+                errs += [(n, m) for n, m in settings.problems() if n not in TRAINED and (n, m) not in errs]
         if self.batch_size < 1:
             errs.append(("batch_size", f"must be a positive integer, got {self.batch_size}"))
         if self.limit is not None and self.limit < 1:
@@ -433,23 +410,6 @@ class EvalConfig:
             errs.append(("genppl_prefix_tokens", f"must be >= 0, got {self.genppl_prefix_tokens}"))
         if "genppl" in self.tasks and recipe.model.kind != "causal":
             errs.append(("tasks", "genppl needs a causal base as its AR judge (model.kind is diffusion); drop it"))
-        sampler = self.sampler or ("xdlm" if recipe.diffusion.k > 0 else "confidence")
-        if self.final_step == "ancestral" and sampler != "ancestral":
-            errs.append(
-                ("final_step", f"'ancestral' applies to sampler: ancestral only (sampler is {sampler!r}); use 'none'")
-            )
-        if self.revise_prompt and sampler != "xdlm":
-            errs.append(("revise_prompt", f"applies to sampler: xdlm only (sampler is {sampler!r}); set it to false"))
-        if self.refresh_every is not None and self.refresh_every < 1:
-            errs.append(("refresh_every", f"must be a positive integer or null, got {self.refresh_every}"))
-        if self.cache == "none" and (self.refresh != "step" or self.refresh_every is not None):
-            errs.append(("refresh", "refresh / refresh_every apply to a KV cache only: set cache: prefix or dual"))
-        if self.threshold is not None and not 0 < self.threshold <= 1:
-            errs.append(("threshold", f"must be in (0, 1] or null, got {self.threshold}"))
-        if self.threshold is not None and sampler == "ancestral":
-            errs.append(
-                ("threshold", "applies to sampler: confidence or xdlm only (sampler is 'ancestral'); set it to null")
-            )
         return errs
 
 
@@ -497,6 +457,14 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def sampler_settings(self) -> SamplerSettings:
+        """How this recipe samples: the `eval` section's sampler choices at its first budget, with
+        k / schedule / eps as the `diffusion` section trains them (every consumer starts here)."""
+        picked = {name: getattr(self.eval, name) for name in self.eval.SAMPLER_FIELDS}
+        trained = {name: getattr(self.diffusion, name) for name in TRAINED}
+        steps = self.eval.steps[0] if self.eval.steps else SamplerSettings.steps
+        return SamplerSettings(steps=steps, **picked, **trained)
 
 
 def _enum_msg(value: Any, choices: tuple | list) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-SCHEDULES = ("linear", "cosine", "loglinear")
+from ..config.sampler import SCHEDULES, SamplerSettings  # standard library only: the names and defaults
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Schedule:
     """
 
     name: str
-    eps: float = 1e-3
+    eps: float = SamplerSettings.eps
 
     def alpha(self, t: torch.Tensor) -> torch.Tensor:
         e = self.eps
@@ -61,7 +61,7 @@ class Schedule:
         return self.eps + (1.0 - self.eps) * u
 
 
-def make_schedule(name: str = "linear", eps: float = 1e-3) -> Schedule:
+def make_schedule(name: str = SamplerSettings.schedule, eps: float = SamplerSettings.eps) -> Schedule:
     """Build a schedule by name: "linear" (default), "cosine" or "loglinear"."""
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}: choose one of {', '.join(SCHEDULES)}")

@@ -25,6 +25,7 @@ same way, are the reference rows (``steps`` None).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -34,11 +35,31 @@ from typing import Sequence
 
 import torch
 
+from ..config.sampler import SamplerSettings
 from ..console import progress
 from ..sampling import generate
 from .extract import syntax_valid
 from .harness import EvalModel, GenerationConfig
 from .stats import Interval, bootstrap_ci, fmt_rate, fmt_value, gen_ppl_ci, wilson
+
+
+def genppl_settings(settings: SamplerSettings) -> SamplerSettings:
+    """How gen-PPL is measured from a model's ``settings``: its length, budget and trained k / schedule / eps,
+    sampled by the exact reverse process (sampler ancestral, temperature 1, no nucleus) in one block,
+    without the speed options (genppl, the recipe's genppl task and the sweep all start here)."""
+    return dataclasses.replace(
+        settings,
+        sampler="ancestral",
+        temperature=1.0,
+        top_p=1.0,
+        block_length=None,
+        revise_prompt=False,
+        final_step="none",
+        cache="none",
+        refresh="step",
+        refresh_every=None,
+        threshold=None,
+    )
 
 
 @dataclass(frozen=True)

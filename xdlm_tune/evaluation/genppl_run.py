@@ -19,10 +19,12 @@ from typing import Sequence
 
 import torch
 
-from ..sampling import FINAL_STEPS, SAMPLERS, SamplerSettings
+from ..config.sampler import SamplerSettings
+from ..config.sampler_args import add_sampler_arguments, settings_from_args, settings_problem
 from .genppl import (
     GenRow,
     diffusion_samples,
+    genppl_settings,
     heldout_prefixes,
     reference_rows,
     save_samples,
@@ -58,34 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--prefix-tokens", type=int, default=0, help="0: unconditional; N: continue N-token held-out prefixes"
     )
     ap.add_argument("--num-samples", type=int, default=16)
-    ap.add_argument("--steps", type=int, nargs="+", default=[8, 16, 32], help="step budgets")
-    ap.add_argument("--gen-length", type=int, default=64)
-    ap.add_argument("--block-length", type=int, default=None, help="default: one block")
-    ap.add_argument(
-        "--sampler",
-        choices=SAMPLERS,
-        default=None,
-        help="default: xdlm when the model's k > 0, else confidence (as eval); ancestral: exact steps",
+    add_sampler_arguments(
+        ap,
+        base_help="how gen-PPL is measured: the model's own length, budget and k, sampler ancestral, temperature 1, "
+        "one block (genppl.genppl_settings)",
     )
-    ap.add_argument(
-        "--temperature",
-        type=float,
-        default=1.0,
-        help="1 (default): samples, as gen-PPL is usually measured; 0: greedy (unconditional samples "
-        "are then all the same)",
-    )
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--k", type=float, default=None, help="sampler's k (default: the model's, else 0.1)")
-    ap.add_argument("--revise-prompt", action="store_true", help="xdlm: also rewrite prompt tokens (the authors' code)")
-    ap.add_argument(
-        "--final-step",
-        choices=FINAL_STEPS,
-        default="none",
-        help="ancestral: the authors' extra sampled step to alpha_s = 1",
-    )
-    from .run import add_cache_arguments
-
-    add_cache_arguments(ap)
     ap.add_argument(
         "--code",
         action=argparse.BooleanOptionalAction,
@@ -104,25 +83,20 @@ def _fail(msg: str) -> None:
     raise SystemExit(f"xdlm-tune eval --benchmark genppl: {msg}")
 
 
-def check_settings(settings: SamplerSettings, steps: Sequence[int]) -> None:
-    """Every budget with these settings is valid, or a clear error naming the option."""
-    for s in steps:
-        try:
-            settings.replace(steps=s).check()
-        except ValueError as e:
-            _fail(f"--steps {s}: {e}")
-
-
 def check_args(args) -> None:
     if args.num_samples < 1:
         _fail(f"--num-samples must be >= 1, got {args.num_samples}")
-    if args.gen_length < 1:
-        _fail(f"--gen-length must be >= 1, got {args.gen_length}")
     if args.prefix_tokens < 0:
         _fail(f"--prefix-tokens must be >= 0, got {args.prefix_tokens}")
-    bad = [s for s in args.steps if not 1 <= s <= args.gen_length]
-    if bad:
-        _fail(f"--steps {bad}: each budget must be in [1, --gen-length={args.gen_length}]")
+
+
+def cli_settings(args, em: EvalModel) -> tuple[SamplerSettings, list[int]]:
+    """The gen-PPL protocol on the model's own settings, with the sampler flags given; a bad combination fails."""
+    settings, budgets = settings_from_args(args, genppl_settings(em.settings))
+    problem = settings_problem(settings, budgets)
+    if problem:
+        _fail(problem)
+    return settings, budgets
 
 
 def generation_metrics(
@@ -191,7 +165,7 @@ def make_prefixes(tokenizer, *, recipe, n: int, prefix_tokens: int) -> list[list
 
 def genppl_main(argv: list[str] | None = None) -> int:
     from ..config import load_recipe
-    from .run import _default_dtype, _xdlm_block, ar_baseline_model, load_diffusion_model, sampler_settings
+    from .run import _default_dtype, _xdlm_block, ar_baseline_model, load_diffusion_model
 
     args = build_parser().parse_args(argv)
     check_args(args)
@@ -222,8 +196,7 @@ def genppl_main(argv: list[str] | None = None) -> int:
     )
     code = args.code if args.code is not None else bool(recipe and recipe.data.source in CODE_SOURCES)
     prefixes = make_prefixes(em.tokenizer, recipe=recipe, n=args.num_samples, prefix_tokens=args.prefix_tokens)
-    settings = sampler_settings(args, em.extra)
-    check_settings(settings, args.steps)
+    settings, budgets = cli_settings(args, em)
     cfg = GenerationConfig(sampling=settings, batch_size=args.batch_size, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -232,21 +205,21 @@ def genppl_main(argv: list[str] | None = None) -> int:
     start = [start_token(em.tokenizer)]
     mode = "unconditional" if all(p == start for p in prefixes) else "held-out prefixes"
     print(
-        f"[genppl] {em.label}: {len(prefixes)} samples ({mode}), {args.gen_length} tokens, steps {args.steps}, "
+        f"[genppl] {em.label}: {len(prefixes)} samples ({mode}), {settings.gen_length} tokens, steps {budgets}, "
         f"sampler {settings.resolved_sampler}, judge {judge.label} -> {out}"
     )
     rows = generation_metrics(
         em,
         judge,
         prefixes,
-        steps=args.steps,
+        steps=budgets,
         cfg=cfg,
         code=code,
         samples_file=samples_file,
         reference=not args.no_reference,
         compile_prefix=not is_sft(recipe),
     )
-    title = f"gen-PPL under {judge.label} ({len(prefixes)} samples, {mode}, {args.gen_length} tokens)"
+    title = f"gen-PPL under {judge.label} ({len(prefixes)} samples, {mode}, {settings.gen_length} tokens)"
     paths = write_outputs(rows, out, title)
     print("\n" + paths["md"].read_text())
     print(f"[genppl] table: {paths['md']}; json: {paths['json']}; plot: {paths['png']}; samples: {samples_file}")

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..sampling import SamplerSettings
-from .genppl import GenRow, markdown_table, write_outputs
+from .genppl import GenRow, genppl_settings, markdown_table, write_outputs
 from .genppl_run import CODE_SOURCES, generation_metrics, is_sft, make_prefixes
 from .harness import EvalModel, GenerationConfig
 
@@ -38,29 +37,13 @@ def untrained_model(recipe, device: torch.device, *, dtype: str | None = None) -
         mask_id=a.mask_id,
         shift=a.shift,
     )
-    d = recipe.diffusion
     return EvalModel(
         pm.model.to(device).eval(),
         pm.tokenizer,
         "untrained",
         mask_id=pm.mask_id,
         shift=pm.shift,
-        extra={"k": d.k, "schedule": d.schedule, "eps": d.eps},
-    )
-
-
-def genppl_settings(recipe) -> SamplerSettings:
-    """The task's sampler: the exact reverse process of the run's own k and schedule, one block of
-    ``eval.gen_length`` tokens, temperature 1 (``steps`` is set per budget)."""
-    d, ev = recipe.diffusion, recipe.eval
-    return SamplerSettings(
-        gen_length=ev.gen_length,
-        block_length=ev.gen_length,
-        sampler="ancestral",
-        temperature=1.0,
-        k=d.k,
-        schedule=d.schedule,
-        eps=d.eps,
+        settings=recipe.sampler_settings(),
     )
 
 
@@ -88,7 +71,9 @@ def run_genppl_task(recipe, checkpoint: Path, device: torch.device, out: Path) -
     prefixes = make_prefixes(
         trained.tokenizer, recipe=recipe, n=ev.genppl_samples, prefix_tokens=ev.genppl_prefix_tokens
     )
-    cfg = GenerationConfig(sampling=genppl_settings(recipe), batch_size=ev.batch_size, seed=recipe.training.seed)
+    cfg = GenerationConfig(
+        sampling=genppl_settings(recipe.sampler_settings()), batch_size=ev.batch_size, seed=recipe.training.seed
+    )
     code = recipe.data.source in CODE_SOURCES
     out.mkdir(parents=True, exist_ok=True)
     samples_file = out / "samples_genppl.jsonl"

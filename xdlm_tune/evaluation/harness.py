@@ -36,28 +36,6 @@ class GenerationConfig:
     seed: int = 0
 
 
-def settings_from_recipe(recipe) -> SamplerSettings:
-    """A recipe's sampler settings: its ``eval`` section, with k / schedule / eps as it was trained."""
-    ev, d = recipe.eval, recipe.diffusion
-    return SamplerSettings(
-        steps=ev.steps[0],
-        gen_length=ev.gen_length,
-        block_length=ev.block_length,
-        sampler=ev.sampler,
-        temperature=ev.temperature,
-        top_p=ev.top_p,
-        k=d.k,
-        schedule=d.schedule,
-        eps=d.eps,
-        revise_prompt=ev.revise_prompt,
-        final_step=ev.final_step,
-        cache=ev.cache,
-        refresh=ev.refresh,
-        refresh_every=ev.refresh_every,
-        threshold=ev.threshold,
-    )
-
-
 @dataclass
 class EvalModel:
     """A model to evaluate: a bidirectional denoiser (``mask_id`` set) or a causal AR baseline."""
@@ -67,7 +45,7 @@ class EvalModel:
     label: str
     mask_id: int | None = None  # None: autoregressive baseline
     shift: bool = False
-    extra: dict = field(default_factory=dict)
+    settings: SamplerSettings = field(default_factory=SamplerSettings)  # its own: a recipe's or an export's
 
 
 def _batches(items: Sequence, size: int):

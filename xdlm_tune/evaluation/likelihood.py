@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from ..config.sampler import SamplerSettings
 from ..diffusion import make_schedule
 from ..diffusion.likelihood import bound_draws, bound_noise
 from ..sampling import model_logits_fn
@@ -24,11 +25,11 @@ from ..sampling import model_logits_fn
 class BoundSettings:
     """How the bound is estimated (lm-eval model_args of the same names)."""
 
-    k: float = 0.1
+    k: float = SamplerSettings.k
     mc_num: int = 128
     batch_size: int = 32
-    schedule: str = "linear"
-    eps: float = 1e-3
+    schedule: str = SamplerSettings.schedule
+    eps: float = SamplerSettings.eps
     seed: int = 1234
 
 

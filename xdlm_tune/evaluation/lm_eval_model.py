@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import sys
+import typing
 from pathlib import Path
 
 import lm_eval.models  # noqa: F401  lm-eval fills its model registry only while it is empty: keep hf & co.
@@ -30,8 +31,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
-from ..diffusion import SCHEDULES
-from ..sampling import SAMPLERS, SamplerSettings, generate
+from ..config.sampler import _SETTING_HINTS, ALIASES, SETTING_NAMES, _allowed_values, _nullable
+from ..sampling import generate
 from .extract import truncate
 from .harness import EvalModel
 from .likelihood import BoundSettings, nelbo_draws, output_size
@@ -65,6 +66,21 @@ def _typed(name: str, value, kind, *, lo=None, hi=None, optional: bool = False):
     if (lo is not None and out < lo) or (hi is not None and out > hi):
         raise ModelArgError(f"model_args {name}={value!r}: must be in [{lo}, {hi if hi is not None else 'inf'}]")
     return out
+
+
+def _setting(name: str, value):
+    """A model_args value (often a string) typed as the SamplerSettings field it sets."""
+    tp = _SETTING_HINTS[ALIASES.get(name, name)]
+    choices = _allowed_values(tp)
+    if choices:
+        if value in (None, "None", "none", "null") and _nullable(tp):
+            return None
+        if value not in choices:
+            raise ModelArgError(f"model_args {name}={value!r}: choose one of {', '.join(map(str, choices))}")
+        return value
+    core = [a for a in typing.get_args(tp) or (tp,) if a is not type(None)]
+    kind = int if int in core else float if float in core else bool
+    return _typed(name, value, kind, optional=_nullable(tp))
 
 
 def _is_training_output(path: str) -> bool:
@@ -121,17 +137,8 @@ class XDLMLM(LM):
         self,
         pretrained="smollm2-135m",
         *,
-        steps=32,
-        block_length=None,
-        gen_length=None,
-        sampler=None,
-        temperature=0.0,
-        top_p=1.0,
-        k=None,
         mc_num=128,
         mc_batch_size=32,
-        schedule=None,
-        eps=None,
         max_length=None,
         seed=1234,
         batch_size=1,
@@ -143,31 +150,21 @@ class XDLMLM(LM):
         shift=None,
         trust_remote_code=False,
         attn_implementation="sdpa",
-        cache=None,
-        refresh=None,
-        refresh_every=None,
-        threshold=None,
-        revise_prompt=None,
-        **unknown,
+        **sampler_args,
     ):
+        """``sampler_args``: any SamplerSettings field (steps=, sampler=, k=, cache=, ...; the aliases
+        max_new_tokens / alg too) over the model's own settings (an export's config.json, a run's recipe)."""
         super().__init__()
+        unknown = sorted(set(sampler_args) - set(SETTING_NAMES) - set(ALIASES))
         if unknown:
+            known = ("pretrained", "mc_num", "mc_batch_size", "max_length", "seed", "dtype", "kind", "mask_id", "shift")
             raise ModelArgError(
-                f"model_args {', '.join(sorted(unknown))}: unknown for --model xdlm; known: pretrained, steps, "
-                "block_length, gen_length, sampler, temperature, top_p, k, mc_num, mc_batch_size, schedule, eps, "
-                "max_length, seed, dtype, kind, mask_id, shift, trust_remote_code, attn_implementation, cache, refresh, "
-                "refresh_every, threshold, revise_prompt"
+                f"model_args {', '.join(unknown)}: unknown for --model xdlm; known: {', '.join(known)}, "
+                f"trust_remote_code, attn_implementation, and the sampler settings {', '.join(SETTING_NAMES)}"
             )
-        if sampler is not None and sampler not in SAMPLERS:
-            raise ModelArgError(f"model_args sampler={sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        given = {ALIASES.get(name, name): _setting(name, value) for name, value in sampler_args.items()}
         if str(batch_size).startswith("auto"):
             raise ModelArgError("--batch_size auto is not supported by --model xdlm: give a number of prompts")
-        self.steps = _typed("steps", steps, int, lo=1)
-        self.block_length = _typed("block_length", block_length, int, lo=1, optional=True)
-        self.gen_length = _typed("gen_length", gen_length, int, lo=1, optional=True)
-        self.sampler = sampler
-        self.temperature = _typed("temperature", temperature, float, lo=0.0)
-        self.top_p = _typed("top_p", top_p, float, lo=0.0, hi=1.0)
         self.batch_size = _typed("batch_size", batch_size, int, lo=1)
         self.seed = _typed("seed", seed, int)
         self._rank, self._world_size, self._device = self._process(device)
@@ -181,40 +178,22 @@ class XDLMLM(LM):
             trust_remote_code=_typed("trust_remote_code", trust_remote_code, bool),
             attn_implementation=attn_implementation,
         )
-        self.k = _typed("k", k if k is not None else self.em.extra.get("k", 0.1), float, lo=0.0, hi=1.0)
-        # The model's own noise schedule unless model_args say otherwise (the bound and ancestral need it).
-        schedule = schedule if schedule is not None else self.em.extra.get("schedule", "linear")
-        if schedule not in SCHEDULES:
-            raise ModelArgError(f"model_args schedule={schedule!r}: choose one of {', '.join(SCHEDULES)}")
-        eps = _typed("eps", eps if eps is not None else self.em.extra.get("eps", 1e-3), float, lo=1e-9, hi=0.49)
+        # The model's own settings, model_args on top; each request sets its length (and maybe temperature).
+        self.sampling = self.em.settings.replace(**given)
+        self.gen_length = given.get("gen_length")  # None: each request's max_gen_toks
+        self.block_length, self.steps, self.k = self.sampling.block_length, self.sampling.steps, self.sampling.k
+        try:  # every rule but the length's, which each request sets
+            self.sampling.replace(gen_length=self.steps * (self.block_length or 1)).check()
+        except ValueError as err:
+            raise ModelArgError(f"model_args: {err}") from None
         self.bound = BoundSettings(
             k=self.k,
             mc_num=_typed("mc_num", mc_num, int, lo=1),
             batch_size=_typed("mc_batch_size", mc_batch_size, int, lo=1),
-            schedule=schedule,
-            eps=eps,
+            schedule=self.sampling.schedule,
+            eps=self.sampling.eps,
             seed=self.seed,
         )
-        # One SamplerSettings for generate_until; each request sets its own length and temperature.
-        self.sampling = SamplerSettings(
-            steps=self.steps,
-            sampler=self.sampler,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            k=self.k,
-            schedule=schedule,
-            eps=eps,
-        ).replace(
-            cache=cache,
-            refresh=refresh,
-            threshold=_typed("threshold", threshold, float, lo=0.0, hi=1.0, optional=True),
-            refresh_every=_typed("refresh_every", refresh_every, int, lo=1, optional=True),
-            revise_prompt=_typed("revise_prompt", revise_prompt, bool, optional=True),
-        )
-        try:
-            self.sampling.replace(gen_length=max(self.steps, 1)).check()
-        except ValueError as err:
-            raise ModelArgError(f"model_args: {err}") from None
         config = getattr(self.em.model, "config", None)
         self.max_length = _typed(
             "max_length",
@@ -368,7 +347,7 @@ class XDLMLM(LM):
         """The task's temperature if it sets one (0 when it sets do_sample: false), else model_args'."""
         if "temperature" in gen_kwargs:
             return float(gen_kwargs["temperature"])
-        return 0.0 if gen_kwargs.get("do_sample") is False else self.temperature
+        return 0.0 if gen_kwargs.get("do_sample") is False else self.sampling.temperature
 
     def _left_padded(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         P = max(len(p) for p in prompts)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ..sampling import CACHES, FINAL_STEPS, REFRESHES, SAMPLERS, SamplerSettings
+from ..config.sampler import SamplerSettings, settings_of_export
+from ..config.sampler_args import add_sampler_arguments, settings_from_args, settings_problem
 from .harness import EvalModel, GenerationConfig, run_evaluation, summarize_run
 from .tasks import BENCHMARKS, MBPP_FORMATS, load_benchmark
 
@@ -57,30 +58,7 @@ def build_parser(benchmark: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--trust-remote-code", action="store_true", help="run the model's own modeling code (LLaDA, Dream)")
     ap.add_argument("--dtype", default=None, help="float32 (CPU default), bfloat16 (CUDA default), float16")
     ap.add_argument("--attn-implementation", default="sdpa", help="sdpa (default), eager, flash_attention_2")
-    ap.add_argument("--steps", type=int, nargs="+", default=[32], help="step budgets, e.g. 16 32 64 256")
-    ap.add_argument("--gen-length", type=int, default=256, help="answer tokens (default 256)")
-    ap.add_argument("--block-length", type=int, default=None, help="default: one block")
-    ap.add_argument(
-        "--sampler",
-        choices=SAMPLERS,
-        default=None,
-        help="default: xdlm when the model's k > 0 (the paper's XDLM rows), else confidence",
-    )
-    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
-    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling when temperature > 0")
-    ap.add_argument("--k", type=float, default=None, help="sampler's k (default: the model's, else 0.1)")
-    ap.add_argument(
-        "--revise-prompt",
-        action="store_true",
-        help="xdlm: also rewrite prompt tokens, exactly as the authors' sampler does",
-    )
-    ap.add_argument(
-        "--final-step",
-        choices=FINAL_STEPS,
-        default="none",
-        help="ancestral: the authors' extra sampled step to alpha_s = 1 (one more forward pass per block)",
-    )
-    add_cache_arguments(ap)
+    add_sampler_arguments(ap)
     ap.add_argument(
         "--prompt-format",
         choices=MBPP_FORMATS,
@@ -122,11 +100,11 @@ def _check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             ap.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    if any(s < 1 for s in args.steps):
+    if args.steps is not None and any(s < 1 for s in args.steps):
         ap.error(f"--steps must be positive integers, got {args.steps}")
-    if args.block_length is not None and args.gen_length % args.block_length:
+    if args.block_length is not None and args.gen_length is not None and args.gen_length % args.block_length:
         ap.error(f"--block-length ({args.block_length}) must divide --gen-length ({args.gen_length})")
-    if args.temperature < 0 or not 0 < args.top_p <= 1:
+    if (args.temperature is not None and args.temperature < 0) or (args.top_p is not None and not 0 < args.top_p <= 1):
         ap.error("--temperature must be >= 0 and --top-p in (0, 1]")
     if args.timeout is not None and args.timeout <= 0:
         ap.error(f"--timeout must be > 0 seconds, got {args.timeout}")
@@ -144,7 +122,6 @@ def checkpoint_model(path: str | Path, device: torch.device, label: str | None =
     from ..runs import find_checkpoint, load_checkpoint
 
     model, tok, mask_id, shift, recipe = load_checkpoint(path)
-    d = recipe.diffusion
     ckpt = find_checkpoint(path).resolve()  # the default label names the run and the step it used
     step = ckpt.name.removeprefix("checkpoint-").lstrip("0") or "0"
     return EvalModel(
@@ -153,7 +130,7 @@ def checkpoint_model(path: str | Path, device: torch.device, label: str | None =
         label or f"{ckpt.parent.name} step {step}",
         mask_id=mask_id,
         shift=shift,
-        extra={"k": d.k, "schedule": d.schedule, "eps": d.eps},
+        settings=recipe.sampler_settings(),
     )
 
 
@@ -202,14 +179,13 @@ def load_diffusion_model(args, device) -> EvalModel:
         shift=args.shift if args.shift is not None else (block or {}).get("shift"),
     )
     label = args.label or (Path(args.model).name if block else f"{Path(args.model).name}+xdlm-sampler")
-    trained = {key: (block or {})[key] for key in ("k", "schedule", "eps") if key in (block or {})}
     return EvalModel(
         prepared.model.to(device).eval(),
         prepared.tokenizer,
         label,
         mask_id=prepared.mask_id,
         shift=prepared.shift,
-        extra=trained,
+        settings=settings_of_export(block) if block else SamplerSettings(),
     )
 
 
@@ -233,48 +209,15 @@ def load_ar_baseline(args, device) -> EvalModel:
     )
 
 
-def add_cache_arguments(ap: argparse.ArgumentParser) -> None:
-    """The KV-cache and threshold flags (eval and genppl share them)."""
-    ap.add_argument(
-        "--cache",
-        choices=CACHES,
-        default="none",
-        help="KV cache inside a block: prefix (prompt and earlier blocks) or dual (also the masked tail)",
-    )
-    ap.add_argument(
-        "--refresh",
-        choices=REFRESHES,
-        default="step",
-        help="after a revision of a cached position: a full pass at the next step, or at the next block",
-    )
-    ap.add_argument("--refresh-every", type=int, default=None, help="also a full pass every N steps of a block")
-    ap.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="confidence / xdlm: reveal every masked position at least this confident (NFE then varies)",
-    )
-
-
-def sampler_settings(args, trained: dict) -> SamplerSettings:
-    """The CLI's sampler settings; k, schedule and eps default to how the model was trained."""
-    return SamplerSettings(
-        steps=args.steps[0],
-        gen_length=args.gen_length,
-        block_length=args.block_length,
-        sampler=args.sampler,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        k=args.k if args.k is not None else trained.get("k", 0.1),
-        schedule=trained.get("schedule", "linear"),
-        eps=trained.get("eps", 1e-3),
-        revise_prompt=args.revise_prompt,
-        final_step=args.final_step,
-        cache=args.cache,
-        refresh=args.refresh,
-        refresh_every=args.refresh_every,
-        threshold=args.threshold,
-    )
+def cli_settings(
+    ap: argparse.ArgumentParser, args: argparse.Namespace, em: EvalModel
+) -> tuple[SamplerSettings, list[int]]:
+    """The model's own settings with the sampler flags given; a bad combination is a usage error."""
+    settings, budgets = settings_from_args(args, em.settings)
+    problem = settings_problem(settings, budgets)
+    if problem:
+        ap.error(f"{problem} (with {em.label}'s own settings for the flags not given)")
+    return settings, budgets
 
 
 def _process_state():
@@ -307,17 +250,17 @@ def eval_main(argv: list[str] | None = None, *, benchmark: str | None = None) ->
         models.append(load_ar_baseline(args, state.device))
     if not args.no_diffusion:
         models.append(load_diffusion_model(args, state.device))
-    settings = sampler_settings(args, models[-1].extra).check()
+    settings, budgets = cli_settings(ap, args, models[-1])
     cfg = GenerationConfig(sampling=settings, batch_size=args.batch_size, seed=args.seed)
     if state.is_main_process:
         print(
-            f"[eval] {benchmark}: {len(problems)} problems, steps {args.steps}, sampler {settings.resolved_sampler}, "
+            f"[eval] {benchmark}: {len(problems)} problems, steps {budgets}, sampler {settings.resolved_sampler}, "
             f"{state.num_processes} process(es) -> {args.out}"
         )
     run_evaluation(
         models,
         problems,
-        steps=args.steps,
+        steps=budgets,
         cfg=cfg,
         out_dir=args.out,
         rank=state.process_index,
@@ -331,9 +274,9 @@ def eval_main(argv: list[str] | None = None, *, benchmark: str | None = None) ->
         if args.check_invariance and not args.no_diffusion:
             from . import invariance
 
-            print(f"[eval] checking invariance at {args.steps[0]} steps (batch 1 and {invariance.BATCH}, cache)")
-            checks = invariance.check_invariance(models[-1], problems, args.steps[0], cfg)
-            invariance.write(checks, args.out, steps=args.steps[0], temperature=settings.temperature, seed=args.seed)
+            print(f"[eval] checking invariance at {budgets[0]} steps (batch 1 and {invariance.BATCH}, cache)")
+            checks = invariance.check_invariance(models[-1], problems, budgets[0], cfg)
+            invariance.write(checks, args.out, steps=budgets[0], temperature=settings.temperature, seed=args.seed)
             broken = invariance.failed(checks)
         res = summarize_run(args.out, title=f"{benchmark} pass@1 ({len(problems)} problems)")
         print("\n" + res["table"])

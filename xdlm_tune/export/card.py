@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from xdlm_tune.config.field_help import field_help
+from xdlm_tune.config.sampler import SamplerSettings, settings_of_export
 
 # Recipe names of embedded models -> their Hub id, for the card's `base_model` metadata.
 EMBEDDED_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -80,6 +84,13 @@ def recipe_yaml(recipe: dict | None) -> str:
     return yaml.safe_dump(recipe, sort_keys=False, default_flow_style=False).strip()
 
 
+def settings_table(settings: SamplerSettings) -> str:
+    """A markdown table of every sampler setting: its value here and its meaning (SamplerSettings' own help)."""
+    helps = field_help(SamplerSettings)
+    rows = [f"| `{name}` | `{json.dumps(value)}` | {helps[name]} |" for name, value in settings.to_dict().items()]
+    return "| setting | value | what |\n|---|---|---|\n" + "\n".join(rows)
+
+
 def model_card(
     *,
     name: str,
@@ -94,7 +105,8 @@ def model_card(
 ) -> str:
     """The README.md text, titled `name`. `settings` is the config's `xdlm` block. The loading
     snippets name `repo_id` (the Hub repo it is pushed to), else a placeholder with a note."""
-    k, gen = settings["k"], settings["generation"]
+    sampler = settings_of_export(settings)
+    k = sampler.k
     meta: dict[str, Any] = {"library_name": "transformers"}
     if hub_id(base_model):
         meta["base_model"] = hub_id(base_model)
@@ -126,7 +138,7 @@ def model_card(
         "| | |\n|---|---|\n"
         f"| Base model | {base_link} |\n"
         f"| Objective | {objective_name(k)}, k = {k} (0 = MDLM, absorbing; 1 = UDLM, uniform) |\n"
-        f"| Noise schedule | {settings['schedule']}, eps = {settings['eps']} |\n"
+        f"| Noise schedule | {sampler.schedule}, eps = {sampler.eps} |\n"
         f"| Mask token | {mask} |\n"
         f"| Shift | {shift} |\n"
         f"| Training data | {training_data} |\n"
@@ -140,20 +152,19 @@ def model_card(
         'inputs = tokenizer(["def fibonacci(n):"], return_tensors="pt")\n'
         "out = model.diffusion_generate(\n"
         "    inputs.input_ids, attention_mask=inputs.attention_mask,\n"
-        f"    max_new_tokens={gen['max_new_tokens']}, steps={gen['steps']}, block_length={gen['block_length']},\n"
-        f'    temperature={gen["temperature"]}, alg="{gen["alg"]}",  # "confidence", "xdlm" (revisions), "ancestral"\n'
+        f"    max_new_tokens={sampler.gen_length}, steps={sampler.steps}, "
+        f"block_length={sampler.block_length or sampler.gen_length},\n"
+        f'    temperature={sampler.temperature}, alg="{sampler.resolved_sampler}",  # the stored settings, as keywords\n'
         ")\n"
         "print(tokenizer.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=True))\n```\n\n"
-        "`diffusion_generate(input_ids, attention_mask=None, max_new_tokens, steps, block_length, temperature, "
-        "top_p, alg, k=None, revise_prompt=None, final_step=None, cache=None, refresh=None, refresh_every=None, "
-        "threshold=None, eos_token_id=None, generator=None)` returns "
-        "the full sequences (prompt as given + answer, so the answer is `out[:, input_ids.shape[1]:]`), as Dream's models "
-        "do; the tokenizer pads on the left, and a batch padded on the right is left-aligned inside (each row gives "
-        "what its prompt alone gives). `model.generate()` is refused: this model does not write left to right. Defaults come "
-        "from `config.json` (`xdlm.generation`). `steps` is exactly the number of forward passes "
-        '(`final_step="ancestral"` adds one per block; `threshold` may end blocks early). '
-        '`cache="prefix"` or `"dual"` reuses keys/values inside a block (faster, approximate; '
-        "`refresh_every=1` is exactly uncached).",
+        "`diffusion_generate(input_ids, attention_mask=None, *, eos_token_id=None, generator=None, **overrides)` "
+        "returns the full sequences (prompt as given + answer, so the answer is `out[:, input_ids.shape[1]:]`), as "
+        "Dream's models do; the tokenizer pads on the left, and a batch padded on the right is left-aligned inside "
+        "(each row gives what its prompt alone gives). `model.generate()` is refused: this model does not write left "
+        "to right. It samples with the settings below (`config.json`, `xdlm.sampler`); any of them can be given as a "
+        "keyword, e.g. `diffusion_generate(ids, steps=64, temperature=0.7)`, and `max_new_tokens` / `alg` are "
+        "accepted for `gen_length` / `sampler` (Dream's names).",
+        "## Sampler settings\n\n" + settings_table(sampler),
     ]
     table = eval_table(eval_summary)
     if table or plot_file:

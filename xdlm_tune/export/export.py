@@ -2,7 +2,8 @@
 
     out/
       config.json              is_causal: false, auto_map -> modeling_xdlm.XDLMForCausalLM, and the
-                               `xdlm` block: k, mask_id, shift, schedule, eps, sampler defaults, recipe
+                               `xdlm` block: mask_id, shift, the sampler settings whole
+                               (`sampler`: a SamplerSettings, k / schedule / eps included), recipe
       model*.safetensors       merged weights (sharded at max_shard_size)
       modeling_xdlm.py         generated from xdlm-tune's sampler source (modeling.py)
       tokenizer files          with the mask token
@@ -15,6 +16,7 @@ any earlier export whole. A folder that is not an export is never overwritten.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -28,29 +30,15 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 import xdlm_tune
-from xdlm_tune.diffusion import SCHEDULES
+from xdlm_tune.config import recipe_from_dict
+from xdlm_tune.config.sampler import SamplerSettings
 from xdlm_tune.export.card import PLACEHOLDER, model_card
 from xdlm_tune.export.merge import merged_model
 from xdlm_tune.export.modeling import MODEL_CLASS, MODELING_FILE, base_class_name, write_modeling_file
 from xdlm_tune.model import PreparedModel, check_mask_id, prepare_model, unwrap
 
 XDLM_KEY = "xdlm"
-FORMAT = 1
-# alg None: xdlm for k > 0, confidence for k = 0 (resolved at export time).
-GENERATION_DEFAULTS = {
-    "alg": None,
-    "max_new_tokens": 256,
-    "steps": 32,
-    "block_length": 256,
-    "temperature": 0.0,
-    "top_p": 1.0,
-    "revise_prompt": False,
-    "final_step": "none",
-    "cache": "none",
-    "refresh": "step",
-    "refresh_every": None,
-    "threshold": None,
-}
+FORMAT = 2  # 2: the settings whole under `sampler`; 1 (before 0.1.0's #25): k / schedule / eps + `generation`
 
 
 class ExportError(RuntimeError):
@@ -65,8 +53,8 @@ def export_model(
     mask_id: int,
     k: float,
     shift: bool,
-    schedule: str = "linear",
-    eps: float = 1e-3,
+    schedule: str = SamplerSettings.schedule,
+    eps: float = SamplerSettings.eps,
     recipe: Any = None,
     eval_summary: Any = None,
     plot_path: str | os.PathLike | None = None,
@@ -86,8 +74,10 @@ def export_model(
         section gives the sampler defaults, its model/data sections the card's defaults).
     eval_summary / plot_path: the evaluation table (markdown, list of row dicts, or dict) and
         plot for the card. base_model / training_data: the card's text (default: from the recipe
-        or the model's config). generation: overrides of the sampler defaults (alg,
-        max_new_tokens, steps, block_length, temperature, top_p). dtype: of the saved weights
+        or the model's config). k / schedule / eps: how the model was trained (checked against the
+        recipe's `diffusion` section). generation: overrides of the sampler settings (any
+        `SamplerSettings` field, or the aliases `max_new_tokens` / `alg`) on top of the recipe's
+        (`Recipe.sampler_settings()`), all of it written to config.json. dtype: of the saved weights
         (default: the model's). inplace: merge the caller's model itself (saves a copy's memory;
         the model is consumed). qlora_base: where to reload a 4-bit base unquantised from
         (default: its config's _name_or_path). name: the card's title (default: repo_id, else
@@ -171,51 +161,30 @@ def load_export(export_dir: str | os.PathLike, **prepare_kwargs) -> PreparedMode
 
 
 def _settings(*, mask_id, k, shift, schedule, eps, recipe, generation) -> dict:
+    """The config's `xdlm` block: the recipe's sampler settings with k / schedule / eps as trained
+    and `generation` applied, checked, written whole."""
     if isinstance(mask_id, bool) or not isinstance(mask_id, int):
         raise TypeError(f"mask_id must be an int, got {type(mask_id).__name__}")
-    if not 0.0 <= float(k) <= 1.0:
-        raise ValueError(f"k={k} is outside [0, 1]")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r} is unknown: choose one of {', '.join(SCHEDULES)}")
-    if not 0.0 < eps < 0.5:
-        raise ValueError(f"eps={eps} must lie in (0, 0.5)")
     diffusion = (recipe or {}).get("diffusion") or {}
-    for key, value in (("k", float(k)), ("schedule", schedule), ("eps", float(eps))):
+    for key, value in (("k", k), ("schedule", schedule), ("eps", eps)):
         if key in diffusion and diffusion[key] != value:
             raise ValueError(
                 f"{key}={value!r} differs from the recipe's diffusion.{key}={diffusion[key]!r}: "
                 "the export must describe how the model was trained"
             )
-    gen = dict(GENERATION_DEFAULTS)
-    ev = (recipe or {}).get("eval") or {}
-    if ev:
-        gen.update(
-            alg=ev.get("sampler", gen["alg"]),
-            max_new_tokens=ev.get("gen_length", gen["max_new_tokens"]),
-            steps=(ev.get("steps") or [gen["steps"]])[0],
-            block_length=ev.get("block_length", gen["block_length"]),
-            temperature=ev.get("temperature", gen["temperature"]),
-            top_p=ev.get("top_p", gen["top_p"]),
-            revise_prompt=ev.get("revise_prompt", gen["revise_prompt"]),
-            final_step=ev.get("final_step", gen["final_step"]),
-        )
-        gen.update({key: ev[key] for key in ("cache", "refresh", "refresh_every", "threshold") if key in ev})
-    unknown = set(generation or {}) - set(GENERATION_DEFAULTS)
-    if unknown:
-        raise ValueError(f"generation has unknown keys {sorted(unknown)}; valid: {', '.join(GENERATION_DEFAULTS)}")
-    gen.update(generation or {})
-    if gen["alg"] is None:
-        gen["alg"] = "xdlm" if float(k) > 0 else "confidence"
+    base = recipe_from_dict(recipe).sampler_settings() if recipe else SamplerSettings()
+    trained = dataclasses.replace(base, k=float(k), schedule=schedule, eps=float(eps))
+    try:
+        settings = trained.replace(**(generation or {})).check()
+    except TypeError as err:
+        raise ValueError(f"generation: {err}") from None
     return {
         "format": FORMAT,
         "xdlm_tune_version": xdlm_tune.__version__,
-        "k": float(k),
         "mask_id": mask_id,
         "mask_token": None,
         "shift": bool(shift),
-        "schedule": schedule,
-        "eps": float(eps),
-        "generation": gen,
+        "sampler": settings.to_dict(),
         "recipe": recipe,
     }
 

@@ -2,7 +2,7 @@
 
 The file is the verbatim text of the sampler (`sampling/generate.py`) and the diffusion code it
 uses (`diffusion/_checks.py`, `schedule.py`, `posterior.py`, `model/forward_args.py`) with its
-settings (`settings.py`) and KV cache (`cache.py`), then `hub_model.py` (the model
+settings (`config/sampler.py`) and KV cache (`cache.py`), then `hub_model.py` (the model
 class with `diffusion_generate`), concatenated in dependency order. Only two things change:
 module docstrings and top-level imports are removed, the non-project imports are gathered once
 at the top, and the import of `_XDLMBase` names the base family's class. A relative or
@@ -26,10 +26,10 @@ _PACKAGE = Path(xdlm_tune.__file__).parent
 # Dependency order: each file may use names defined by the files before it.
 SOURCES = (
     "diffusion/_checks.py",
+    "config/sampler.py",
     "diffusion/schedule.py",
     "diffusion/posterior.py",
     "model/forward_args.py",
-    "sampling/settings.py",
     "sampling/cache.py",
     "sampling/generate.py",
     "export/hub_model.py",

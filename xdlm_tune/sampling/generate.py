@@ -2,7 +2,7 @@
 
 The answer region (``gen_length`` positions after the prompt) starts noisy and is denoised in
 ``steps`` model forward passes, block by block (semi-autoregressive when ``block_length`` <
-``gen_length``). Settings: ``SamplerSettings`` (settings.py). Samplers:
+``gen_length``). Settings: ``SamplerSettings`` (config/sampler.py). Samplers:
 
 * ``ancestral``: exact XDLM reverse steps (``reverse_posterior``) on the time grid
   ``linspace(1, 1e-5, T + 1)`` of each block, from the stationary law; Gumbel-max in float32.
@@ -52,10 +52,10 @@ from typing import Callable
 
 import torch
 
+from ..config.sampler import SamplerSettings, with_overrides
 from ..diffusion import make_schedule, reverse_posterior
 from ..model.forward_args import accepted_kwargs, forward_owner
 from .cache import BlockCache
-from .settings import SamplerSettings, with_overrides
 
 ANCESTRAL_T_MIN = 1e-5
 
