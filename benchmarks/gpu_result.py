@@ -211,8 +211,8 @@ def training_rows(work: Path, result_dir: Path) -> list[dict]:
 def eval_summaries(result_dir: Path) -> tuple[list, dict[str, str]]:
     """Every evaluation's rows, and a note per evaluation folder. A folder whose evaluation was
     stopped before its summary is scored from the samples it wrote (marked partial)."""
-    from xdlm_tune.evaluation.harness import summarize_run
     from xdlm_tune.evaluation.metrics import Summary
+    from xdlm_tune.evaluation.summary import summarize_run
 
     rows, notes = [], {}
     for name, folder in EVALS.items():

@@ -8,7 +8,8 @@ import pytest
 from tiny_models import tiny_model, tiny_tokenizer
 
 from xdlm_tune.evaluation import harness, load_mbpp
-from xdlm_tune.evaluation.harness import EvalModel, GenerationConfig, run_evaluation, summarize_run
+from xdlm_tune.evaluation.harness import EvalModel, GenerationConfig, run_evaluation
+from xdlm_tune.evaluation.summary import summarize_run
 from xdlm_tune.sampling import SamplerSettings
 
 

@@ -647,7 +647,7 @@ def test_export_card_renders_a_real_eval_summary_as_summary_md(tmp_path, capsys)
     renderer: percentages, a column per status, no Python dict); the title and the snippets name
     the placeholder repo id, never a local path; config.json carries no GGUF name; the export
     prints one 'exported' line and no training-style parameter count."""
-    from xdlm_tune.evaluation.harness import summarize_run
+    from xdlm_tune.evaluation.summary import summarize_run
 
     training_run(tmp_path)
     ev = tmp_path / "eval"
@@ -677,7 +677,7 @@ def test_export_card_renders_a_real_eval_summary_as_summary_md(tmp_path, capsys)
 
 
 def test_eval_label_of_a_run_names_its_checkpoint_step(tmp_path):
-    from xdlm_tune.evaluation.run import checkpoint_model
+    from xdlm_tune.evaluation.load import checkpoint_model
 
     training_run(tmp_path)
     assert checkpoint_model(tmp_path / "run", torch.device("cpu")).label == "run step 3"

@@ -151,7 +151,7 @@ def test_report_keeps_whatever_finished(tmp_path):
     done = res / "eval_k0"
     done.mkdir()
     (done / "samples.jsonl").write_text(_samples("k=0", [16, 32], {11: False, 12: False}))
-    from xdlm_tune.evaluation.harness import summarize_run
+    from xdlm_tune.evaluation.summary import summarize_run
 
     summarize_run(done)
     text = gr.write_report(res, work, rehearse=False, plan={"train_steps": 20}).read_text()

@@ -58,7 +58,7 @@ def test_the_math_imports_no_transformers_and_the_executor_no_torch():
 
 
 def test_relative_imports_are_resolved():  # the checker above must see `from ..runs import x` as xdlm_tune.runs
-    assert "xdlm_tune.runs.load_checkpoint" in imported_modules(PACKAGE / "evaluation" / "run.py")
+    assert "xdlm_tune.runs.load_checkpoint" in imported_modules(PACKAGE / "evaluation" / "load.py")
 
 
 @pytest.mark.parametrize("module", ["checkpoint.py", "runs.py", "config"])

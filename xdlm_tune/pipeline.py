@@ -84,8 +84,9 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, stamps: Stamps | None = None)
     import torch
 
     from .evaluation import load_benchmark
-    from .evaluation.harness import GenerationConfig, run_evaluation, summarize_run
-    from .evaluation.run import ar_baseline_model, checkpoint_model
+    from .evaluation.harness import GenerationConfig, run_evaluation
+    from .evaluation.load import ar_baseline_model, checkpoint_model
+    from .evaluation.summary import summarize_run
     from .runs import find_checkpoint
 
     ev, m = recipe.eval, recipe.model

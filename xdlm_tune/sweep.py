@@ -179,7 +179,7 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
     from .evaluation.genppl_run import CODE_SOURCES, generation_metrics, is_sft, make_prefixes
     from .evaluation.genppl_task import untrained_model
     from .evaluation.harness import GenerationConfig
-    from .evaluation.run import ar_baseline_model, checkpoint_model
+    from .evaluation.load import ar_baseline_model, checkpoint_model
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     first = recipes[0]

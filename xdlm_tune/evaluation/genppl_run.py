@@ -165,7 +165,7 @@ def make_prefixes(tokenizer, *, recipe, n: int, prefix_tokens: int) -> list[list
 
 def genppl_main(argv: list[str] | None = None) -> int:
     from ..config import load_recipe
-    from .run import _default_dtype, _xdlm_block, ar_baseline_model, load_diffusion_model
+    from .load import _default_dtype, _xdlm_block, ar_baseline_model, load_diffusion_model
 
     args = build_parser().parse_args(argv)
     check_args(args)

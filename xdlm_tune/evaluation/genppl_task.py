@@ -50,7 +50,7 @@ def untrained_model(recipe, device: torch.device, *, dtype: str | None = None) -
 def run_genppl_task(recipe, checkpoint: Path, device: torch.device, out: Path) -> dict:
     """Rows for the AR judge (reference), the untrained conversion and ``checkpoint`` at every
     budget of ``recipe.eval.steps``; returns {"table", "files", "plot", "rows"} (``table`` untitled)."""
-    from .run import ar_baseline_model, checkpoint_model
+    from .load import ar_baseline_model, checkpoint_model
 
     ev, m = recipe.eval, recipe.model
     if m.kind != "causal":

@@ -23,7 +23,6 @@ from ..console import progress as progress_bar
 from ..model.forward_args import accepts
 from ..sampling import SamplerSettings, generate
 from .extract import truncate
-from .metrics import markdown_table, plot_summary, summarize
 from .tasks import Problem, check_generations
 
 
@@ -202,7 +201,7 @@ def run_evaluation(
     """Evaluate every model (diffusion models at every budget in ``steps``; AR models once).
 
     Writes ``samples[.rankR].jsonl`` (one row per sample, appended as batches finish) under
-    ``out_dir``; returns that file. Call ``summarize_run(out_dir)`` on one process afterwards.
+    ``out_dir``; returns that file. Call ``summary.summarize_run(out_dir)`` on one process afterwards.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,45 +247,3 @@ def run_evaluation(
             bar.set_postfix(model=label, steps=s if s is not None else "AR")
     bar.close()
     return path
-
-
-def summarize_run(out_dir: str | Path, title: str = "") -> dict:
-    """Merge the per-rank sample files and write summary.md, summary.json and pass_at_1.png."""
-    out = Path(out_dir)
-    rows = []
-    files = sorted(out.glob("samples*.jsonl"))
-    for f in files:
-        for line in f.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    if not rows:
-        raise ValueError(f"no samples under {out}: run the evaluation first")
-    from .invariance import summary_section
-
-    summaries = summarize(rows)
-    table = markdown_table(summaries)
-    # Where the benchmark came from (shipped copy / Hub revision / a file) and the sandbox's isolation
-    # level that judged the programs: with the table, so the printed table and the model card say it too.
-    sources = sorted({r["data"] for r in rows if r.get("data")})
-    jails = sorted({r["jail"] for r in rows if r.get("jail")})
-    footer = ([f"Benchmark data: {'; '.join(sources)}"] if sources else []) + (
-        [f"Sandbox jail: {', '.join(jails)}"] if jails else []
-    )
-    if footer:
-        table += "\n" + "\n".join(footer) + "\n"
-    checked = summary_section(out)
-    note = "Rates with 95% intervals (Wilson; pass@k over several samples: bootstrap over problems).\n"
-    (out / "summary.md").write_text((f"# {title}\n\n" if title else "") + table + "\n" + note + "\n" + checked)
-    (out / "summary.json").write_text(json.dumps([s.__dict__ for s in summaries], indent=2))
-    benchmark = str(rows[0].get("task_id", "")).split("/")[0].lower() or None  # "mbpp/11", "HumanEval/0"
-    plot = plot_summary(summaries, out / "pass_at_1.png", benchmark=benchmark)
-    return {
-        "table": table,
-        "summary": summaries,
-        "plot": plot,
-        "samples": len(rows),
-        "files": files,
-        "invariance": checked,
-    }

@@ -109,7 +109,7 @@ def load_model(
     attn_implementation="sdpa",
 ) -> EvalModel:
     """The denoiser for ``pretrained`` through the loaders `xdlm-tune eval` uses."""
-    from .run import checkpoint_model, load_diffusion_model
+    from .load import checkpoint_model, load_diffusion_model
 
     if isinstance(pretrained, EvalModel):
         return pretrained
@@ -209,7 +209,7 @@ class XDLMLM(LM):
     # ------------------------------------------------------------------ processes (accelerate launch)
     @staticmethod
     def _process(device):
-        from .run import _process_state
+        from .load import _process_state
 
         state = _process_state()
         if state.num_processes > 1:

@@ -11,9 +11,8 @@ import yaml
 
 from xdlm_tune.config.field_help import field_help
 from xdlm_tune.config.sampler import SamplerSettings, settings_of_export
+from xdlm_tune.model.availability import EMBEDDED_HUB_IDS
 
-# Recipe names of embedded models -> their Hub id, for the card's `base_model` metadata.
-EMBEDDED_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PAPER = "https://arxiv.org/abs/2602.01362"
 

