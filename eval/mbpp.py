@@ -8,7 +8,7 @@ Same options as `xdlm-tune eval` (see `--help`), with the benchmark fixed.
 
 import sys
 
-from xdlm_tune.evaluation.run import eval_main
+from xdlm_tune.evaluation.entry import eval_main
 
 if __name__ == "__main__":
     sys.exit(eval_main(benchmark="mbpp"))

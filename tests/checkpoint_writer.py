@@ -1,5 +1,5 @@
 """A single-process writer of the checkpoint protocol, for tests: the real save path is
-xdlm_tune.train.run_checkpoint.save_run_checkpoint (every process, accelerate / DeepSpeed).
+xdlm_tune.train.state.save_run_checkpoint (every process, accelerate / DeepSpeed).
 
     save_checkpoint(out, step, keep_last=2, state=TrainState(step=step), recipe=..., write=fn)
 
@@ -14,9 +14,9 @@ from typing import Callable
 
 import torch
 
-from xdlm_tune.checkpoint import RECIPE_FILE, CheckpointError, begin_save, commit_save
+from xdlm_tune.checkpoints.protocol import RECIPE_FILE, CheckpointError, begin_save, commit_save
 from xdlm_tune.config import Recipe, save_recipe
-from xdlm_tune.train.run_checkpoint import TrainState, write_state
+from xdlm_tune.train.state import TrainState, write_state
 
 
 def save_checkpoint(

@@ -19,7 +19,7 @@ if not torch.cuda.is_available():
 def benchmark_data() -> Path:
     """The folder of benchmark files shipped as package data (mbpp.jsonl, sanitized-mbpp.json,
     HumanEval.jsonl.gz): the same files in every clone, checked by sha256."""
-    from xdlm_tune.evaluation.shipped import DATA_DIR, SHIPPED, shipped_path
+    from xdlm_tune.benchmark_data import DATA_DIR, SHIPPED, shipped_path
 
     for name in SHIPPED:
         shipped_path(name)

@@ -43,6 +43,8 @@ class Mutant:
 
 M = Mutant
 EXPORT_DEFAULTS = "tests/test_export.py::test_export_samples_with_the_recipes_eval_settings_by_default"
+CONTRACT = "tests/test_sampler_contract.py::test_every_surface_samples_with_the_recipe_settings"
+CONTRACT_KW = "tests/test_sampler_contract.py::test_diffusion_generate_keywords_are_replace_with_the_dream_aliases"
 MUTANTS = [
     # --- the four the first mutation round let through (issue 24)
     M(
@@ -131,61 +133,49 @@ MUTANTS = [
         "carry = torch.zeros_like(carry)",
         ("tests/test_sampler_budget.py::test_xdlm_budget_matches_the_authors_rule_step_by_step",),
     ),
+    # The field-by-field copies these once targeted (export's GENERATION_DEFAULTS, hub_model's re-defaults)
+    # are gone with issue 25; the same bugs in the one-settings design:
     M(
-        "export-ignores-recipe-temperature",
+        "export-ignores-recipe-sampler-choices",
         "xdlm_tune/export/export.py",
-        'temperature=ev.get("temperature", gen["temperature"]),',
-        'temperature=gen["temperature"],',
+        "base = recipe_from_dict(recipe).sampler_settings() if recipe else SamplerSettings()",
+        "base = SamplerSettings()",
+        (EXPORT_DEFAULTS, CONTRACT),
+    ),
+    M(
+        "settings-dict-drops-threshold",
+        "xdlm_tune/config/sampler.py",
+        "        return dataclasses.asdict(self)",
+        '        return {k: v for k, v in dataclasses.asdict(self).items() if k != "threshold"}',
         (EXPORT_DEFAULTS,),
     ),
     M(
-        "export-ignores-recipe-final-step",
-        "xdlm_tune/export/export.py",
-        'final_step=ev.get("final_step", gen["final_step"]),',
-        'final_step=gen["final_step"],',
-        (EXPORT_DEFAULTS,),
-    ),
-    M(
-        "export-drops-recipe-threshold",
-        "xdlm_tune/export/export.py",
-        'for key in ("cache", "refresh", "refresh_every", "threshold") if key in ev',
-        'for key in ("cache", "refresh", "refresh_every") if key in ev',
-        (EXPORT_DEFAULTS,),
-    ),
-    M(
-        "hub-model-ignores-default-top-p",
+        "hub-model-ignores-stored-settings",
         "xdlm_tune/export/hub_model.py",
-        'top_p=defaults.get("top_p", 1.0) if top_p is None else top_p,',
-        "top_p=1.0 if top_p is None else top_p,",
+        "return SamplerSettings.from_dict(stored).replace(**overrides).check()",
+        "return SamplerSettings().replace(**overrides).check()",
         (EXPORT_DEFAULTS,),
     ),
     M(
-        "hub-model-ignores-schedule",
+        "hub-model-ignores-overrides",
         "xdlm_tune/export/hub_model.py",
-        'schedule=settings.get("schedule", "linear"),',
-        'schedule="linear",',
+        "return SamplerSettings.from_dict(stored).replace(**overrides).check()",
+        "return SamplerSettings.from_dict(stored).check()",
+        (CONTRACT_KW,),
+    ),
+    M(
+        "recipe-settings-drop-top-p",
+        "xdlm_tune/config/schema.py",
+        "picked = {name: getattr(self.eval, name) for name in self.eval.SAMPLER_FIELDS}",
+        'picked = {name: getattr(self.eval, name) for name in self.eval.SAMPLER_FIELDS if name != "top_p"}',
         (EXPORT_DEFAULTS,),
     ),
     M(
-        "hub-model-ignores-default-threshold",
-        "xdlm_tune/export/hub_model.py",
-        'threshold=defaults.get("threshold") if threshold is None else threshold,',
-        "threshold=threshold,",
-        (EXPORT_DEFAULTS,),
-    ),
-    M(
-        "hub-model-ignores-default-revise-prompt",
-        "xdlm_tune/export/hub_model.py",
-        'revise_prompt=defaults.get("revise_prompt", False) if revise_prompt is None else revise_prompt,',
-        "revise_prompt=False if revise_prompt is None else revise_prompt,",
-        (EXPORT_DEFAULTS,),
-    ),
-    M(
-        "hub-model-ignores-default-refresh",
-        "xdlm_tune/export/hub_model.py",
-        'refresh=defaults.get("refresh", "step") if refresh is None else refresh,',
-        'refresh="step" if refresh is None else refresh,',
-        (EXPORT_DEFAULTS,),
+        "cli-ignores-a-sampler-flag",
+        "xdlm_tune/config/sampler_args.py",
+        'given = {name: getattr(args, name) for name in args.sampler_flags if name != "steps"}',
+        'given = {name: getattr(args, name) for name in args.sampler_flags if name not in ("steps", "cache")}',
+        ("tests/test_sampler_contract.py::test_the_cli_flags_override_the_models_settings",),
     ),
     # --- prompt formats
     M(

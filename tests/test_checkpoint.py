@@ -14,11 +14,11 @@ import pytest
 import torch
 from checkpoint_writer import load_torch_state, save_checkpoint
 
-from xdlm_tune import checkpoint as ck
-from xdlm_tune.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, recover, resolve_resume
+from xdlm_tune.checkpoints import protocol as ck
+from xdlm_tune.checkpoints.protocol import CheckpointError, latest_checkpoint, list_checkpoints, recover, resolve_resume
 from xdlm_tune.config import load_recipe
 from xdlm_tune.data import Collator, ResumableLoader
-from xdlm_tune.train.run_checkpoint import TrainState, check_resume_compatible, read_state, write_state
+from xdlm_tune.train.state import TrainState, check_resume_compatible, read_state, write_state
 
 
 def weights_writer(payload: str):

@@ -87,7 +87,7 @@ def _gated_error() -> OSError:
 
 
 def test_gated_model_says_accept_and_log_in(capsys, monkeypatch, benchmark_data, tmp_path):
-    import xdlm_tune.evaluation.run as eval_run
+    import xdlm_tune.evaluation.entry as eval_run
 
     def gated(*args, **kwargs):  # what loading a gated Hub model raises (no Hub here)
         raise _gated_error()

@@ -10,7 +10,7 @@ import pytest
 from xdlm_tune import cli
 from xdlm_tune.config import RecipeError, load_recipe
 from xdlm_tune.config.shipped import FOLDERS, find_file, recipes_main, shipped_files
-from xdlm_tune.demo import load_demo
+from xdlm_tune.workflows.demo import load_demo
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,9 +1,9 @@
-"""`xdlm-tune demo --core` (xdlm_tune/core_demo.py), shortened: the tiny bidirectional Llama learns
+"""`xdlm-tune demo --core` (xdlm_tune/workflows/core_demo.py), shortened: the tiny bidirectional Llama learns
 (the held-out ELBO falls) and the sample comes from the library's ancestral sampler."""
 
 from __future__ import annotations
 
-from xdlm_tune import core_demo
+from xdlm_tune.workflows import core_demo
 
 
 def test_the_core_demo_learns_and_samples_with_the_library_sampler(monkeypatch, capsys):

@@ -31,7 +31,7 @@ def test_eval_splits_problems_across_two_processes(benchmark_data, tmp_path):
         "--main_process_port",
         str(free_port()),
         "-m",
-        "xdlm_tune.evaluation.run",
+        "xdlm_tune.evaluation.entry",
         "--model",
         str(model_dir),
         "--data",

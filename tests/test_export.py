@@ -44,7 +44,7 @@ from xdlm_tune.model import (
     unwrap,
 )
 from xdlm_tune.sampling import generate
-from xdlm_tune.train.run_checkpoint import TrainState
+from xdlm_tune.train.state import TrainState
 
 K = 0.3
 STEPS, GEN, BLOCK = 4, 8, 4
@@ -575,7 +575,7 @@ def training_run(tmp_path: Path, saved_as: str = "adapter"):
 
 @pytest.mark.parametrize("saved_as", ["adapter", "model", "state_dict"])
 def test_export_main_from_a_training_run(tmp_path, saved_as, monkeypatch, capsys):
-    """The checkpoint layouts of xdlm_tune/train/run_checkpoint.py: adapter/ (LoRA), model/ (full fine-tune),
+    """The checkpoint layouts of xdlm_tune/train/state.py: adapter/ (LoRA), model/ (full fine-tune),
     and a bare state dict."""
     recipe, prepared, model = training_run(tmp_path, saved_as)
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")

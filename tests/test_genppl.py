@@ -13,9 +13,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from xdlm_tune.config import load_recipe, save_recipe
-from xdlm_tune.evaluation.genppl import Sample, judge_nll, score, unigram_entropy
+from xdlm_tune.evaluation.entry import eval_main
+from xdlm_tune.evaluation.genppl.metrics import Sample, judge_nll, score, unigram_entropy
 from xdlm_tune.evaluation.harness import EvalModel
-from xdlm_tune.evaluation.run import eval_main
 from xdlm_tune.evaluation.stats import wilson
 
 

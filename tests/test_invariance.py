@@ -10,7 +10,7 @@ import pytest
 from native_bases import dream_base, llada_base
 from tiny_models import save_tiny_model
 
-from xdlm_tune.evaluation.run import eval_main
+from xdlm_tune.evaluation.entry import eval_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

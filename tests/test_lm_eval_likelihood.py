@@ -18,7 +18,7 @@ from tiny_models import tiny_model
 
 from xdlm_tune.diffusion import make_schedule
 from xdlm_tune.diffusion.likelihood import bound_noise
-from xdlm_tune.evaluation.likelihood import BoundSettings, nelbo_draws
+from xdlm_tune.lm_eval.likelihood import BoundSettings, nelbo_draws
 
 
 def _target_logits(model, ids: torch.Tensor, P: int, shift: bool) -> torch.Tensor:

@@ -12,8 +12,8 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from tiny_models import save_tiny_model  # noqa: E402
 
 from xdlm_tune.diffusion import forward_noise, make_schedule, xdlm_loss  # noqa: E402
-from xdlm_tune.evaluation.lm_eval_model import XDLMLM, ModelArgError  # noqa: E402
-from xdlm_tune.lm_eval import TASKS_DIR, build_argv, main  # noqa: E402
+from xdlm_tune.lm_eval.entry import TASKS_DIR, build_argv, main  # noqa: E402
+from xdlm_tune.lm_eval.model import XDLMLM, ModelArgError  # noqa: E402
 from xdlm_tune.sampling import generate  # noqa: E402
 
 
@@ -162,7 +162,7 @@ def test_cli_runs_offline_tasks_and_writes_results(tiny_dir, tmp_path, benchmark
 
 
 def test_interval_table_wilson_for_rates_stderr_for_the_rest():
-    from xdlm_tune.lm_eval import interval_table
+    from xdlm_tune.lm_eval.entry import interval_table
 
     results = {
         "results": {
@@ -215,7 +215,13 @@ def test_two_processes_give_the_one_process_results(tiny_dir, tmp_path):
             "--main_process_port",
             str(free_port()),
         ]
-        cmd = (launch if n == 2 else [sys.executable]) + ["-m", "xdlm_tune.lm_eval", *args, "--output_path", str(out)]
+        cmd = (launch if n == 2 else [sys.executable]) + [
+            "-m",
+            "xdlm_tune.lm_eval.entry",
+            *args,
+            "--output_path",
+            str(out),
+        ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert ("on rank 1" in proc.stderr + proc.stdout) == (n == 2)  # one group of two, not two lone runs
@@ -273,7 +279,7 @@ def test_hub_only_task_offline_points_to_the_offline_tasks(monkeypatch, capsys):
 def test_git_hash_lookup_is_quiet_outside_a_checkout(tmp_path, monkeypatch, capfd):
     import lm_eval.evaluator
 
-    from xdlm_tune.lm_eval import _quiet_git_hash
+    from xdlm_tune.lm_eval.entry import _quiet_git_hash
 
     monkeypatch.chdir(tmp_path)  # not a git checkout
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
@@ -282,3 +288,19 @@ def test_git_hash_lookup_is_quiet_outside_a_checkout(tmp_path, monkeypatch, capf
     assert "fatal" not in capfd.readouterr().err
     lm_eval.evaluator.get_git_commit_hash()  # lm-eval's own: the line the wrapper drops
     assert "not a git repository" in capfd.readouterr().err
+
+
+def test_importing_the_package_registers_the_model():
+    """`import xdlm_tune.lm_eval` (the natural import) registers `xdlm` for lm_eval.simple_evaluate and the
+    stock lm-eval CLI; checked in a fresh interpreter. Planted: the package __init__ without its import of
+    model.py -> lm-eval's registry has no `xdlm`."""
+    import subprocess
+    import sys
+
+    code = (
+        "import xdlm_tune.lm_eval\n"
+        "from lm_eval.api.registry import get_model\n"
+        "assert get_model('xdlm') is xdlm_tune.lm_eval.XDLMLM\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

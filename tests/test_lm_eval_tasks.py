@@ -20,7 +20,7 @@ from lm_eval.api.model import LM  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from xdlm_tune.evaluation import check_generations, load_mbpp  # noqa: E402
-from xdlm_tune.lm_eval import TASKS_DIR  # noqa: E402
+from xdlm_tune.lm_eval.entry import TASKS_DIR  # noqa: E402
 
 # Test-split problems 11-20 and 367 (the one whose tests need test_setup_code).
 TASK_IDS = list(range(11, 21)) + [367]

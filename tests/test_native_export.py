@@ -13,11 +13,11 @@ from native_bases import MASK_ID, dream_base, llada_base
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from xdlm_tune.checkpoints.load import load_checkpoint
 from xdlm_tune.config import load_recipe
 from xdlm_tune.export import export_run, load_export, read_settings
 from xdlm_tune.export.modeling import MODELING_FILE, modeling_source
 from xdlm_tune.model import position_ids_from_mask
-from xdlm_tune.runs import load_checkpoint
 from xdlm_tune.sampling import generate
 from xdlm_tune.train.dry_run import stand_in_recipe
 from xdlm_tune.train.loop import train
@@ -163,7 +163,7 @@ def test_a_full_fine_tune_of_the_llada_recipe_exports_and_reloads(tmp_path):
 def test_the_eval_cli_evaluates_a_native_base_as_a_diffusion_model(tmp_path, benchmark_data, capsys):
     """`xdlm-tune eval --model <LLaDA folder>` (the paper's base row) needs neither --kind nor
     --trust-remote-code: the base is a diffusion model loaded natively, mask id and shift its own."""
-    from xdlm_tune.evaluation.run import eval_main
+    from xdlm_tune.evaluation.entry import eval_main
 
     torch.set_num_threads(1)
     base = llada_base(tmp_path)

@@ -7,7 +7,7 @@ import json
 import pytest
 from tiny_models import save_tiny_model
 
-from xdlm_tune.pipeline import run_pipeline
+from xdlm_tune.workflows.pipeline import run_pipeline
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import torch
 
 from xdlm_tune.config import load_recipe
 from xdlm_tune.config.sampler_args import settings_from_args
-from xdlm_tune.evaluation.run import build_parser
+from xdlm_tune.evaluation.entry import build_parser
 from xdlm_tune.sampling import SamplerSettings, generate
 from xdlm_tune.sampling.generate import _revision_quota
 

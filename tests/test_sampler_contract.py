@@ -20,10 +20,10 @@ from tiny_models import save_tiny_model
 from xdlm_tune.config import load_recipe
 from xdlm_tune.config.sampler import SETTING_NAMES, SamplerSettings
 from xdlm_tune.config.shipped import names
-from xdlm_tune.evaluation import genppl_run
-from xdlm_tune.evaluation.genppl import genppl_settings
+from xdlm_tune.evaluation.entry import build_parser, cli_settings
+from xdlm_tune.evaluation.genppl import entry as genppl_run
+from xdlm_tune.evaluation.genppl.metrics import genppl_settings
 from xdlm_tune.evaluation.harness import EvalModel
-from xdlm_tune.evaluation.run import build_parser, cli_settings
 from xdlm_tune.export.export import _settings
 from xdlm_tune.export.hub_model import XDLMForCausalLM
 
@@ -32,7 +32,7 @@ RECIPES = [*names("recipes").split(", "), "demo"]
 
 def recipe_of(name: str):
     if name == "demo":
-        from xdlm_tune.demo import load_demo
+        from xdlm_tune.workflows.demo import load_demo
 
         demo = load_demo()
         return load_recipe(demo.recipe, demo.overrides)
@@ -90,7 +90,7 @@ def test_every_surface_samples_with_the_recipe_settings(name, tiny):
     export = SimpleNamespace(config=SimpleNamespace(xdlm=block))
     seen["export diffusion_generate()"] = XDLMForCausalLM.sampler_settings(export)
     try:
-        from xdlm_tune.evaluation.lm_eval_model import XDLMLM
+        from xdlm_tune.lm_eval.model import XDLMLM
     except ImportError:  # lm-eval is an extra
         XDLMLM = None
     if XDLMLM is not None:
@@ -99,8 +99,8 @@ def test_every_surface_samples_with_the_recipe_settings(name, tiny):
         assert got == want, f"{name}: {where} samples with {got}, the recipe says {want}"
 
     # gen-PPL: the same length, budget and training, under its protocol (exact reverse steps, T = 1, one block)
-    from xdlm_tune.sweep import build_parser as sweep_parser
-    from xdlm_tune.sweep import run_settings
+    from xdlm_tune.workflows.sweep import build_parser as sweep_parser
+    from xdlm_tune.workflows.sweep import run_settings
 
     sweep_args = sweep_parser().parse_intermixed_args(["recipe.yaml", "--k", str(d.k)])  # run_settings reads flags
 
@@ -160,7 +160,7 @@ def test_one_definition_per_field_default_and_doc():
 
     root = Path(xdlm_tune.__file__).parent
     # not sampler settings: the core demo's training length and k, `xdlm-tune run`'s closing sample of the export
-    allowed = {"core_demo.py": {"steps", "k"}, "pipeline.py": {"steps"}}
+    allowed = {"workflows/core_demo.py": {"steps", "k"}, "workflows/pipeline.py": {"steps"}}
     copies = []
     for path in sorted(root.rglob("*.py")):
         rel = str(path.relative_to(root))
@@ -187,3 +187,32 @@ def test_one_definition_per_field_default_and_doc():
         n: defaults[n] for n in EvalConfig.SAMPLER_FIELDS
     }
     assert (DiffusionConfig().k, DiffusionConfig().schedule, DiffusionConfig().eps) == (0.1, "linear", 1e-3)
+
+
+def test_the_cli_flags_override_the_models_settings(tiny):
+    """Every sampler flag given to `xdlm-tune eval` replaces the model's own value, the rest stay."""
+    own = SamplerSettings(steps=8, gen_length=16, block_length=8, k=0.3, schedule="cosine", eps=0.01)
+    em = EvalModel(tiny.model, tiny.tokenizer, "export", mask_id=tiny.mask_id, settings=own)
+    ap = build_parser("mbpp")
+    flags = ["--steps", "4", "8", "--cache", "dual", "--refresh", "block", "--threshold", "0.5", "--temperature", "0.7"]
+    flags += ["--top-p", "0.9", "--sampler", "xdlm", "--revise-prompt", "--refresh-every", "2", "--k", "0.2"]
+    settings, budgets = cli_settings(ap, ap.parse_args(flags), em)
+    assert budgets == [4, 8]
+    assert settings == SamplerSettings(
+        steps=4,
+        gen_length=16,
+        block_length=8,
+        sampler="xdlm",
+        temperature=0.7,
+        top_p=0.9,
+        k=0.2,
+        schedule="cosine",
+        eps=0.01,
+        revise_prompt=True,
+        cache="dual",
+        refresh="block",
+        refresh_every=2,
+        threshold=0.5,
+    )
+    with pytest.raises(SystemExit):  # a budget that does not fit the model's blocks: a usage error
+        cli_settings(ap, ap.parse_args(["--steps", "3"]), em)

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from test_train import make_tiny
 
-from xdlm_tune.checkpoint import list_checkpoints
+from xdlm_tune.checkpoints.protocol import list_checkpoints
 from xdlm_tune.cli import main
 from xdlm_tune.train.metrics import read_metrics
 

@@ -150,7 +150,7 @@ def test_mbpp_from_the_hub_reads_every_split(monkeypatch, mbpp_file):
 
 def test_the_shipped_copy_is_checked_by_sha256(monkeypatch, tmp_path, benchmark_data):
     """An edited shipped file must not be scored silently (the check runs once per process)."""
-    from xdlm_tune.evaluation import shipped
+    import xdlm_tune.benchmark_data as shipped
 
     edited = tmp_path / "mbpp.jsonl"
     edited.write_bytes((benchmark_data / "mbpp.jsonl").read_bytes().replace(b"assert", b"assert not", 1))

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from xdlm_tune.checkpoint import CheckpointError, list_checkpoints
+from xdlm_tune.checkpoints.protocol import CheckpointError, list_checkpoints
 from xdlm_tune.config import RecipeError, load_recipe, save_recipe
 from xdlm_tune.diffusion import make_schedule
 from xdlm_tune.train import entry

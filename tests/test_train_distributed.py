@@ -234,7 +234,7 @@ def test_smollm2_trains_saves_and_resumes_exactly(tmp_path):
 
 
 def test_sweep_under_accelerate_launch_two_processes(tiny, tmp_path):
-    """`accelerate launch -m xdlm_tune.sweep` trains every k on both processes and samples on the
+    """`accelerate launch -m xdlm_tune.workflows.sweep` trains every k on both processes and samples on the
     main one: the held-out NELBO of each k equals a one-process sweep with the same global batch
     (per-device batch doubled), and the files are written once."""
     args = ["--k", "0", "0.5", "--steps", "2", "--num-samples", "2", "--gen-length", "4", "--code"]
@@ -244,7 +244,7 @@ def test_sweep_under_accelerate_launch_two_processes(tiny, tmp_path):
     cmd = [
         *accelerate_launch(2),
         "-m",
-        "xdlm_tune.sweep",
+        "xdlm_tune.workflows.sweep",
         str(tiny),
         "--out",
         str(two),
@@ -257,7 +257,7 @@ def test_sweep_under_accelerate_launch_two_processes(tiny, tmp_path):
     assert proc.stdout.count("2 process(es)") == 2, proc.stdout[-3000:]  # one line per k, from rank 0
     assert proc.stdout.count("[sweep] ") >= 3  # training lines for each k and the outputs, once
     one = tmp_path / "one"
-    one_cmd = [sys.executable, "-m", "xdlm_tune.sweep", str(tiny), "--out", str(one), *args, *common]
+    one_cmd = [sys.executable, "-m", "xdlm_tune.workflows.sweep", str(tiny), "--out", str(one), *args, *common]
     proc1 = subprocess.run(
         [*one_cmd, "training.per_device_batch_size=2"], cwd=REPO, env=env, capture_output=True, text=True
     )

@@ -51,15 +51,15 @@ def test_wheel_install_runs_the_demo_from_any_folder(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("xdlm_tune-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for data in (
-        "xdlm_tune/demo.yaml",
+        "xdlm_tune/workflows/demo.yaml",
         "xdlm_tune/recipes/smollm2-135m-xdlm-lora.yaml",
         "xdlm_tune/deepspeed_configs/zero3.json",
         "xdlm_tune/deepspeed_configs/accelerate_multi_gpu.yaml",
         "xdlm_tune/model/modeling_xdlm_standin.py",  # copied into the dry run's remote-code stand-in
-        "xdlm_tune/evaluation/benchmark_data/mbpp.jsonl",  # the benchmarks, with their licenses
-        "xdlm_tune/evaluation/benchmark_data/sanitized-mbpp.json",
-        "xdlm_tune/evaluation/benchmark_data/HumanEval.jsonl.gz",
-        "xdlm_tune/evaluation/benchmark_data/NOTICE.md",
+        "xdlm_tune/benchmark_data/mbpp.jsonl",  # the benchmarks, with their licenses
+        "xdlm_tune/benchmark_data/sanitized-mbpp.json",
+        "xdlm_tune/benchmark_data/HumanEval.jsonl.gz",
+        "xdlm_tune/benchmark_data/NOTICE.md",
     ):
         assert data in names
 

@@ -21,19 +21,25 @@ COMMANDS = {
         "xdlm_tune.train.plan:plan_main",
         "check a recipe at its model's real size (meta device, no weights): LoRA targets, mask id, GPU memory",
     ),
-    "eval": ("xdlm_tune.evaluation.run:eval_main", "MBPP / HumanEval pass@1 (or genppl) at fixed step budgets"),
-    "export": ("xdlm_tune.export.run:export_main", "merge a run into a self-contained Hub folder (and push it)"),
-    "run": ("xdlm_tune.pipeline:run_main", "train -> eval -> export -> sample the export, for any recipe"),
+    "eval": ("xdlm_tune.evaluation.entry:eval_main", "MBPP / HumanEval pass@1 (or genppl) at fixed step budgets"),
+    "export": ("xdlm_tune.export.entry:export_main", "merge a run into a self-contained Hub folder (and push it)"),
+    "run": ("xdlm_tune.workflows.pipeline:run_main", "train -> eval -> export -> sample the export, for any recipe"),
     "lm-eval": (
-        "xdlm_tune.lm_eval:main",
+        "xdlm_tune.lm_eval.entry:main",
         "any lm-evaluation-harness task (likelihood bound, generation) with --model xdlm",
     ),
     "compare": (
         "xdlm_tune.evaluation.compare:compare_main",
         "two eval / genppl runs on the same problems: paired difference, McNemar test, flipped ids",
     ),
-    "sweep": ("xdlm_tune.sweep:sweep_main", "one run per k: held-out NELBO vs gen-PPL per step budget (pareto.png)"),
-    "demo": ("xdlm_tune.demo:demo_main", "the main job on the embedded default model (what `make demo` runs)"),
+    "sweep": (
+        "xdlm_tune.workflows.sweep:sweep_main",
+        "one run per k: held-out NELBO vs gen-PPL per step budget (pareto.png)",
+    ),
+    "demo": (
+        "xdlm_tune.workflows.demo:demo_main",
+        "the main job on the embedded default model (what `make demo` runs)",
+    ),
     "recipes": ("xdlm_tune.config.shipped:recipes_main", "list the shipped recipes and DeepSpeed / accelerate configs"),
 }
 

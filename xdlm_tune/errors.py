@@ -22,12 +22,13 @@ EXTRAS = {
     "bitsandbytes": "qlora",
     "tensorboard": "dev",
     "pytest": "dev",
+    "lm_eval": "lm-eval",
 }
 # The project's own error classes, by module: their messages already say what to fix.
 _OWN_ERRORS = {
     "xdlm_tune.config.schema": ("RecipeError",),
     "xdlm_tune.data.sources": ("DataError",),
-    "xdlm_tune.checkpoint": ("CheckpointError",),
+    "xdlm_tune.checkpoints.protocol": ("CheckpointError",),
     "xdlm_tune.export.export": ("ExportError",),
 }
 _HUB_URL = re.compile(r"huggingface\.co/(?:datasets/)?([\w.-]+/[\w.-]*[\w-])")

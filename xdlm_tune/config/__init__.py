@@ -1,4 +1,5 @@
-"""Recipes: the typed schema (schema.py) and YAML loading with overrides (load.py).
+"""Recipes: the typed schema (schema.py), the sampler's settings (sampler.py, their flags: sampler_args.py)
+and YAML loading with overrides (load.py). Nothing here imports torch (tests/test_layers.py checks it).
 
 recipe = load_recipe("recipes/smollm2-135m-xdlm-lora.yaml", ["diffusion.k=0.5"])
 recipe.diffusion.k, recipe.training.max_steps, ...

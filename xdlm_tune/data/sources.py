@@ -76,7 +76,7 @@ def mbpp_records(path: str | Path | None, task_ids: range = MBPP_TRAIN_IDS) -> l
     """MBPP rows from a local mbpp.jsonl (None: the copy shipped with xdlm-tune), restricted to
     task_ids (the train split by default)."""
     if path is None:
-        from ..evaluation.shipped import shipped_path
+        from ..benchmark_data import shipped_path
 
         path = shipped_path("mbpp")
     path = Path(path)

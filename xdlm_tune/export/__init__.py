@@ -6,10 +6,10 @@ export_run("runs/xdlm", "out")                    # a training run or checkpoint
 load_export("out", lora={"r": 16})                # back into xdlm-tune as a diffusion base
 """
 
+from xdlm_tune.export.entry import export_main, export_run
 from xdlm_tune.export.export import ExportError, export_model, load_export, read_settings
 from xdlm_tune.export.hub import PushError, push_to_hub
 from xdlm_tune.export.modeling import MODEL_CLASS, MODELING_FILE, modeling_source
-from xdlm_tune.export.run import export_main, export_run
 
 __all__ = [
     "MODELING_FILE",

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"xdlm-tune train: {e}", file=sys.stderr)
         return 2
 
-    from ..checkpoint import CheckpointError
+    from ..checkpoints.protocol import CheckpointError
     from ..data import DataError
     from ..errors import UserError
     from .ds_ops import ExtensionLockError

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import RECIPE_FILE, CheckpointError, list_checkpoints, recover, resolve_resume
+from ..checkpoints.protocol import RECIPE_FILE, CheckpointError, list_checkpoints, recover, resolve_resume
 from ..config import Recipe, save_recipe
 from ..data import build_data
 from ..diffusion import make_schedule
@@ -47,7 +47,6 @@ from .objective import (
     step_inputs,
 )
 from .optim import build_optimizer, build_scheduler
-from .run_checkpoint import TrainState, check_resume_compatible, load_run_checkpoint, read_state, save_run_checkpoint
 from .runtime import (
     build_accelerator,
     deepspeed_config,
@@ -57,6 +56,7 @@ from .runtime import (
     whole_model_loading,
     zero_stage,
 )
+from .state import TrainState, check_resume_compatible, load_run_checkpoint, read_state, save_run_checkpoint
 
 logger = logging.getLogger(__name__)
 

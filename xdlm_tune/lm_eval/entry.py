@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-TASKS_DIR = Path(__file__).resolve().parent / "evaluation" / "lm_eval_tasks"
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 _SUBCOMMANDS = ("run", "ls", "validate")
 # lm-eval metrics that are a mean of per-document 0/1 scores: a proportion, so a Wilson interval.
 BINARY_METRICS = {"acc", "acc_norm", "exact_match", "pass_at_1", "pass@1", "mc1", "f1_binary"}
@@ -31,7 +31,7 @@ def interval_table(results: dict) -> str:
     """lm-eval's results (the results_*.json it writes) as a markdown table with 95% intervals:
     Wilson on n documents for BINARY_METRICS, value +- 1.96 x lm-eval's stderr for the others
     (none where lm-eval reports none, e.g. perplexities)."""
-    from .evaluation.stats import fmt_value, wilson
+    from ..evaluation.stats import fmt_value, wilson
 
     lines = ["| task | metric | n | value (95% CI) | interval |", "|---|---|---|---|---|"]
     for task, metrics in results.get("results", {}).items():
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("xdlm-tune lm-eval needs lm-evaluation-harness: pip install 'xdlm-tune[lm-eval]'", file=sys.stderr)
         return 2
-    from .evaluation.lm_eval_model import LocalDataError, ModelArgError  # the import registers --model xdlm
+    from .model import LocalDataError, ModelArgError  # the import registers --model xdlm
 
     if any(a in ("-h", "--help") for a in argv):  # say whose flags follow, then lm-eval's own help
         print(HELP)
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xdlm-tune lm-eval: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - a Hub-only task offline gets its own fix; anything else re-raises
-        from .errors import unreachable_dataset
+        from ..errors import unreachable_dataset
 
         name = unreachable_dataset(err)
         if name is None:

@@ -1,8 +1,8 @@
 """A training run as a model: find its checkpoint and rebuild the model it trained.
 
 Used by evaluation (`xdlm-tune eval --checkpoint`), export and `xdlm-tune run`, which stand side
-by side above it. A checkpoint folder (xdlm_tune/checkpoint.py's protocol, written by
-xdlm_tune/train/run_checkpoint.py) holds
+by side above it. A checkpoint folder (xdlm_tune/checkpoints/protocol.py's protocol, written by
+xdlm_tune/train/state.py) holds
 `recipe.yaml` (else the run folder's is used) and the weights in Hugging Face format, in the
 checkpoint folder itself or one sub-folder of it:
 * `adapter/`: a PEFT adapter (`adapter_config.json`, the mask row as trainable tokens), put
@@ -25,7 +25,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from xdlm_tune.checkpoint import RECIPE_FILE, STATE_FILE, CheckpointError, latest_checkpoint
+from xdlm_tune.checkpoints.protocol import RECIPE_FILE, STATE_FILE, CheckpointError, latest_checkpoint
 from xdlm_tune.config import Recipe, RecipeError, load_recipe
 from xdlm_tune.model import attach_lora, prepare_model
 

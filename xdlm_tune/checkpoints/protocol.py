@@ -8,7 +8,7 @@ a half-deleted directory never looks like a checkpoint. A checkpoint is complete
 holds STATE_FILE (the loop state, written last before the commit).
 
 What a run's checkpoint holds, and the multi-process save that follows this protocol, are in
-xdlm_tune/train/run_checkpoint.py; rebuilding a model from a run is xdlm_tune/runs.py.
+xdlm_tune/train/state.py; rebuilding a model from a run is xdlm_tune/checkpoints/load.py.
 Several ranks (all of them run each line; is_main is rank 0):
     tmp = begin_save(out, step, is_main)           # main clears and creates it
     barrier(); <every rank writes its files into tmp, the main one STATE_FILE last>; barrier()

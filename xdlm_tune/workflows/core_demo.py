@@ -14,12 +14,12 @@ import time
 
 import torch
 
-from .data.sources import stdlib_files
-from .diffusion import Schedule, forward_noise, fused_xdlm_loss, make_schedule
-from .evaluation.genppl import genppl_settings
-from .model import denoiser_hidden, make_bidirectional, output_projection
-from .model.tiny import byte_tokenizer, tiny_model
-from .sampling import SamplerSettings, generate
+from ..data.sources import stdlib_files
+from ..diffusion import Schedule, forward_noise, fused_xdlm_loss, make_schedule
+from ..evaluation.genppl.metrics import genppl_settings
+from ..model import denoiser_hidden, make_bidirectional, output_projection
+from ..model.tiny import byte_tokenizer, tiny_model
+from ..sampling import SamplerSettings, generate
 
 MASK_TOKEN = "<|mdm_mask|>"
 

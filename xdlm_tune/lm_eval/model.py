@@ -6,7 +6,7 @@
   the task's ``max_gen_toks`` (or model_args ``gen_length``) is the generation length, rounded up to
   a multiple of ``block_length``; the answer is cut at the task's ``until`` strings.
 * ``loglikelihood``: minus a Monte-Carlo estimate of the XDLM bound on -log p(continuation | context)
-  (``evaluation/likelihood.py``): a lower bound on the log-likelihood in expectation.
+  (``lm_eval/likelihood.py``): a lower bound on the log-likelihood in expectation.
 * ``loglikelihood_rolling``: the same bound summed over disjoint windows of ``max_length`` tokens.
 
 ``pretrained`` is anything ``xdlm-tune eval`` loads: ``smollm2-135m``, a Hub id or folder of a causal
@@ -32,9 +32,9 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
 from ..config.sampler import _SETTING_HINTS, ALIASES, SETTING_NAMES, _allowed_values, _nullable
+from ..evaluation.extract import truncate
+from ..evaluation.harness import EvalModel
 from ..sampling import generate
-from .extract import truncate
-from .harness import EvalModel
 from .likelihood import BoundSettings, nelbo_draws, output_size
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class ModelArgError(ValueError):
 
 
 class LocalDataError(ValueError):
-    """A shipped task's local data file is missing or malformed (raised by lm_eval_tasks/utils.py)."""
+    """A shipped task's local data file is missing or malformed (raised by tasks/utils.py)."""
 
 
 def _typed(name: str, value, kind, *, lo=None, hi=None, optional: bool = False):
@@ -85,8 +85,8 @@ def _setting(name: str, value):
 
 def _is_training_output(path: str) -> bool:
     """A run folder (holds checkpoint-*) or a checkpoint folder, as `xdlm-tune export` takes."""
-    from ..checkpoint import CheckpointError
-    from ..runs import find_checkpoint
+    from ..checkpoints.load import find_checkpoint
+    from ..checkpoints.protocol import CheckpointError
 
     if not Path(path).is_dir() or (Path(path) / "config.json").is_file():
         return False
@@ -109,7 +109,7 @@ def load_model(
     attn_implementation="sdpa",
 ) -> EvalModel:
     """The denoiser for ``pretrained`` through the loaders `xdlm-tune eval` uses."""
-    from .load import checkpoint_model, load_diffusion_model
+    from ..evaluation.load import checkpoint_model, load_diffusion_model
 
     if isinstance(pretrained, EvalModel):
         return pretrained
@@ -209,7 +209,7 @@ class XDLMLM(LM):
     # ------------------------------------------------------------------ processes (accelerate launch)
     @staticmethod
     def _process(device):
-        from .load import _process_state
+        from ..evaluation.load import _process_state
 
         state = _process_state()
         if state.num_processes > 1:

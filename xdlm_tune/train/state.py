@@ -11,7 +11,7 @@ from it exactly (weights, optimizer, schedule, loop state, RNG, and the recipe c
                                            optimizer; frozen weights left out under LoRA)
       scheduler.pt                       the learning-rate schedule
 
-Writing follows xdlm_tune.checkpoint's on-disk protocol (temp dir, every rank writes, main
+Writing follows xdlm_tune.checkpoints.protocol's on-disk protocol (temp dir, every rank writes, main
 commits with an atomic rename, keep-last-N). Frozen weights are never saved: a
 resumed run rebuilds them from the base model exactly as the first run did.
 """
@@ -30,7 +30,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
-from ..checkpoint import RECIPE_FILE, STATE_FILE, CheckpointError, begin_save, checkpoint_name, commit_save
+from ..checkpoints.protocol import RECIPE_FILE, STATE_FILE, CheckpointError, begin_save, checkpoint_name, commit_save
 from ..config import Recipe, RecipeError, diff_recipes, load_recipe, save_recipe
 from ..model import unwrap
 from .objective import gathered

@@ -1,7 +1,7 @@
 """`xdlm-tune eval`: MBPP / HumanEval pass@1 at fixed step budgets, with an AR baseline row.
 
     xdlm-tune eval --benchmark mbpp --limit 20 --steps 16 32 64 --ar-baseline
-    accelerate launch -m xdlm_tune.evaluation.run --benchmark humaneval --model runs/x/export --steps 32
+    accelerate launch -m xdlm_tune.evaluation.entry --benchmark humaneval --model runs/x/export --steps 32
 
 ``--model`` is the embedded default ``smollm2-135m``, a Hub id or a folder: a causal base is
 converted (bidirectional + mask token, untrained: the paper's "base + XDLM sampler" row), a
@@ -92,7 +92,7 @@ it is; --checkpoint evaluates a training run or checkpoint instead. Without --da
 shipped with xdlm-tune (MBPP CC-BY-4.0, HumanEval MIT; sha256-checked), so it runs offline."""
 _EXAMPLES = """examples:
   xdlm-tune eval --limit 20 --steps 16 32 64 --ar-baseline
-  accelerate launch -m xdlm_tune.evaluation.run --benchmark humaneval --model runs/x/export --steps 32"""
+  accelerate launch -m xdlm_tune.evaluation.entry --benchmark humaneval --model runs/x/export --steps 32"""
 
 
 def _check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -127,7 +127,7 @@ def eval_main(argv: list[str] | None = None, *, benchmark: str | None = None) ->
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if benchmark == "genppl" or (benchmark is None and _benchmark_arg(argv) == "genppl"):
-        from .genppl_run import genppl_main  # gen-PPL / entropy / compile rate: its own options
+        from .genppl.entry import genppl_main  # gen-PPL / entropy / compile rate: its own options
 
         return genppl_main(argv)
     ap = build_parser(benchmark)

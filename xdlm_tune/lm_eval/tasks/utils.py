@@ -4,7 +4,7 @@ lm-eval imports this file by path from the task YAMLs (``!function utils.NAME``)
 local files, never the Hub:
 
 * ``mbpp_local``: MBPP from ``mbpp_path`` (``--metadata mbpp_path=FILE``), else the copy shipped
-  with xdlm-tune (``evaluation/benchmark_data/mbpp.jsonl``, sha256-checked).
+  with xdlm-tune (``benchmark_data/mbpp.jsonl``, sha256-checked).
   Scoring runs every program in xdlm-tune's sandboxed executor (``xdlm_tune/sandbox/``), never
   in the lm-eval process (stock lm-eval's mbpp uses HF ``evaluate``'s ``code_eval``, which runs
   the code in-process and downloads its script from the Hub).
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import datasets
 
-from xdlm_tune.evaluation.lm_eval_model import LocalDataError
-from xdlm_tune.evaluation.shipped import shipped_path
+from xdlm_tune.benchmark_data import shipped_path
 from xdlm_tune.evaluation.tasks import MBPP_SHOT_IDS, MBPP_SPLITS
+from xdlm_tune.lm_eval.model import LocalDataError
 from xdlm_tune.sandbox import execute
 
 HERE = Path(__file__).resolve().parent

@@ -19,9 +19,10 @@ from typing import Sequence
 
 import torch
 
-from ..config.sampler import SamplerSettings
-from ..config.sampler_args import add_sampler_arguments, settings_from_args, settings_problem
-from .genppl import (
+from ...config.sampler import SamplerSettings
+from ...config.sampler_args import add_sampler_arguments, settings_from_args, settings_problem
+from ..harness import EvalModel, GenerationConfig
+from .metrics import (
     GenRow,
     diffusion_samples,
     genppl_settings,
@@ -32,13 +33,12 @@ from .genppl import (
     start_token,
     write_outputs,
 )
-from .harness import EvalModel, GenerationConfig
 
 CODE_SOURCES = ("python-stdlib", "mbpp-train")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..console import Parser
+    from ...console import Parser
 
     ap = Parser(
         prog="xdlm-tune eval --benchmark genppl",
@@ -125,7 +125,7 @@ def generation_metrics(
             seed=cfg.seed,
             compile_prefix=compile_prefix,
         )
-    from .harness import _settings_record
+    from ..harness import _settings_record
 
     for s in steps:
         samples = diffusion_samples(em, prefixes, s, cfg)
@@ -164,8 +164,8 @@ def make_prefixes(tokenizer, *, recipe, n: int, prefix_tokens: int) -> list[list
 
 
 def genppl_main(argv: list[str] | None = None) -> int:
-    from ..config import load_recipe
-    from .load import _default_dtype, _xdlm_block, ar_baseline_model, load_diffusion_model
+    from ...config import load_recipe
+    from ..load import _default_dtype, _xdlm_block, ar_baseline_model, load_diffusion_model
 
     args = build_parser().parse_args(argv)
     check_args(args)
@@ -175,7 +175,7 @@ def genppl_main(argv: list[str] | None = None) -> int:
     if args.recipe:
         recipe = load_recipe(args.recipe, [])
     elif args.checkpoint:
-        from ..runs import _recipe, find_checkpoint
+        from ...checkpoints.load import _recipe, find_checkpoint
 
         recipe = _recipe(find_checkpoint(args.checkpoint))
     judge_name = args.judge

@@ -6,7 +6,7 @@ Each stage writes under ``training.output_dir``:
     eval/<task>/           samples.jsonl, summary.md, pass_at_1.png (xdlm-tune eval)
     export/                merged Hub folder with modeling_xdlm.py and a model card (xdlm-tune export)
     export_sample.txt      what the export wrote with plain transformers, in a separate process
-    reuse.json             the key each stage was made with (xdlm_tune/reuse.py)
+    reuse.json             the key each stage was made with (xdlm_tune/workflows/reuse.py)
 
 Run again, a stage whose inputs (checkpoint, recipe, code version) did not change is reused, and
 the run says so: a finished training run (training.resume set and the newest checkpoint at
@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import Recipe, load_recipe
+from ..config import Recipe, load_recipe
 from .reuse import Stamps, changed, checkpoint_id, stage_key
 
 BENCHMARK_FILES = {"mbpp": "mbpp.jsonl", "humaneval": "HumanEval.jsonl.gz"}
@@ -44,7 +44,7 @@ print(tok.decode(out[0, enc.input_ids.shape[1]:], skip_special_tokens=True))
 
 
 def _say(msg: str) -> None:
-    from .console import write
+    from ..console import write
 
     write(f"[xdlm-tune run] {msg}")
 
@@ -83,11 +83,11 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, stamps: Stamps | None = None)
     a task already evaluated with the same checkpoint, settings and code is reused (``stamps``)."""
     import torch
 
-    from .evaluation import load_benchmark
-    from .evaluation.harness import GenerationConfig, run_evaluation
-    from .evaluation.load import ar_baseline_model, checkpoint_model
-    from .evaluation.summary import summarize_run
-    from .runs import find_checkpoint
+    from ..checkpoints.load import find_checkpoint
+    from ..evaluation import load_benchmark
+    from ..evaluation.harness import GenerationConfig, run_evaluation
+    from ..evaluation.load import ar_baseline_model, checkpoint_model
+    from ..evaluation.summary import summarize_run
 
     ev, m = recipe.eval, recipe.model
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -148,9 +148,9 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, stamps: Stamps | None = None)
 
 
 def _genppl_task(recipe: Recipe, run_dir: Path, ckpt: Path, device, stamps: Stamps | None) -> dict:
-    """eval.tasks `genppl`: the untrained conversion next to the trained checkpoint (genppl_task.py)."""
-    from .evaluation.genppl import genppl_settings, markdown_table
-    from .evaluation.genppl_task import run_genppl_task
+    """eval.tasks `genppl`: the untrained conversion next to the trained checkpoint (evaluation/genppl/task.py)."""
+    from ..evaluation.genppl.metrics import genppl_settings, markdown_table
+    from ..evaluation.genppl.task import run_genppl_task
 
     ev = recipe.eval
     out = run_dir / "eval" / "genppl"
@@ -167,7 +167,7 @@ def _genppl_task(recipe: Recipe, run_dir: Path, ckpt: Path, device, stamps: Stam
     )
     if stamps is not None and stamps.fresh("eval/genppl", key):
         _say(f"reused: the genppl evaluation in {out}/ (same checkpoint {ckpt.name}, recipe and code)")
-        from .evaluation.genppl import GenRow
+        from ..evaluation.genppl.metrics import GenRow
 
         rows = [GenRow(**r) for r in json.loads((out / "genppl.json").read_text())]
         table = markdown_table(rows)
@@ -210,8 +210,8 @@ def _why(stage: str, key: dict[str, str], stamps: Stamps) -> str:
 def _finished_checkpoint(recipe: Recipe, run_dir: Path) -> Path | None:
     """The newest checkpoint when training.resume is set and it is already at training.max_steps
     (checked compatible with the recipe): nothing is left to train."""
-    from .checkpoint import resolve_resume
-    from .train.run_checkpoint import check_resume_compatible, read_state
+    from ..checkpoints.protocol import resolve_resume
+    from ..train.state import check_resume_compatible, read_state
 
     ckpt = resolve_resume(run_dir, recipe.training.resume)
     if ckpt is None or read_state(ckpt, restore_rng=False).step < recipe.training.max_steps:
@@ -224,7 +224,7 @@ def run_main(argv: list[str] | None = None) -> int:
     """`xdlm-tune run RECIPE [overrides]` (the CLI's registry calls this with the arguments after `run`)."""
     import argparse
 
-    from .console import HelpFormatter, setup_logging
+    from ..console import HelpFormatter, setup_logging
 
     ap = argparse.ArgumentParser(
         prog="xdlm-tune run",
@@ -256,10 +256,10 @@ def run_main(argv: list[str] | None = None) -> int:
 
 def run_pipeline(recipe_path: str, overrides: list[str] = ()) -> dict:
     recipe = load_recipe(recipe_path, list(overrides))  # a bad recipe fails before anything heavy loads
-    from .export.hub import push_to_hub
-    from .export.run import export_run
-    from .runs import find_checkpoint
-    from .train.loop import train
+    from ..checkpoints.load import find_checkpoint
+    from ..export.entry import export_run
+    from ..export.hub import push_to_hub
+    from ..train.loop import train
 
     run_dir = Path(recipe.training.output_dir)
     stamps = Stamps(run_dir)

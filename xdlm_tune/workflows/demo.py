@@ -37,7 +37,7 @@ class Demo:
 
 def load_demo(path: Path = DEMO_FILE) -> Demo:
     """demo.yaml's recipe (a shipped one) and its overrides."""
-    from .config.shipped import find_file
+    from ..config.shipped import find_file
 
     spec = yaml.safe_load(path.read_text())
     recipe = find_file(spec["recipe"], "recipes")
@@ -79,10 +79,10 @@ def demo_main(argv: list[str] | None = None) -> int:
         return 0
     demo = load_demo()
     if args.dry_run:
-        from .train.entry import main as train_main
+        from ..train.entry import main as train_main
 
         return train_main([str(demo.recipe), *demo.overrides, "--dry-run"], prog="xdlm-tune demo --dry-run")
-    from .console import setup_logging, tee
+    from ..console import setup_logging, tee
     from .pipeline import run_pipeline
 
     overrides, log = (demo.overrides + SMOKE, "runs/demo-smoke/demo.log") if args.smoke else (demo.overrides, DEMO_LOG)

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import torch
 
-from .genppl import GenRow, genppl_settings, markdown_table, write_outputs
-from .genppl_run import CODE_SOURCES, generation_metrics, is_sft, make_prefixes
-from .harness import EvalModel, GenerationConfig
+from ..harness import EvalModel, GenerationConfig
+from .entry import CODE_SOURCES, generation_metrics, is_sft, make_prefixes
+from .metrics import GenRow, genppl_settings, markdown_table, write_outputs
 
 
 def untrained_model(recipe, device: torch.device, *, dtype: str | None = None) -> EvalModel:
     """The recipe's base converted into a denoiser exactly as training starts (bidirectional, mask
     token, shift), with no training: the reference row for what training did."""
-    from ..model import prepare_model
+    from ...model import prepare_model
 
     m, a = recipe.model, recipe.adaptation
     pm = prepare_model(
@@ -50,7 +50,7 @@ def untrained_model(recipe, device: torch.device, *, dtype: str | None = None) -
 def run_genppl_task(recipe, checkpoint: Path, device: torch.device, out: Path) -> dict:
     """Rows for the AR judge (reference), the untrained conversion and ``checkpoint`` at every
     budget of ``recipe.eval.steps``; returns {"table", "files", "plot", "rows"} (``table`` untitled)."""
-    from .load import ar_baseline_model, checkpoint_model
+    from ..load import ar_baseline_model, checkpoint_model
 
     ev, m = recipe.eval, recipe.model
     if m.kind != "causal":

@@ -35,12 +35,12 @@ from typing import Sequence
 
 import torch
 
-from ..config.sampler import SamplerSettings
-from ..console import progress
-from ..sampling import generate
-from .extract import syntax_valid
-from .harness import EvalModel, GenerationConfig
-from .stats import Interval, bootstrap_ci, fmt_rate, fmt_value, gen_ppl_ci, wilson
+from ...config.sampler import SamplerSettings
+from ...console import progress
+from ...sampling import generate
+from ..extract import syntax_valid
+from ..harness import EvalModel, GenerationConfig
+from ..stats import Interval, bootstrap_ci, fmt_rate, fmt_value, gen_ppl_ci, wilson
 
 
 def genppl_settings(settings: SamplerSettings) -> SamplerSettings:
@@ -104,7 +104,7 @@ def heldout_prefixes(data_cfg, tokenizer, *, n: int, prefix_tokens: int) -> list
     the prompt for SFT data, the first ``prefix_tokens`` tokens of each held-out block otherwise."""
     import datasets
 
-    from ..data import encode_dataset, load_records
+    from ...data import encode_dataset, load_records
 
     records = load_records(data_cfg)
     if not records.eval:

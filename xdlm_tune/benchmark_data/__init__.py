@@ -1,10 +1,10 @@
-"""The benchmark files shipped as package data (``benchmark_data/``), checked by sha256 on load.
+"""The benchmark files shipped as package data (this folder), checked by sha256 on load. Standard library only.
 
     path = shipped_path("mbpp")        # .../benchmark_data/mbpp.jsonl, verified
     shipped_path("mbpp-sanitized")     # sanitized-mbpp.json
     shipped_path("humaneval")          # HumanEval.jsonl.gz
 
-Licenses and provenance: ``benchmark_data/NOTICE.md`` (MBPP CC-BY-4.0, HumanEval MIT).
+Licenses and provenance: ``NOTICE.md`` beside this file (MBPP CC-BY-4.0, HumanEval MIT).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-DATA_DIR = Path(__file__).resolve().parent / "benchmark_data"
+DATA_DIR = Path(__file__).resolve().parent
 # name -> (file, sha256 of the upstream file as published)
 SHIPPED = {
     "mbpp": ("mbpp.jsonl", "ccf64ceae9c5403bf50a044cb6d505bfd2a2963ee58338ba268fd65beab92a9f"),

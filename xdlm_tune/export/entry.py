@@ -1,6 +1,6 @@
 """Export a training run or checkpoint folder: `xdlm-tune export RUN_DIR_OR_CHECKPOINT --out DIR`.
 
-The run comes back as a model through xdlm_tune/runs.py (the same loader evaluation uses);
+The run comes back as a model through xdlm_tune/checkpoints/load.py (the same loader evaluation uses);
 this module merges it and writes the Hub folder (export.py), then pushes it (hub.py).
 """
 
@@ -12,11 +12,11 @@ import logging
 import sys
 from pathlib import Path
 
-from xdlm_tune.checkpoint import CheckpointError
+from xdlm_tune.checkpoints.load import find_checkpoint, load_checkpoint
+from xdlm_tune.checkpoints.protocol import CheckpointError
 from xdlm_tune.config import RecipeError
 from xdlm_tune.export.export import ExportError, export_model
 from xdlm_tune.export.hub import PushError, push_to_hub
-from xdlm_tune.runs import find_checkpoint, load_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ STAMP_FILE = "reuse.json"
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """The package version plus a hash of every xdlm_tune source file: '0.1.0+3f2a9c1b7d04'."""
-    from . import __version__
+    from .. import __version__
 
-    root = Path(__file__).resolve().parent
+    root = Path(__file__).resolve().parents[1]  # the whole package
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
@@ -41,7 +41,7 @@ def file_digest(path: str | os.PathLike | None) -> str | None:
 def checkpoint_id(ckpt: str | os.PathLike) -> dict[str, Any]:
     """What identifies a checkpoint's weights: its resolved path and the state file it committed
     (a checkpoint is written once, atomically, so the state's bytes change when it is rewritten)."""
-    from .checkpoint import STATE_FILE
+    from ..checkpoints.protocol import STATE_FILE
 
     ckpt = Path(ckpt).resolve()
     return {"path": str(ckpt), "state": file_digest(ckpt / STATE_FILE) if (ckpt / STATE_FILE).is_file() else None}

@@ -1,7 +1,7 @@
 """`xdlm-tune sweep RECIPE --k 0 0.1 1 --steps 4 8 16 32`: the paper's understanding vs generation plot.
 
     xdlm-tune sweep recipes/smollm2-135m-xdlm-lora.yaml --k 0 0.1 1 --steps 8 16 32 --out runs/sweep training.max_steps=100
-    accelerate launch -m xdlm_tune.sweep RECIPE --k 0 0.1 1 ...       (training on several processes)
+    accelerate launch -m xdlm_tune.workflows.sweep RECIPE --k 0 0.1 1 ...       (training on several processes)
 
 One training run per k, all with the same data, seed and steps, in OUT/k=<k>/ (a finished run
 is reused, an unfinished one resumed: an interrupted sweep picks up where it stopped). For each
@@ -43,9 +43,9 @@ SAMPLE_SETTINGS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config.sampler import TRAINED
-    from .config.sampler_args import add_sampler_arguments
-    from .console import Parser
+    from ..config.sampler import TRAINED
+    from ..config.sampler_args import add_sampler_arguments
+    from ..console import Parser
 
     ap = Parser(prog="xdlm-tune sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("recipe")
@@ -94,8 +94,8 @@ def run_dir(out: Path, k: float) -> Path:
 
 def run_recipe(args, k: float, out: Path):
     """The recipe of the run for k: the sweep's overrides, then k, the run folder and the resume."""
-    from .checkpoint import list_checkpoints
-    from .config import load_recipe
+    from ..checkpoints.protocol import list_checkpoints
+    from ..config import load_recipe
 
     folder = run_dir(out, k)
     recipe = load_recipe(args.recipe, [*args.overrides, f"diffusion.k={k}", f"training.output_dir={folder}"])
@@ -106,7 +106,7 @@ def run_recipe(args, k: float, out: Path):
 
 
 def finished(recipe) -> bool:
-    from .checkpoint import list_checkpoints
+    from ..checkpoints.protocol import list_checkpoints
 
     ckpts = list_checkpoints(recipe.training.output_dir)
     return bool(ckpts) and ckpts[-1][0] >= recipe.training.max_steps
@@ -114,7 +114,7 @@ def finished(recipe) -> bool:
 
 def heldout_nelbo(folder: Path, step: int) -> float | None:
     """The trainer's held-out NELBO at ``step`` (from the run's metrics.jsonl)."""
-    from .train.metrics import read_metrics
+    from ..train.metrics import read_metrics
 
     values = [m["eval/nelbo"] for m in read_metrics(folder) if m.get("step") == step and "eval/nelbo" in m]
     return values[-1] if values else None
@@ -122,8 +122,8 @@ def heldout_nelbo(folder: Path, step: int) -> float | None:
 
 def train_all(args, out: Path) -> list[Any]:
     """Train (or reuse / resume) one run per k, in order; returns their recipes."""
-    from .train.loop import train
-    from .train.runtime import shutdown_process_group
+    from ..train.loop import train
+    from ..train.runtime import shutdown_process_group
 
     recipes = []
     for k in args.k:
@@ -143,8 +143,8 @@ def train_all(args, out: Path) -> list[Any]:
 
 def run_settings(args, recipe):
     """(The settings a run is measured with, the budgets): gen-PPL's protocol on the run's recipe, then the flags."""
-    from .config.sampler_args import settings_from_args, settings_problem
-    from .evaluation.genppl import genppl_settings
+    from ..config.sampler_args import settings_from_args, settings_problem
+    from ..evaluation.genppl.metrics import genppl_settings
 
     settings, budgets = settings_from_args(args, genppl_settings(recipe.sampler_settings()))
     problem = settings_problem(settings, budgets)
@@ -176,10 +176,10 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
     """Generation metrics of every run (cached per run), the references, and the sweep's rows."""
     import torch
 
-    from .evaluation.genppl_run import CODE_SOURCES, generation_metrics, is_sft, make_prefixes
-    from .evaluation.genppl_task import untrained_model
-    from .evaluation.harness import GenerationConfig
-    from .evaluation.load import ar_baseline_model, checkpoint_model
+    from ..evaluation.genppl.entry import CODE_SOURCES, generation_metrics, is_sft, make_prefixes
+    from ..evaluation.genppl.task import untrained_model
+    from ..evaluation.harness import GenerationConfig
+    from ..evaluation.load import ar_baseline_model, checkpoint_model
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     first = recipes[0]
@@ -302,7 +302,7 @@ def measure(args, recipes: list, out: Path) -> dict[str, Any]:
 def k_vs_k0(out: Path, ks, steps) -> list[dict]:
     """Each k against k = 0 at each step budget, paired on the same prompts (`xdlm-tune compare`'s
     code: gen-PPL ratio, entropy difference, McNemar on compile and EOS flips); [] without k = 0."""
-    from .evaluation.compare import CompareError, compare_runs
+    from ..evaluation.compare import CompareError, compare_runs
 
     if 0 not in ks:
         return []
@@ -325,7 +325,7 @@ def k_vs_k0(out: Path, ks, steps) -> list[dict]:
 def _ci_of(r: dict, key: str):
     """A row's interval of ``key``; for a rate without one (a sweep.json from before intervals),
     Wilson from n and the rate (one sample per prompt)."""
-    from .evaluation.stats import wilson
+    from ..evaluation.stats import wilson
 
     ci = r.get(f"{key}_ci")
     if ci is None and key in ("syntax_valid", "ended") and r.get(key) is not None and r.get("n"):
@@ -341,7 +341,7 @@ def _flips(metrics: dict, name: str) -> str:
 def comparison_markdown(comparisons: list[dict]) -> str:
     """The k vs k = 0 table: gen-PPL ratio and entropy difference with paired-bootstrap intervals,
     compile and EOS flips with the exact McNemar p."""
-    from .evaluation.stats import fmt_value
+    from ..evaluation.stats import fmt_value
 
     lines = [
         "Each k against k = 0 on the same prompts (paired; 95% paired-bootstrap intervals; McNemar: exact "
@@ -386,7 +386,7 @@ def markdown(result: dict[str, Any]) -> str:
         "|" + "---|" * len(head),
     ]
 
-    from .evaluation.stats import fmt_rate, fmt_value
+    from ..evaluation.stats import fmt_rate, fmt_value
 
     def metrics(r):
         cells = [
@@ -493,8 +493,8 @@ def write_outputs(result: dict[str, Any], out: Path) -> dict[str, Path]:
 
 
 def sweep_main(argv: list[str] | None = None) -> int:
-    from .config import RecipeError
-    from .launch import launched
+    from ..config import RecipeError
+    from ..launch import launched
 
     args = build_parser().parse_intermixed_args(argv)
     check_args(args)
