@@ -20,7 +20,7 @@ import torch
 from ..config.sampler import SamplerSettings
 from ..config.sampler_args import add_sampler_arguments, settings_from_args, settings_problem
 from .harness import EvalModel, GenerationConfig, run_evaluation
-from .load import _process_state, load_ar_baseline, load_diffusion_model
+from .load import _process_state, add_model_arguments, load_ar_baseline, load_diffusion_model
 from .summary import summarize_run
 from .tasks import BENCHMARKS, MBPP_FORMATS, load_benchmark
 
@@ -44,21 +44,7 @@ def build_parser(benchmark: str | None = None) -> argparse.ArgumentParser:
     )
     ap.add_argument("--limit", type=int, help="first N problems")
     ap.add_argument("--ids", nargs="+", help="explicit task ids")
-    ap.add_argument("--model", default="smollm2-135m", help="base or exported model (name, Hub id or folder)")
-    ap.add_argument("--checkpoint", help="a training run directory or checkpoint to evaluate")
-    ap.add_argument(
-        "--kind", choices=("causal", "diffusion"), help="default: diffusion for xdlm-tune exports and LLaDA / Dream"
-    )
-    ap.add_argument("--mask-id", type=int, help="diffusion bases: the mask token id (LLaDA: 126336)")
-    ap.add_argument(
-        "--shift",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="diffusion bases: token i is predicted at position i-1 (Dream: yes, LLaDA: no)",
-    )
-    ap.add_argument("--trust-remote-code", action="store_true", help="run the model's own modeling code (LLaDA, Dream)")
-    ap.add_argument("--dtype", default=None, help="float32 (CPU default), bfloat16 (CUDA default), float16")
-    ap.add_argument("--attn-implementation", default="sdpa", help="sdpa (default), eager, flash_attention_2")
+    add_model_arguments(ap)
     add_sampler_arguments(ap)
     ap.add_argument(
         "--prompt-format",

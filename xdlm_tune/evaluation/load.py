@@ -5,6 +5,7 @@ greedy AR baseline; plus the process group of a launched evaluation."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -12,6 +13,25 @@ import torch
 
 from ..config.sampler import SamplerSettings, settings_of_export
 from .harness import EvalModel
+
+
+def add_model_arguments(ap: argparse.ArgumentParser) -> None:
+    """The flags that choose and load the model to evaluate (`xdlm-tune eval`, `--benchmark genppl`)."""
+    ap.add_argument("--model", default="smollm2-135m", help="base or exported model (name, Hub id or folder)")
+    ap.add_argument("--checkpoint", help="a training run directory or checkpoint to evaluate")
+    ap.add_argument(
+        "--kind", choices=("causal", "diffusion"), help="default: diffusion for xdlm-tune exports and LLaDA / Dream"
+    )
+    ap.add_argument("--mask-id", type=int, help="diffusion bases: the mask token id (LLaDA: 126336)")
+    ap.add_argument(
+        "--shift",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="diffusion bases: token i is predicted at position i-1 (Dream: yes, LLaDA: no)",
+    )
+    ap.add_argument("--trust-remote-code", action="store_true", help="run the model's own modeling code (LLaDA, Dream)")
+    ap.add_argument("--dtype", default=None, help="float32 (CPU default), bfloat16 (CUDA default), float16")
+    ap.add_argument("--attn-implementation", default="sdpa", help="sdpa (default), eager, flash_attention_2")
 
 
 def _xdlm_block(path: str) -> dict | None:

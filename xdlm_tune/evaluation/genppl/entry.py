@@ -39,6 +39,7 @@ CODE_SOURCES = ("python-stdlib", "mbpp-train")
 
 def build_parser() -> argparse.ArgumentParser:
     from ...console import Parser
+    from ..load import add_model_arguments
 
     ap = Parser(
         prog="xdlm-tune eval --benchmark genppl",
@@ -46,14 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--benchmark", choices=["genppl"], default="genppl")
-    ap.add_argument("--model", default="smollm2-135m", help="base or exported model (name, Hub id or folder)")
-    ap.add_argument("--checkpoint", help="a training run directory or checkpoint to evaluate")
-    ap.add_argument("--kind", choices=("causal", "diffusion"), help="default: diffusion for xdlm-tune exports")
-    ap.add_argument("--mask-id", type=int, help="diffusion bases: the mask token id (LLaDA: 126336)")
-    ap.add_argument("--shift", action=argparse.BooleanOptionalAction, default=None)
-    ap.add_argument("--trust-remote-code", action="store_true")
-    ap.add_argument("--dtype", default=None, help="float32 (CPU default), bfloat16 (CUDA default), float16")
-    ap.add_argument("--attn-implementation", default="sdpa")
+    add_model_arguments(ap)
     ap.add_argument("--judge", help="the AR judge: a causal LM name, Hub id or folder (default: the base model)")
     ap.add_argument("--recipe", help="recipe whose held-out data gives the prefixes (default: the checkpoint's)")
     ap.add_argument(

@@ -24,18 +24,15 @@ def untrained_model(recipe, device: torch.device, *, dtype: str | None = None) -
     """The recipe's base converted into a denoiser exactly as training starts (bidirectional, mask
     token, shift), with no training: the reference row for what training did."""
     from ...model import prepare_model
+    from ...model.prepare import model_options
 
-    m, a = recipe.model, recipe.adaptation
+    # training's own mapping, less what only training adds (LoRA starts at zero; no quantized copy, no
+    # gradient checkpointing for inference)
+    options = {
+        k: v for k, v in model_options(recipe).items() if k not in ("lora", "gradient_checkpointing", "quantization")
+    }
     pm = prepare_model(
-        m.name_or_path,
-        kind=m.kind,
-        dtype=dtype or m.dtype,
-        attn_implementation=m.attn_implementation,
-        gguf_file=m.gguf_file,
-        trust_remote_code=m.trust_remote_code,
-        mask_token=a.mask_token,
-        mask_id=a.mask_id,
-        shift=a.shift,
+        **{**options, "dtype": dtype or recipe.model.dtype}, trust_remote_code=recipe.model.trust_remote_code
     )
     return EvalModel(
         pm.model.to(device).eval(),
