@@ -50,7 +50,7 @@ class SamplerSettings:
     `none`: the last step's logits fill what is still masked."""
     cache: Literal["none", "prefix", "dual"] = "none"
     """KV cache inside a block: `prefix` keeps the prompt and earlier blocks, `dual` also the masked tail
-    (docs/sampling.md: Fast sampling); `none`: every step runs the whole sequence."""
+    (faster, approximate); `none`: every step runs the whole sequence."""
     refresh: Literal["step", "block"] = "step"
     """After a revision rewrites a cached position: a full pass at the next `step`, or at the next `block` start."""
     refresh_every: int | None = None
