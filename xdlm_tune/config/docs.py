@@ -136,11 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         if new != text:
             path.write_text(new)
-        print(f"{path}: recipe reference {'updated' if new != text else 'already up to date'}")
+        print(f"{path}: generated tables {'updated' if new != text else 'already up to date'}")
         return 0
     if new != text:
         print(
-            f"{path}: the recipe reference differs from xdlm_tune/config/schema.py; "
+            f"{path}: a generated table differs from xdlm_tune/config (schema.py, sampler.py); "
             f"run: python -m xdlm_tune.config.docs --write {path}",
             file=sys.stderr,
         )
