@@ -50,8 +50,8 @@ MUTANTS = [
     M(
         "held-rewrite-refresh",
         "xdlm_tune/sampling/generate.py",
-        "bool(rewrite[:, :n_held].any())",
-        "bool(rewrite[:, n_held:].any())",
+        "bool(rewrite[:, : b.n_held].any())",
+        "bool(rewrite[:, b.n_held :].any())",
         ("tests/test_sampling_cache.py::test_every_rewrite_of_a_held_position_is_followed_by_a_full_pass",),
     ),
     M(
@@ -108,8 +108,8 @@ MUTANTS = [
     M(
         "cache-stays-stale-after-a-refresh",
         "xdlm_tune/sampling/generate.py",
-        "                    stale = False\n",
-        "                    pass\n",
+        "            b.stale = False\n",
+        "            pass\n",
         ("tests/test_sampling_cache.py::test_every_rewrite_of_a_held_position_is_followed_by_a_full_pass",),
     ),
     M(
@@ -122,15 +122,15 @@ MUTANTS = [
     M(
         "threshold-nfe-counts-finished-rows",
         "xdlm_tune/sampling/generate.py",
-        "L, todo if cfg.threshold is not None else None",
-        "L, None",
+        "tokens, todo if cfg.threshold is not None else None",
+        "tokens, None",
         ("tests/test_sampling_cache.py::test_threshold_a_finished_row_neither_revises_nor_counts_passes",),
     ),
     M(
         "revision-budget-not-carried",
         "xdlm_tune/sampling/generate.py",
-        "carry = allowed - rewrite.sum(-1)",
-        "carry = torch.zeros_like(carry)",
+        "b.carry = allowed - rewrite.sum(-1)",
+        "b.carry = torch.zeros_like(b.carry)",
         ("tests/test_sampler_budget.py::test_xdlm_budget_matches_the_authors_rule_step_by_step",),
     ),
     # The field-by-field copies these once targeted (export's GENERATION_DEFAULTS, hub_model's re-defaults)

@@ -10,6 +10,8 @@ import pytest
 import torch
 from native_bases import BOS, EOS, MASK_ID, N_BPE, copy_fixture, dream_base, fixture, llada_base, slow_bpe_ids
 
+from xdlm_tune.cli import main as cli_main
+from xdlm_tune.errors import explain
 from xdlm_tune.model import denoiser_hidden, output_projection, position_ids_from_mask, prepare_model
 from xdlm_tune.model.native import (
     NativeConfigError,
@@ -213,6 +215,31 @@ def test_a_custom_tokenizer_without_tokenizer_json_is_a_clear_error(tmp_path):
     path = dream_base(tmp_path)
     with pytest.raises(ValueError, match="custom class 'DreamTokenizer'.*no tokenizer.json"):
         load_tokenizer(path, family=None)  # only Dream's class is known to be Qwen2's BPE
+
+
+@pytest.mark.parametrize(
+    "name, family, looked",
+    [
+        ("llada-a", "llada", "tokenizer_config.json, tokenizer.json"),
+        ("dream-a", "Dream", "tokenizer_config.json, tokenizer.json, vocab.json, merges.txt"),
+    ],
+)
+def test_a_folder_without_tokenizer_files_names_what_is_missing_and_the_fix(tmp_path, name, family, looked):
+    path = copy_fixture(name, tmp_path)  # the original code's config.json and weights, no tokenizer files
+    with pytest.raises(ValueError) as caught:
+        load_tokenizer(path, family)
+    msg = explain(caught.value)  # an expected failure: the CLI prints this paragraph, no traceback
+    assert msg == str(caught.value) and msg.startswith(f"{path} holds no tokenizer")
+    assert f"looked there for {looked} and found none of them" in msg and "custom class" not in msg
+    assert "Fix: ship tokenizer.json" in msg and "tokenizer.save_pretrained(folder)" in msg
+
+
+def test_eval_on_a_folder_without_tokenizer_files_is_one_paragraph(tmp_path, capsys):
+    path = copy_fixture("llada-a", tmp_path)
+    rc = cli_main(["eval", "--model", str(path), "--limit", "1", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    assert err.startswith(f"xdlm-tune eval: {path} holds no tokenizer: looked there for tokenizer_config.json"), err
 
 
 def test_bf16_load_keeps_the_weights_and_the_logits(native):

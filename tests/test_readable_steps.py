@@ -91,9 +91,9 @@ def test_the_function_is_the_sequence_of_its_named_steps(rel, function, steps):
     fn = top_level(rel, function)
     for where, name in steps:
         top_level(where, name)  # each step exists as named
-    calls = iter(calls_in_order(fn))
-    missing = [name for _, name in steps if name not in calls]  # `in` consumes: an in-order subsequence
-    assert not missing, f"{rel}:{function} does not call {missing} in the order {[n for _, n in steps]}"
+    calls, names = iter(calls_in_order(fn)), [name for _, name in steps]
+    for i, name in enumerate(names):  # `in` consumes the iterator: the steps must come in this order
+        assert name in calls, f"{rel}:{function} calls {names[:i]} but not then {name} (the steps: {names})"
 
 
 @pytest.mark.parametrize("rel, function", [("train/loop.py", "_train"), ("sampling/generate.py", "generate")])

@@ -21,7 +21,8 @@ Tokenizers: a base whose tokenizer_config.json names a class transformers does n
 (Dream's `DreamTokenizer` in tokenization_dream.py) gets transformers' own class instead:
 `tokenizer.json` as a fast tokenizer when the base ships one, else (Dream: vocab.json +
 merges.txt) Qwen2's byte-level BPE, which DreamTokenizer reimplements. Special tokens come
-from the base's tokenizer_config.json / special_tokens_map.json as usual.
+from the base's tokenizer_config.json / special_tokens_map.json as usual. A folder with none of
+these files is refused (`TokenizerFilesError`) naming the files looked for and the fix.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from transformers import (
     Qwen2ForCausalLM,
     Qwen2Tokenizer,
 )
+
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -178,11 +181,7 @@ def load_tokenizer(source: str | os.PathLike, family: str | None = None, **kwarg
         elif family == "Dream" and _file(source, "vocab.json", local_only) and _file(source, "merges.txt", local_only):
             cls = Qwen2Tokenizer  # DreamTokenizer is Qwen2's byte-level BPE (same regex, NFC, merges)
         else:
-            raise ValueError(
-                f"{source}: its tokenizer is the custom class {name!r} (code shipped with the model) and it has "
-                "no tokenizer.json to load as a fast tokenizer instead; save one with that class's "
-                "save_pretrained under a transformers version its code supports"
-            )
+            raise _no_tokenizer(source, family, name, local_only)
         if name is not None and name != cls.__name__:
             logger.info("%s: tokenizer class %s replaced by transformers' %s", source, name, cls.__name__)
         tokenizer = cls.from_pretrained(source, **kwargs)
@@ -190,6 +189,32 @@ def load_tokenizer(source: str | os.PathLike, family: str | None = None, **kwarg
         tokenizer.init_kwargs.pop("auto_map", None)
         return tokenizer
     return cls.from_pretrained(source, **kwargs)
+
+
+class TokenizerFilesError(UserError, ValueError):
+    """A LLaDA / Dream-format model without tokenizer files transformers can load."""
+
+
+def _no_tokenizer(source, family: str | None, name: str | None, local_only: bool) -> TokenizerFilesError:
+    """Why `load_tokenizer` found nothing to load in `source`, and the fix."""
+    if name is not None:  # a tokenizer class is named, but it is the base's own code
+        return TokenizerFilesError(
+            f"{source}: its tokenizer is the custom class {name!r} (code shipped with the model) and it has "
+            "no tokenizer.json to load as a fast tokenizer instead; save one with that class's "
+            "save_pretrained under a transformers version its code supports"
+        )
+    looked = ["tokenizer_config.json", "tokenizer.json"] + (["vocab.json", "merges.txt"] if family == "Dream" else [])
+    found = [f for f in looked if _file(source, f, local_only) is not None]
+    have = f"only {', '.join(found)}" if found else "none of them"
+    if "tokenizer_config.json" in found:
+        have += " (it names no tokenizer_class)"
+    files = "tokenizer.json" + (" (or vocab.json + merges.txt)" if family == "Dream" else "")
+    return TokenizerFilesError(
+        f"{source} holds no tokenizer: looked there for {', '.join(looked)} and found {have}. The tokenizer "
+        f"is read from the model folder itself (there is no separate tokenizer option). Fix: ship {files} "
+        "with tokenizer_config.json and special_tokens_map.json beside the weights: copy them from the base "
+        "the weights came from, or write them there with `tokenizer.save_pretrained(folder)`"
+    )
 
 
 def save_llada_format(model: LlamaForCausalLM, path: str | os.PathLike, *, mask_token_id: int) -> Path:

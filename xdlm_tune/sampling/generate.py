@@ -184,25 +184,72 @@ def generate(
     ``SamplerStats`` (NFE per sample, passes, tokens processed).
     """
     cfg = with_overrides(settings, setting_overrides).check()
-    sampler, k, temperature = cfg.resolved_sampler, cfg.k, cfg.temperature
-    gen_length, n_blocks = cfg.gen_length, cfg.blocks
-    block_length = gen_length // n_blocks
     _check_prompt(prompt_ids, mask_id)
     if logits_fn is not None and cfg.cache != "none":
         raise ValueError(f"cache={cfg.cache!r} runs the model itself; it cannot be used with logits_fn")
     fn = logits_fn or model_logits_fn(model, shift=shift)
-    B, P = prompt_ids.shape
-    L = P + gen_length
-    device = prompt_ids.device
+    prompt_ids, attention_mask, order = _aligned_prompt(prompt_ids, attention_mask)
+    run = _start_run(model, fn, cfg, prompt_ids, attention_mask, mask_id=mask_id, shift=shift, generator=generator)
+    x = _initial_sequence(run, prompt_ids, model, vocab_size)
+    for blk in range(cfg.blocks):
+        _denoise_block(run, x, blk)
+    x = _finish(x, run.P, order, eos_id, stop_sequences)
+    return (x, run.stats) if return_stats else x
+
+
+@dataclass
+class _SamplerRun:
+    """What one ``generate`` call fixes before its first block: B prompts of P tokens, L = P +
+    gen_length positions, the model call ``fn`` and its optional KV cache, and the counters."""
+
+    cfg: SamplerSettings
+    fn: Callable
+    kv: BlockCache | None
+    stats: SamplerStats
+    mask_id: int
+    generator: torch.Generator | None
+    B: int
+    P: int
+    L: int
+    full_mask: torch.Tensor | None  # [B, L] real positions (None: no padding)
+    revisable: torch.Tensor  # [B, L] bool: positions xdlm may rewrite once decoded
+    sched: object  # make_schedule(cfg.schedule, cfg.eps): the ancestral sampler walks it
+    ts: torch.Tensor  # [S + 1] float64: the ancestral time grid of every block
+
+    @property
+    def sampler(self) -> str:
+        return self.cfg.resolved_sampler
+
+    @property
+    def block_length(self) -> int:
+        return self.cfg.gen_length // self.cfg.blocks
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.cfg.steps // self.cfg.blocks
+
+
+def _aligned_prompt(
+    prompt_ids: torch.Tensor, attention_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The prompts left-padded: (ids [B, P], mask [B, P] or None when nothing is padded, the
+    ``left_align`` order to undo at the end or None)."""
     if attention_mask is not None and bool((attention_mask == 1).all()):
         attention_mask = None  # no padding: let attention take its unmasked fast path
-    order = None
-    if attention_mask is not None:
-        if attention_mask.shape != prompt_ids.shape:
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}, prompt_ids {tuple(prompt_ids.shape)}"
-            )
-        prompt_ids, attention_mask, order = left_align(prompt_ids, attention_mask)
+    if attention_mask is None:
+        return prompt_ids, None, None
+    if attention_mask.shape != prompt_ids.shape:
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}, prompt_ids {tuple(prompt_ids.shape)}"
+        )
+    return left_align(prompt_ids, attention_mask)
+
+
+def _start_run(model, fn, cfg, prompt_ids, attention_mask, *, mask_id, shift, generator) -> _SamplerRun:
+    """The mask over all L positions, the cache, the counters, the time grid and what xdlm may revise."""
+    B, P = prompt_ids.shape
+    gen_length, device = cfg.gen_length, prompt_ids.device
+    L = P + gen_length
     full_mask = (
         None
         if attention_mask is None
@@ -212,16 +259,8 @@ def generate(
     stats = SamplerStats(
         nfe=torch.zeros(B, dtype=torch.long, device=device), tokens=torch.zeros(B, dtype=torch.long, device=device)
     )
-
-    x = torch.cat([prompt_ids.long(), torch.full((B, gen_length), mask_id, dtype=torch.long, device=device)], 1)
-    if sampler == "ancestral" and k > 0 and temperature > 0:  # the state at t = 1: the stationary law pi
-        V = vocab_size or _model_vocab_size(model)
-        uniform = torch.rand((B, gen_length), generator=generator, device=device) < k
-        noise = torch.randint(0, V, (B, gen_length), generator=generator, device=device)
-        x[:, P:] = torch.where(uniform, noise, x[:, P:])
-    steps_per_block = cfg.steps // n_blocks
     sched = make_schedule(cfg.schedule, cfg.eps)
-    ts = torch.linspace(1.0, ANCESTRAL_T_MIN, steps_per_block + 1, dtype=torch.float64)
+    ts = torch.linspace(1.0, ANCESTRAL_T_MIN, cfg.steps // cfg.blocks + 1, dtype=torch.float64)
     # xdlm may rewrite decoded positions before the block end: the answer's, or with
     # revise_prompt every real token (the authors' rule); the other samplers see the block only.
     revisable = torch.ones(B, L, dtype=torch.bool, device=device)
@@ -229,83 +268,176 @@ def generate(
         revisable &= full_mask.bool()  # never padding
     if not cfg.revise_prompt:
         revisable[:, :P] = False
+    return _SamplerRun(cfg, fn, kv, stats, mask_id, generator, B, P, L, full_mask, revisable, sched, ts)
 
-    for blk in range(n_blocks):
-        lo, hi = P + blk * block_length, P + (blk + 1) * block_length
-        r_lo = lo if sampler != "xdlm" else (0 if cfg.revise_prompt else P)
-        in_block = torch.arange(r_lo, hi, device=device) >= lo  # [R]
-        may_revise = revisable[:, r_lo:hi]
-        reveals = _reveal_schedule(block_length, steps_per_block, device)  # [S]
-        quota = _revision_quota(reveals, k) if sampler == "xdlm" and 0 < k < 1 else None
-        carry = torch.zeros(B, dtype=torch.long, device=device)
-        passes = steps_per_block + int(sampler == "ancestral" and cfg.final_step == "ancestral")
-        # Positions [r_lo, n_held) are outside what a cached step runs: their keys/values, and their
-        # choices (pred, confidence, p(current)), come from the block's last full pass.
-        n_held = (kv.query_start(lo) if kv is not None else 0) - r_lo
-        held, stale = None, False
-        for j in range(passes):
-            region = x[:, r_lo:hi]
-            todo = ((region == mask_id) & in_block).any(-1)  # [B] rows with masked block positions
-            if cfg.threshold is not None and not bool(todo.any()):
-                break  # every block token is revealed: the block ends early
-            cached = kv is not None and j > 0 and not _refresh_due(j, cfg) and not (stale and cfg.refresh == "step")
-            if cached:
-                raw = kv.block_logits(x, lo, hi).float()  # [B, block, V]: the block only
-            else:  # a full pass; it fills the cache when the next step can use it
-                fill = kv is not None and j + 1 < passes and not _refresh_due(j + 1, cfg)
-                raw = fn(x, full_mask, L - r_lo, **(kv.fill_kwargs() if fill else {}))[:, : hi - r_lo].float()
-                if fill:
-                    kv.keep(lo, hi)
-                    stale = False
-            stats.count(
-                cached, kv.tokens_per_pass(lo, hi) if cached else L, todo if cfg.threshold is not None else None
-            )
-            raw[..., mask_id] = -math.inf
-            logits = top_p_filter(raw / temperature, cfg.top_p) if temperature > 0 else raw
-            if sampler == "ancestral":
-                s = ts[j + 1] if j < steps_per_block else None  # None: the extra step at alpha_s = 1
-                cleanup = j == steps_per_block - 1 and cfg.final_step == "none"
-                x[:, lo:hi] = _ancestral_step(
-                    logits, region, ts[min(j, steps_per_block)], s, cleanup, temperature, k, mask_id, sched, generator
-                )
-                continue
-            pred, conf, current = _choices(logits, raw, x[:, hi - raw.shape[1] : hi], temperature, generator)
-            if cached and lo > r_lo:  # xdlm outside the block: the choices of the last full pass
-                pred, conf, current = (torch.cat([h, c], 1) for h, c in zip(held, (pred, conf, current)))
-            elif kv is not None and lo > r_lo:
-                held = (pred[:, : lo - r_lo], conf[:, : lo - r_lo], current[:, : lo - r_lo])
-            is_masked = region == mask_id
-            if cfg.threshold is None:
-                n_reveal = reveals[j].expand(B)
-            else:  # all above the threshold; at least 1, and the schedule's share so far
-                masked = is_masked & in_block
-                behind = reveals[: j + 1].sum() - (block_length - masked.sum(-1))
-                n_reveal = torch.maximum(((conf >= cfg.threshold) & masked).sum(-1), behind.clamp(min=1))
-            reveal = _rank_mask(conf.masked_fill(~(is_masked & in_block), -math.inf), n_reveal)
-            new = torch.where(reveal, pred, region)
-            if sampler == "xdlm" and k > 0:
-                # Candidates: decoded positions whose prediction differs and is at least as likely
-                # as the current token (always so at temperature 0), most confident first.
-                changed = ~is_masked & may_revise & (pred != region) & (conf >= current)
-                if cfg.threshold is not None:
-                    changed &= todo[:, None]  # a row whose block is revealed is finished with it
-                if quota is None:  # k = 1: k / (1 - k) = inf, no budget
-                    allowed = changed.sum(-1)
-                else:
-                    allowed = quota[j] + carry
-                rewrite = _rank_mask(conf.masked_fill(~changed, -math.inf), allowed)
-                # Unused budget carries to the next step of this block only.
-                carry = allowed - rewrite.sum(-1)
-                new = torch.where(rewrite, pred, new)
-                if kv is not None and n_held > 0 and bool(rewrite[:, :n_held].any()):
-                    stale = True  # a cached position was rewritten: its keys/values are out of date
-            x[:, r_lo:hi] = new
 
+def _initial_sequence(run: _SamplerRun, prompt_ids: torch.Tensor, model, vocab_size: int | None) -> torch.Tensor:
+    """[B, L]: the prompt, then the answer at t = 1: all mask, or for ``ancestral`` with k > 0 and
+    temperature > 0 the stationary law pi (each position uniform noise with probability k)."""
+    cfg, (B, P), device = run.cfg, prompt_ids.shape, prompt_ids.device
+    gen_length = cfg.gen_length
+    x = torch.cat([prompt_ids.long(), torch.full((B, gen_length), run.mask_id, dtype=torch.long, device=device)], 1)
+    if run.sampler == "ancestral" and cfg.k > 0 and cfg.temperature > 0:
+        V = vocab_size or _model_vocab_size(model)
+        uniform = torch.rand((B, gen_length), generator=run.generator, device=device) < cfg.k
+        noise = torch.randint(0, V, (B, gen_length), generator=run.generator, device=device)
+        x[:, P:] = torch.where(uniform, noise, x[:, P:])
+    return x
+
+
+@dataclass
+class _BlockState:
+    """One block x[:, lo:hi] and what one of its passes hands to the next. Each pass scores the
+    region x[:, r_lo:hi] (R positions): the block, or for xdlm also the decoded positions before it."""
+
+    lo: int
+    hi: int
+    r_lo: int
+    in_block: torch.Tensor  # [R] bool
+    may_revise: torch.Tensor  # [B, R] bool
+    reveals: torch.Tensor  # [S] scheduled reveals per step
+    quota: torch.Tensor | None  # [S] new revisions per step (None: no budget, or no revisions)
+    passes: int
+    # Positions [r_lo, r_lo + n_held) are outside what a cached step runs: their keys/values, and their
+    # choices (pred, confidence, p(current)), come from the block's last full pass.
+    n_held: int
+    carry: torch.Tensor  # [B] revision budget left unused, for the next step of this block only
+    held: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    stale: bool = False  # a held position was rewritten since the last full pass
+
+
+def _denoise_block(run: _SamplerRun, x: torch.Tensor, blk: int) -> None:
+    """Denoise block ``blk`` of ``x`` [B, L] in place, one model pass per step."""
+    b = _open_block(run, blk)
+    for j in range(b.passes):
+        region = x[:, b.r_lo : b.hi]
+        todo = ((region == run.mask_id) & b.in_block).any(-1)  # [B] rows with masked block positions
+        if run.cfg.threshold is not None and not bool(todo.any()):
+            break  # every block token is revealed: the block ends early
+        cached, raw, logits = _pass_logits(run, b, x, j, todo)
+        if run.sampler == "ancestral":
+            x[:, b.lo : b.hi] = _ancestral_pass(run, j, logits, region)
+        else:
+            x[:, b.r_lo : b.hi] = _decode_pass(run, b, x, j, region, raw, logits, cached, todo)
+
+
+def _open_block(run: _SamplerRun, blk: int) -> _BlockState:
+    """Block ``blk``'s positions, its reveal schedule and revision budget, and its number of passes."""
+    cfg, device, sampler = run.cfg, run.revisable.device, run.sampler
+    lo, hi = run.P + blk * run.block_length, run.P + (blk + 1) * run.block_length
+    r_lo = lo if sampler != "xdlm" else (0 if cfg.revise_prompt else run.P)
+    reveals = _reveal_schedule(run.block_length, run.steps_per_block, device)  # [S]
+    return _BlockState(
+        lo=lo,
+        hi=hi,
+        r_lo=r_lo,
+        in_block=torch.arange(r_lo, hi, device=device) >= lo,
+        may_revise=run.revisable[:, r_lo:hi],
+        reveals=reveals,
+        quota=_revision_quota(reveals, cfg.k) if sampler == "xdlm" and 0 < cfg.k < 1 else None,
+        passes=run.steps_per_block + int(sampler == "ancestral" and cfg.final_step == "ancestral"),
+        n_held=(run.kv.query_start(lo) if run.kv is not None else 0) - r_lo,
+        carry=torch.zeros(run.B, dtype=torch.long, device=device),
+    )
+
+
+def _pass_logits(
+    run: _SamplerRun, b: _BlockState, x: torch.Tensor, j: int, todo: torch.Tensor
+) -> tuple[bool, torch.Tensor, torch.Tensor]:
+    """Pass j's model call: (cached, raw [B, R', V] float32 with the mask id at -inf, the logits
+    sampled from: tempered and top-p filtered). A cached pass runs the block only (R' = block)."""
+    cfg, kv = run.cfg, run.kv
+    cached = kv is not None and j > 0 and not _refresh_due(j, cfg) and not (b.stale and cfg.refresh == "step")
+    if cached:
+        raw = kv.block_logits(x, b.lo, b.hi).float()  # [B, block, V]: the block only
+    else:  # a full pass; it fills the cache when the next step can use it
+        fill = kv is not None and j + 1 < b.passes and not _refresh_due(j + 1, cfg)
+        raw = run.fn(x, run.full_mask, run.L - b.r_lo, **(kv.fill_kwargs() if fill else {}))[:, : b.hi - b.r_lo]
+        raw = raw.float()
+        if fill:
+            kv.keep(b.lo, b.hi)
+            b.stale = False
+    tokens = kv.tokens_per_pass(b.lo, b.hi) if cached else run.L
+    run.stats.count(cached, tokens, todo if cfg.threshold is not None else None)
+    raw[..., run.mask_id] = -math.inf
+    logits = top_p_filter(raw / cfg.temperature, cfg.top_p) if cfg.temperature > 0 else raw
+    return cached, raw, logits
+
+
+def _ancestral_pass(run: _SamplerRun, j: int, logits: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    """Pass j of ``ancestral``: the block [B, block] after the reverse step ts[j] -> ts[j + 1] (after
+    the grid: the extra step to alpha_s = 1); the last grid step fills what is still masked."""
+    cfg, S = run.cfg, run.steps_per_block
+    s = run.ts[j + 1] if j < S else None  # None: the extra step at alpha_s = 1
+    cleanup = j == S - 1 and cfg.final_step == "none"
+    t = run.ts[min(j, S)]
+    return _ancestral_step(logits, block, t, s, cleanup, cfg.temperature, cfg.k, run.mask_id, run.sched, run.generator)
+
+
+def _decode_pass(run, b, x, j, region, raw, logits, cached, todo) -> torch.Tensor:
+    """Pass j of ``confidence`` / ``xdlm``: the region [B, R] after its reveals (and revisions)."""
+    pred, conf, current = _pass_choices(run, b, x, raw, logits, cached)
+    is_masked = region == run.mask_id
+    new = _reveal(run, b, j, region, is_masked, pred, conf)
+    if run.sampler == "xdlm" and run.cfg.k > 0:
+        new = _revise(run, b, j, region, is_masked, new, (pred, conf, current), todo)
+    return new
+
+
+def _pass_choices(run, b, x, raw, logits, cached) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[B, R] each over the region: the choice, its confidence and p(current token) (``_choices``);
+    on a cached pass those of the held positions are the last full pass's."""
+    pred, conf, current = _choices(logits, raw, x[:, b.hi - raw.shape[1] : b.hi], run.cfg.temperature, run.generator)
+    if cached and b.lo > b.r_lo:  # xdlm outside the block: the choices of the last full pass
+        pred, conf, current = (torch.cat([h, c], 1) for h, c in zip(b.held, (pred, conf, current)))
+    elif run.kv is not None and b.lo > b.r_lo:
+        b.held = (pred[:, : b.lo - b.r_lo], conf[:, : b.lo - b.r_lo], current[:, : b.lo - b.r_lo])
+    return pred, conf, current
+
+
+def _reveal(run, b, j, region, is_masked, pred, conf) -> torch.Tensor:
+    """[B, R]: ``region`` with its most confident masked block positions set to ``pred``: the
+    schedule's share of step j, or with ``threshold`` all above it (at least 1 and the share so far)."""
+    threshold = run.cfg.threshold
+    if threshold is None:
+        n_reveal = b.reveals[j].expand(run.B)
+    else:  # all above the threshold; at least 1, and the schedule's share so far
+        masked = is_masked & b.in_block
+        behind = b.reveals[: j + 1].sum() - (run.block_length - masked.sum(-1))
+        n_reveal = torch.maximum(((conf >= threshold) & masked).sum(-1), behind.clamp(min=1))
+    reveal = _rank_mask(conf.masked_fill(~(is_masked & b.in_block), -math.inf), n_reveal)
+    return torch.where(reveal, pred, region)
+
+
+def _revise(run, b, j, region, is_masked, new, choices, todo) -> torch.Tensor:
+    """[B, R]: ``new`` with xdlm's revisions of step j, under the block's budget (``b.carry`` updated;
+    ``b.stale`` set when a held position is rewritten)."""
+    pred, conf, current = choices
+    # Candidates: decoded positions whose prediction differs and is at least as likely
+    # as the current token (always so at temperature 0), most confident first.
+    changed = ~is_masked & b.may_revise & (pred != region) & (conf >= current)
+    if run.cfg.threshold is not None:
+        changed &= todo[:, None]  # a row whose block is revealed is finished with it
+    if b.quota is None:  # k = 1: k / (1 - k) = inf, no budget
+        allowed = changed.sum(-1)
+    else:
+        allowed = b.quota[j] + b.carry
+    rewrite = _rank_mask(conf.masked_fill(~changed, -math.inf), allowed)
+    # Unused budget carries to the next step of this block only.
+    b.carry = allowed - rewrite.sum(-1)
+    new = torch.where(rewrite, pred, new)
+    if run.kv is not None and b.n_held > 0 and bool(rewrite[:, : b.n_held].any()):
+        b.stale = True  # a cached position was rewritten: its keys/values are out of date
+    return new
+
+
+def _finish(x: torch.Tensor, P: int, order: torch.Tensor | None, eos_id, stop_sequences) -> torch.Tensor:
+    """[B, L]: EOS after the first stop in each answer, the prompt back in the caller's layout."""
     if eos_id is not None:
         x[:, P:] = _fill_after_stop(x[:, P:], eos_id, stop_sequences or [])
     if order is not None:  # the prompt back in the caller's layout (with any revisions)
         x[:, :P] = torch.empty_like(x[:, :P]).scatter_(1, order, x[:, :P])
-    return (x, stats) if return_stats else x
+    return x
 
 
 def left_align(

@@ -8,59 +8,34 @@
   6. resume: weights, optimizer, schedule, data position, RNG
   7. the loop: noise -> denoiser -> fused XDLM loss -> update; metrics, held-out ELBO, checkpoints
 
-The loss of one optimizer step is the mean over every loss token of the global batch (all
-processes, all accumulated micro-batches) of w(t) * h, with w = -dalpha/dt ("elbo") or 1
-("unit"). Each micro-batch's backward is scaled so that the gradient is exactly that mean,
-whatever the padding, and the noise of an example depends only on its place in the step's
-global batch: runs with the same per-device batch x processes x accumulation (say 4 x 1 x 1,
-2 x 2 x 1 and 1 x 2 x 2) see the same examples and noise and take the same step.
-With data.pad_answer_with_eos (SFT) the loss is instead the mean over the global batch's answers
-of each answer's mean w(t) * h (LLaDA's SFT normalisation).
+`_train` is that list, one call per step: 1-5 are in start.py, 6 and 7 here. One optimizer step,
+and how its loss is normalised over the global batch (so that runs with the same global batch
+take the same step), is step.py's `train_step`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..checkpoints.protocol import RECIPE_FILE, CheckpointError, list_checkpoints, recover, resolve_resume
-from ..config import Recipe, save_recipe
-from ..data import build_data
-from ..diffusion import make_schedule
-from ..model import anneal_progress, annealed_attention_mask, output_projection, prepare_model
-from ..model.prepare import model_options
-from .heldout import EVAL_SEED, heldout_elbo
+from ..checkpoints.protocol import RECIPE_FILE, list_checkpoints
+from ..config import Recipe
+from .heldout import heldout_elbo
 from .metrics import METRICS_FILE, MetricsWriter, Progress, read_metrics
-from .objective import (
-    DenoiserObjective,
-    NoiseSampler,
-    drop_mask_tokens,
-    keyed_generator,
-    per_answer_weights,
-    step_inputs,
-)
-from .optim import build_optimizer, build_scheduler
+from .objective import NoiseSampler, drop_mask_tokens
 from .runtime import (
-    build_accelerator,
     deepspeed_config,
-    fill_hidden_size_autos,
     reset_accelerate_state,
     single_process_group_env,
-    whole_model_loading,
     zero_stage,
 )
-from .state import TrainState, check_resume_compatible, load_run_checkpoint, read_state, save_run_checkpoint
-
-logger = logging.getLogger(__name__)
-
-_NOISE, _ANNEAL = 0, 1  # first key of the per-step generators: noise and attention annealing never share a stream
+from .start import load_data, load_denoiser, run_folder, start_processes, wrap_for_training
+from .state import TrainState, load_run_checkpoint, read_state, save_run_checkpoint
+from .step import train_step
 
 
 @dataclass
@@ -104,94 +79,77 @@ def _drop_failed_start(out: Path) -> None:
 
 
 def _train(recipe: Recipe, ds_config: dict | None) -> TrainResult:
-    from accelerate.utils import set_seed
-
-    cfg = recipe.training
-    out = Path(cfg.output_dir)
-
-    # 1. Where the run lives. A fresh run never writes over another run's checkpoints.
-    resume_from = resolve_resume(out, cfg.resume)
-    if resume_from is None and list_checkpoints(out):
-        raise CheckpointError(
-            f"{out} already holds checkpoints ({list_checkpoints(out)[-1][1].name}); set "
-            "training.resume=true (or --resume) to continue that run, or choose another "
-            "training.output_dir"
-        )
-    if resume_from is not None:
-        check_resume_compatible(resume_from, recipe)
-
-    # 2. The processes.
-    accelerator = build_accelerator(recipe, ds_config)
-    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    if resume_from is not None:
-        read_state(resume_from, rank, world, restore_rng=False)  # refuses another number of processes
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        recover(out)  # a save killed half-way leaves a temp dir: drop it
-        save_recipe(recipe, out / RECIPE_FILE)
-    if not main:
-        _quiet()
-    set_seed(cfg.seed)
-
-    # 3. The model: the same base, mask token and LoRA initialisation on every process.
-    with whole_model_loading(accelerator):
-        prepared = prepare_model(
-            **model_options(recipe),
-            trust_remote_code=recipe.model.trust_remote_code,
-            report=False,  # the start line (_banner) says it: trainable counts, mask id, family
-        )
-    mask_id, (vocab, hidden_size) = prepared.mask_id, output_projection(prepared.model)[0].shape
-    d = recipe.diffusion
-    objective = DenoiserObjective(
-        prepared.model, k=d.k, mask_id=mask_id, shift=prepared.shift, chunk_size=d.chunk_size, chunk_mib=d.chunk_mib
+    resume_from = run_folder(recipe)  # 1
+    accelerator = start_processes(recipe, ds_config, resume_from)  # 2
+    prepared, objective, (vocab, hidden_size) = load_denoiser(recipe, accelerator)  # 3
+    data, noise, eval_noise = load_data(recipe, accelerator, prepared.tokenizer, prepared.mask_id, vocab)  # 4
+    model, optimizer, scheduler = wrap_for_training(recipe, ds_config, accelerator, objective, hidden_size)  # 5
+    run = _Run(
+        recipe, accelerator, model, optimizer, scheduler, data, noise, eval_noise, prepared.tokenizer, prepared.mask_id
     )
+    _resume(run, resume_from)  # 6
+    _open_outputs(run, prepared, vocab, resume_from)
+    _loop(run)  # 7
+    return run.result
 
-    # 4. The data (each process reads its share) and the noise.
-    with accelerator.main_process_first():  # one process fills the datasets cache, the others read it
-        data = build_data(
-            recipe.data,
-            prepared.tokenizer,
-            batch_size=cfg.per_device_batch_size,
-            seed=cfg.seed,
-            rank=rank,
-            world_size=world,
-        )
-    schedule = make_schedule(d.schedule, d.eps)
-    noise = NoiseSampler(
-        schedule, d.k, mask_id, vocab, seed=cfg.seed, antithetic=d.antithetic, elbo_weight=d.loss_weighting == "elbo"
+
+@dataclass
+class _Run:
+    """One invocation's training state: what steps 2-5 built, where the run stands (step 6 on), and
+    what it reports (`result`, metrics.jsonl, the progress bar; opened by `_open_outputs`)."""
+
+    recipe: Recipe
+    accelerator: Any
+    model: Any  # as accelerate wrapped it (DDP / DeepSpeed engine / module)
+    optimizer: Any
+    scheduler: Any
+    data: Any  # build_data's loaders: train (resumable) and the held-out set
+    noise: NoiseSampler
+    eval_noise: NoiseSampler
+    tokenizer: Any
+    mask_id: int
+    step: int = 0  # optimizer steps done
+    tokens_seen: int = 0
+    result: TrainResult | None = None
+    metrics: MetricsWriter | None = None
+    progress: Progress | None = None
+    params: list = field(init=False)  # the trainable parameters (clipped)
+
+    def __post_init__(self) -> None:
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    @property
+    def cfg(self):
+        return self.recipe.training
+
+
+def _resume(run: _Run, resume_from: Path | None) -> None:
+    """6. Weights, optimizer, schedule, data position, step and RNG exactly where the checkpoint
+    left off (nothing for a fresh run)."""
+    if resume_from is None:
+        return
+    accelerator = run.accelerator
+    rank, world = accelerator.process_index, accelerator.num_processes
+    load_run_checkpoint(
+        resume_from, accelerator=accelerator, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler
     )
-    eval_noise = NoiseSampler(schedule, d.k, mask_id, vocab, seed=EVAL_SEED)  # fixed for every run
+    state = read_state(resume_from, rank, world)  # restores this process's RNG
+    run.data.train.load_state_dict(state.data)
+    run.step, run.tokens_seen = state.step, state.tokens_seen
 
-    # 5. Optimizer and schedule. The schedule stays ours: stepped once per optimizer step.
-    optimizer = build_optimizer(objective, cfg)
-    scheduler = build_scheduler(optimizer, cfg)
-    fill_hidden_size_autos(accelerator, hidden_size)
-    if ds_config is not None and main:
-        # Said because it is silent and slow: deepspeed.initialize imports DeepSpeed's Muon optimizer,
-        # whose module calls torch.compile at import, pulling in torch._dynamo and torch._inductor.
-        logger.info(
-            "DeepSpeed: building the engine (its first use imports torch's compiler stack: seconds to a minute)"
-        )
-    model, optimizer = accelerator.prepare(objective, optimizer)
-    objective.register_zero3_head()  # ZeRO-3: the fused loss reads the partitioned head weight
-    params = [p for p in model.parameters() if p.requires_grad]
 
-    # 6. Resume exactly where the checkpoint left off.
-    step, tokens_seen = 0, 0
-    if resume_from is not None:
-        load_run_checkpoint(resume_from, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler)
-        state = read_state(resume_from, rank, world)  # restores this process's RNG
-        data.train.load_state_dict(state.data)
-        step, tokens_seen = state.step, state.tokens_seen
-
-    # 7. The loop.
-    result = TrainResult(
-        output_dir=out,
-        step=step,
+def _open_outputs(run: _Run, prepared, vocab: int, resume_from: Path | None) -> None:
+    """The run's `TrainResult`, metrics.jsonl (from the current step on) and the progress bar,
+    which starts with the run's start line."""
+    accelerator, cfg = run.accelerator, run.cfg
+    main, world = accelerator.is_main_process, accelerator.num_processes
+    run.result = TrainResult(
+        output_dir=Path(cfg.output_dir),
+        step=run.step,
         world_size=world,
-        model=model,
+        model=run.model,
         info={
-            "mask_id": mask_id,
+            "mask_id": prepared.mask_id,
             "vocab": vocab,
             "shift": prepared.shift,
             "family": prepared.family,
@@ -200,216 +158,157 @@ def _train(recipe: Recipe, ds_config: dict | None) -> TrainResult:
             "resumed_from": str(resume_from) if resume_from else None,
         },
     )
-    metrics = MetricsWriter(out, enabled=main, start_step=step)
-    progress = Progress(total=cfg.max_steps, start=step, enabled=main)
-    progress.write(_banner(recipe, prepared, world, accelerator, resume_from, step))
+    run.metrics = MetricsWriter(Path(cfg.output_dir), enabled=main, start_step=run.step)
+    run.progress = Progress(total=cfg.max_steps, start=run.step, enabled=main)
+    run.progress.write(_banner(run.recipe, prepared, world, accelerator, resume_from, run.step))
 
-    def evaluate(at: int) -> None:
-        ev = heldout_elbo(
-            model,
-            data,
-            eval_noise,
-            accelerator=accelerator,
-            batch_size=cfg.per_device_batch_size,
-            max_batches=cfg.eval_batches,
-            mask_id=mask_id,
-        )
-        if ev is None:
-            return
-        result.evals[at] = ev
-        metrics.log(at, {f"eval/{k}": v for k, v in ev.items()})
-        progress.write(
-            f"step {at}: held-out NELBO {ev['nelbo']:.4f} nats/token ({ev['bits_per_token']:.4f} "
-            f"bits/token, perplexity <= {ev['ppl_bound']:.2f}) over {ev['tokens']} tokens"
-        )
 
-    def save(at: int) -> None:
-        state = TrainState(
-            step=at,
-            data=data.train.state_dict(),
-            world_size=world,
-            tokens_seen=tokens_seen,
-            extra={"eval": result.evals.get(max(result.evals, default=-1))},
-        )
-        result.checkpoint = save_run_checkpoint(
-            out,
-            at,
-            accelerator=accelerator,
-            model=model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            tokenizer=prepared.tokenizer,
-            recipe=recipe,
-            state=state,
-        )
-        progress.write(f"step {at}: saved {result.checkpoint}")
-
+def _loop(run: _Run) -> None:
+    """7. Optimizer steps up to training.max_steps; metrics, held-out ELBO and checkpoints on their
+    schedules and at the last step; a closing line."""
+    cfg = run.cfg
     try:
-        model.train()
-        if step == 0 and cfg.eval_every:
-            evaluate(0)  # the untrained denoiser: the baseline the run should improve on
-        if step >= cfg.max_steps:
-            progress.write(f"already at step {step} of training.max_steps={cfg.max_steps}: nothing to do")
-        batches = iter(data.train)
+        run.model.train()
+        if run.step == 0 and cfg.eval_every:
+            _evaluate(run, 0)  # the untrained denoiser: the baseline the run should improve on
+        if run.step >= cfg.max_steps:
+            run.progress.write(f"already at step {run.step} of training.max_steps={cfg.max_steps}: nothing to do")
+        batches = iter(run.data.train)
         window: list[float] = []
         t_start = time.perf_counter()
-        while step < cfg.max_steps:
+        while run.step < cfg.max_steps:
             t_step = time.perf_counter()
-            micro_batches = [drop_mask_tokens(next(batches), mask_id) for _ in range(cfg.grad_accum)]
-            stats = train_step(
-                step,
-                micro_batches,
-                model=model,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                params=params,
-                accelerator=accelerator,
-                noise=noise,
-                recipe=recipe,
-            )
-            step += 1
-            if not math.isfinite(stats["loss"]):
-                raise FloatingPointError(
-                    f"the loss is {stats['loss']} at step {step}; nothing was saved for this "
-                    "step. Lower training.lr, or check the data and training.mixed_precision"
-                )
-            tokens_seen += stats["tokens"]
-            result.step, result.losses[step] = step, stats["loss"]
+            stats = _take_step(run, batches)
             window.append(stats["loss"])
             # The bar shows what metrics.jsonl records as train/loss: the mean over the steps since the
             # last metrics line (training.log_every), so on a logged step the two are one number.
-            rate = progress.update(
+            run.result.tokens_per_s = run.progress.update(
                 loss=sum(window) / len(window),
                 tokens=stats["tokens"],
                 lr=stats["lr"],
                 seconds=time.perf_counter() - t_step,
             )
-            result.tokens_per_s = rate
-            last = step == cfg.max_steps
+            step, last = run.step, run.step == cfg.max_steps
             if step % cfg.log_every == 0 or last:
-                elapsed = time.perf_counter() - t_start
-                metrics.log(
-                    step,
-                    {
-                        "train/loss": sum(window) / len(window),
-                        "train/lr": stats["lr"],
-                        "train/grad_norm": stats["grad_norm"],
-                        "train/tokens_per_s": rate,
-                        "train/tokens_seen": tokens_seen,
-                        "train/elapsed_s": elapsed,
-                        "train/eta_s": elapsed / len(result.losses) * (cfg.max_steps - step),
-                    },
-                )
+                _log_metrics(run, stats, window, time.perf_counter() - t_start)
                 window = []
             if (cfg.eval_every and step % cfg.eval_every == 0) or (last and cfg.eval_every):
-                evaluate(step)
+                _evaluate(run, step)
             if (cfg.save_every and step % cfg.save_every == 0) or last:
-                save(step)
-        if result.losses:
-            first, final = result.evals.get(min(result.evals, default=-1)), result.evals.get(step)
-            # A resumed run's first held-out ELBO (step 0) is in metrics.jsonl, from the earlier invocation.
-            earlier = [
-                m
-                for m in read_metrics(cfg.output_dir)
-                if "eval/nelbo" in m and m["step"] < min(result.evals, default=step + 1)
-            ]
-            if earlier:
-                first = {"nelbo": earlier[0]["eval/nelbo"]}
-            elbo = (
-                f"; held-out NELBO {first['nelbo']:.4f} -> {final['nelbo']:.4f} nats/token"
-                if first and final and first is not final
-                else ""
-            )
-            progress.write(
-                f"done: step {step}, {result.tokens_per_s:,.0f} tokens/s{elbo}; last checkpoint {result.checkpoint}"
-            )
+                _save(run, step)
+        if run.result.losses:
+            run.progress.write(_closing_line(run))
     finally:
-        progress.close()
-        metrics.close()
-    return result
+        run.progress.close()
+        run.metrics.close()
 
 
-def train_step(
-    step: int,
-    micro_batches: list[dict[str, torch.Tensor]],
-    *,
-    model,
-    optimizer,
-    scheduler,
-    params,
-    accelerator,
-    noise: NoiseSampler,
-    recipe: Recipe,
-) -> dict[str, Any]:
-    """One optimizer step over `micro_batches` (this process's share of the accumulation)."""
-    cfg = recipe.training
-    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    batch_size, accum = cfg.per_device_batch_size, len(micro_batches)
-    counts = torch.tensor(
-        [
-            sum(float(b["loss_mask"].sum()) for b in micro_batches),
-            sum(float(b["attention_mask"].sum()) for b in micro_batches),
-            sum(float(b["loss_mask"].any(-1).sum()) for b in micro_batches),
-        ],
-        dtype=torch.float64,
-        device=device,
+def _take_step(run: _Run, batches) -> dict[str, Any]:
+    """One optimizer step on the next training.grad_accum micro-batches; its stats (`train_step`)."""
+    micro_batches = [drop_mask_tokens(next(batches), run.mask_id) for _ in range(run.cfg.grad_accum)]
+    # Called through this module's global: the benchmarks wrap loop.train_step to measure a step.
+    stats = train_step(
+        run.step,
+        micro_batches,
+        model=run.model,
+        optimizer=run.optimizer,
+        scheduler=run.scheduler,
+        params=run.params,
+        accelerator=run.accelerator,
+        noise=run.noise,
+        recipe=run.recipe,
     )
-    loss_tokens, real_tokens, answers = accelerator.reduce(counts, "sum").tolist()
-    per_answer = recipe.data.mode == "sft" and recipe.data.pad_answer_with_eos
-    denominator = answers if per_answer else loss_tokens
-    # DDP / DeepSpeed average gradients over processes and accelerate / DeepSpeed divide by
-    # the accumulation steps: undo both, and divide by the global number of loss tokens (answers).
-    scale = world * accum / max(denominator, 1.0)
-    anneal = anneal_progress(step, recipe.adaptation.attention_annealing_steps)
-
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    grad_norm = None
-    for micro, batch in enumerate(micro_batches):
-        # Rows of the step's whole global batch (micro-batches x processes x per-device batch),
-        # in the loader's order: t is stratified over all of them.
-        first = (micro * world + rank) * batch_size
-        rows = list(range(first, first + batch["input_ids"].shape[0]))
-        nz = noise(
-            batch["input_ids"], batch["loss_mask"], key=(_NOISE, step), rows=rows, n_rows=batch_size * world * accum
+    run.step += 1
+    if not math.isfinite(stats["loss"]):
+        raise FloatingPointError(
+            f"the loss is {stats['loss']} at step {run.step}; nothing was saved for this "
+            "step. Lower training.lr, or check the data and training.mixed_precision"
         )
-        bias = None
-        if anneal < 1.0:  # one draw per step, the same on every process
-            bias = annealed_attention_mask(
-                batch["attention_mask"], anneal, generator=keyed_generator(cfg.seed, _ANNEAL, step)
-            )
-        inputs = step_inputs(batch, nz, device, bias)
-        if per_answer:  # each answer's tokens weigh 1 / its length: a per-answer mean
-            inputs["token_weight"] = inputs["token_weight"] * per_answer_weights(inputs["loss_mask"])
-        with accelerator.accumulate(model):
-            h = model(**inputs)
-            weighted = (inputs["token_weight"][:, None] * h * inputs["loss_mask"]).sum()
-            accelerator.backward(weighted * scale)
-            if accelerator.sync_gradients:  # DeepSpeed clips inside its step; this reads its norm
-                grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        total += weighted.detach().double()
-    lr = scheduler.get_last_lr()[0]  # the rate this update used
-    scheduler.step()
-    loss = accelerator.reduce(total, "sum").item() / max(denominator, 1.0)
-    return {
-        "loss": loss,
-        "lr": lr,
-        "grad_norm": None if grad_norm is None else float(grad_norm),
-        "tokens": int(real_tokens),
-        "loss_tokens": int(loss_tokens),
-    }
+    run.tokens_seen += stats["tokens"]
+    run.result.step, run.result.losses[run.step] = run.step, stats["loss"]
+    return stats
 
 
-def _quiet() -> None:
-    """Only the main process talks."""
-    import datasets
-    import transformers
+def _log_metrics(run: _Run, stats: dict[str, Any], window: list[float], elapsed: float) -> None:
+    """A train/ line of metrics.jsonl: the loss averaged over `window` (the steps since the last line)."""
+    cfg, step = run.cfg, run.step
+    run.metrics.log(
+        step,
+        {
+            "train/loss": sum(window) / len(window),
+            "train/lr": stats["lr"],
+            "train/grad_norm": stats["grad_norm"],
+            "train/tokens_per_s": run.result.tokens_per_s,
+            "train/tokens_seen": run.tokens_seen,
+            "train/elapsed_s": elapsed,
+            "train/eta_s": elapsed / len(run.result.losses) * (cfg.max_steps - step),
+        },
+    )
 
-    transformers.utils.logging.set_verbosity_error()
-    datasets.utils.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
-    logging.getLogger("xdlm_tune").setLevel(logging.WARNING)
+
+def _evaluate(run: _Run, at: int) -> None:
+    """The held-out ELBO at step `at`: into the result, metrics.jsonl and the console."""
+    ev = heldout_elbo(
+        run.model,
+        run.data,
+        run.eval_noise,
+        accelerator=run.accelerator,
+        batch_size=run.cfg.per_device_batch_size,
+        max_batches=run.cfg.eval_batches,
+        mask_id=run.mask_id,
+    )
+    if ev is None:
+        return
+    run.result.evals[at] = ev
+    run.metrics.log(at, {f"eval/{k}": v for k, v in ev.items()})
+    run.progress.write(
+        f"step {at}: held-out NELBO {ev['nelbo']:.4f} nats/token ({ev['bits_per_token']:.4f} "
+        f"bits/token, perplexity <= {ev['ppl_bound']:.2f}) over {ev['tokens']} tokens"
+    )
+
+
+def _save(run: _Run, at: int) -> None:
+    """A run checkpoint at step `at` (weights, optimizer, schedule, data position, RNG, last ELBO)."""
+    state = TrainState(
+        step=at,
+        data=run.data.train.state_dict(),
+        world_size=run.accelerator.num_processes,
+        tokens_seen=run.tokens_seen,
+        extra={"eval": run.result.evals.get(max(run.result.evals, default=-1))},
+    )
+    # Called through this module's global: the benchmarks replace loop.save_run_checkpoint.
+    run.result.checkpoint = save_run_checkpoint(
+        Path(run.cfg.output_dir),
+        at,
+        accelerator=run.accelerator,
+        model=run.model,
+        optimizer=run.optimizer,
+        scheduler=run.scheduler,
+        tokenizer=run.tokenizer,
+        recipe=run.recipe,
+        state=state,
+    )
+    run.progress.write(f"step {at}: saved {run.result.checkpoint}")
+
+
+def _closing_line(run: _Run) -> str:
+    """The last console line: the step, the throughput, the held-out NELBO's first -> last value."""
+    result, step = run.result, run.step
+    first, final = result.evals.get(min(result.evals, default=-1)), result.evals.get(step)
+    # A resumed run's first held-out ELBO (step 0) is in metrics.jsonl, from the earlier invocation.
+    earlier = [
+        m
+        for m in read_metrics(run.cfg.output_dir)
+        if "eval/nelbo" in m and m["step"] < min(result.evals, default=step + 1)
+    ]
+    if earlier:
+        first = {"nelbo": earlier[0]["eval/nelbo"]}
+    elbo = (
+        f"; held-out NELBO {first['nelbo']:.4f} -> {final['nelbo']:.4f} nats/token"
+        if first and final and first is not final
+        else ""
+    )
+    return f"done: step {step}, {result.tokens_per_s:,.0f} tokens/s{elbo}; last checkpoint {result.checkpoint}"
 
 
 # accelerate's DistributedType values, as the start line names them.
