@@ -394,9 +394,10 @@ class EvalConfig:
         if not self.steps or any(s < 1 for s in self.steps):
             errs.append(("steps", f"must be a non-empty list of positive integers, got {self.steps}"))
         else:  # every budget with the section's sampler choices: SamplerSettings' own checks
+            base = recipe.sampler_settings()
             for steps in self.steps:
-                settings = dataclasses.replace(recipe.sampler_settings(), steps=steps)
-                errs += [(n, m) for n, m in settings.problems() if n not in TRAINED and (n, m) not in errs]
+                problems = dataclasses.replace(base, steps=steps).problems()
+                errs += [(n, m) for n, m in problems if n not in TRAINED and (n, m) not in errs]
         if self.batch_size < 1:
             errs.append(("batch_size", f"must be a positive integer, got {self.batch_size}"))
         if self.limit is not None and self.limit < 1:
