@@ -216,3 +216,21 @@ def test_the_cli_flags_override_the_models_settings(tiny):
     )
     with pytest.raises(SystemExit):  # a budget that does not fit the model's blocks: a usage error
         cli_settings(ap, ap.parse_args(["--steps", "3"]), em)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(temperature="0.7"), "temperature='0.7': must be a number, got '0.7'"),
+        (dict(steps=2.5), "steps=2.5: must be an integer"),
+        (dict(threshold="x"), "threshold='x': must be a number or None"),
+        (dict(revise_prompt=1), "revise_prompt=1: must be true or false"),
+        (dict(sampler=True), "sampler=True: must be one of 'confidence', 'xdlm', 'ancestral'"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_named_not_a_traceback(bad, message):
+    """diffusion_generate(temperature="0.7") and the like: one ValueError naming the field (planted: the type
+    check removed from problems() -> a TypeError from a comparison deep inside it)."""
+    with pytest.raises(ValueError) as err:
+        SamplerSettings(**bad).check()
+    assert message in str(err.value)

@@ -104,8 +104,15 @@ class SamplerSettings:
         for name, tp in _SETTING_HINTS.items():
             choices = _allowed_values(tp)
             value = getattr(self, name)
-            if choices and value not in choices and not (value is None and _nullable(tp)):
-                errs.append((name, f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}"))
+            if value is None and _nullable(tp):
+                continue
+            if choices:
+                if value not in choices or isinstance(value, bool):
+                    errs.append((name, f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}"))
+            elif not _has_field_type(value, tp):
+                errs.append((name, f"must be {_kind_name(tp)}, got {value!r}"))
+        if errs:
+            return errs  # the rules below compare values
         if not _is_whole(self.gen_length) or self.gen_length < 1:
             errs.append(("gen_length", f"must be a positive integer, got {self.gen_length!r}"))
             return errs  # the rules below divide by it
@@ -187,8 +194,28 @@ def _nullable(tp) -> bool:
     return type(None) in typing.get_args(tp)
 
 
+def _has_field_type(value, tp) -> bool:
+    """``value`` has the field's Python type (an int is a float; a bool is neither)."""
+    kinds = [a for a in (*typing.get_args(tp), tp) if isinstance(a, type) and a is not type(None)]
+    if isinstance(value, bool):
+        return bool in kinds
+    if int in kinds and hasattr(value, "__index__"):  # int, and numpy / torch integer scalars
+        return True
+    if float in kinds and hasattr(value, "__float__") and not isinstance(value, str):
+        return True
+    return any(isinstance(value, k) for k in kinds)
+
+
+def _kind_name(tp) -> str:
+    kinds = [a for a in (*typing.get_args(tp), tp) if isinstance(a, type) and a is not type(None)]
+    name = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        kinds[0], kinds[0].__name__
+    )
+    return name + (" or None" if _nullable(tp) else "")
+
+
 def _is_whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return hasattr(value, "__index__") and not isinstance(value, bool)
 
 
 SAMPLERS = _allowed_values(_SETTING_HINTS["sampler"])
