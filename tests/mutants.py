@@ -63,7 +63,7 @@ MUTANTS = [
     ),
     M(
         "revision-budget-float64",
-        "xdlm_tune/sampling/generate.py",
+        "xdlm_tune/sampling/rules.py",
         "acc = (reveals.cumsum(0).to(torch.float32) * k / (1 - k)).to(torch.long)",
         "acc = (reveals.cumsum(0).to(torch.float64) * k / (1 - k)).to(torch.long)",
         ("tests/test_sampler_budget.py::test_revision_budget_is_the_authors_float32_rule_where_float64_differs",),

@@ -1,8 +1,9 @@
 """Generate an export's `modeling_xdlm.py` from the project's own source, so the two cannot drift.
 
-The file is the verbatim text of the sampler (`sampling/generate.py`) and the diffusion code it
-uses (`diffusion/_checks.py`, `schedule.py`, `posterior.py`, `model/forward_args.py`) with its
-settings (`config/sampler.py`) and KV cache (`cache.py`), then `hub_model.py` (the model
+The file is the verbatim text of the sampler (`sampling/generate.py`, its step rules `rules.py`)
+and the diffusion code it uses (`diffusion/_checks.py`, `schedule.py`, `posterior.py`,
+`model/forward_args.py`) with its settings (`config/sampler.py`) and KV cache (`cache.py`),
+then `hub_model.py` (the model
 class with `diffusion_generate`), concatenated in dependency order. Only two things change:
 module docstrings and top-level imports are removed, the non-project imports are gathered once
 at the top, and the import of `_XDLMBase` names the base family's class. A relative or
@@ -31,6 +32,7 @@ SOURCES = (
     "diffusion/posterior.py",
     "model/forward_args.py",
     "sampling/cache.py",
+    "sampling/rules.py",
     "sampling/generate.py",
     "export/hub_model.py",
 )
