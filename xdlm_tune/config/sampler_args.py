@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import typing
+from typing import Callable
 
 from .field_help import field_help
 from .sampler import TRAINED, SamplerSettings, _allowed_values
@@ -52,12 +53,18 @@ def add_sampler_arguments(
             group.add_argument(flag(name), type=kind, default=None, metavar="N" if kind is int else "X", help=text)
 
 
-def settings_from_args(args: argparse.Namespace, base: SamplerSettings) -> tuple[SamplerSettings, list[int]]:
+def settings_from_args(
+    args: argparse.Namespace, base: SamplerSettings, fail: Callable[[str], object] | None = None
+) -> tuple[SamplerSettings, list[int]]:
     """(``base`` with every flag that was given, the step budgets): budgets are ``--steps`` or ``[base.steps]``;
-    the settings carry the first budget."""
+    the settings carry the first budget. ``fail``: called with the first problem (``settings_problem``), if any."""
     given = {name: getattr(args, name) for name in args.sampler_flags if name != "steps"}
     budgets = list(args.steps) if getattr(args, "steps", None) else [base.steps]
-    return base.replace(**given, steps=budgets[0]), budgets
+    settings = base.replace(**given, steps=budgets[0])
+    problem = settings_problem(settings, budgets) if fail is not None else None
+    if problem:
+        fail(problem)
+    return settings, budgets
 
 
 def settings_problem(settings: SamplerSettings, budgets: list[int]) -> str | None:

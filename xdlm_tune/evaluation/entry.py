@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..config.sampler import SamplerSettings
-from ..config.sampler_args import add_sampler_arguments, settings_from_args, settings_problem
+from ..config.sampler_args import add_sampler_arguments, settings_from_args
 from .harness import EvalModel, GenerationConfig, run_evaluation
 from .load import _process_state, add_model_arguments, load_ar_baseline, load_diffusion_model
 from .summary import summarize_run
@@ -101,11 +101,11 @@ def cli_settings(
     ap: argparse.ArgumentParser, args: argparse.Namespace, em: EvalModel
 ) -> tuple[SamplerSettings, list[int]]:
     """The model's own settings with the sampler flags given; a bad combination is a usage error."""
-    settings, budgets = settings_from_args(args, em.settings)
-    problem = settings_problem(settings, budgets)
-    if problem:
-        ap.error(f"{problem} (with {em.label}'s own settings for the flags not given)")
-    return settings, budgets
+    return settings_from_args(
+        args,
+        em.settings,
+        fail=lambda problem: ap.error(f"{problem} (with {em.label}'s own settings for the flags not given)"),
+    )
 
 
 def eval_main(argv: list[str] | None = None, *, benchmark: str | None = None) -> int:

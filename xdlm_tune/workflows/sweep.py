@@ -143,14 +143,10 @@ def train_all(args, out: Path) -> list[Any]:
 
 def run_settings(args, recipe):
     """(The settings a run is measured with, the budgets): gen-PPL's protocol on the run's recipe, then the flags."""
-    from ..config.sampler_args import settings_from_args, settings_problem
+    from ..config.sampler_args import settings_from_args
     from ..evaluation.genppl.metrics import genppl_settings
 
-    settings, budgets = settings_from_args(args, genppl_settings(recipe.sampler_settings()))
-    problem = settings_problem(settings, budgets)
-    if problem:
-        _fail(problem)
-    return settings, budgets
+    return settings_from_args(args, genppl_settings(recipe.sampler_settings()), fail=_fail)
 
 
 def _settings(args, code: bool) -> dict[str, Any]:

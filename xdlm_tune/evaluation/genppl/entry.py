@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from ...config.sampler import SamplerSettings
-from ...config.sampler_args import add_sampler_arguments, settings_from_args, settings_problem
+from ...config.sampler_args import add_sampler_arguments, settings_from_args
 from ..harness import EvalModel, GenerationConfig
 from .metrics import (
     GenRow,
@@ -86,11 +86,7 @@ def check_args(args) -> None:
 
 def cli_settings(args, em: EvalModel) -> tuple[SamplerSettings, list[int]]:
     """The gen-PPL protocol on the model's own settings, with the sampler flags given; a bad combination fails."""
-    settings, budgets = settings_from_args(args, genppl_settings(em.settings))
-    problem = settings_problem(settings, budgets)
-    if problem:
-        _fail(problem)
-    return settings, budgets
+    return settings_from_args(args, genppl_settings(em.settings), fail=_fail)
 
 
 def generation_metrics(
